@@ -1,0 +1,162 @@
+"""Converter for the macaque V4 release of Cowley et al. 2023 ("Compact deep neural network models
+of visual cortex"; github cowleygroup/V4_compact_models, folder data_V4_responses/), in its own layout:
+
+    images/images_<session>.zip                      imageNNNN.jpg, 1-based, 112x112x3 uint8
+    responses_repeat_averaged/responses_<session>.npy  (neurons, images) float64, column i = image i+1
+    responses_raw/responses_<session>.npy             (neurons, images, repeats), NaN = missing repeat
+
+Split (deterministic, documented in data/README.md): within each session, images are permuted by a
+generator seeded with (seed, crc32(session id)); the first `test_fraction` of the permutation is the
+test tier, the next `validation_fraction` the validation tier, the rest train.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from encoders.datasets.io import write_dataset
+from encoders.datasets.schema import SessionData
+from encoders.errors import DatasetError
+
+# Facts about the source recordings (Ext. Data Table 1 of the paper), not experiment settings.
+ANIMALS = {"1909": "WE", "2010": "PE", "2102": "PE", "2103": "PE", "2106": "RA", "2110": "RA", "2111": "RA"}
+_IMAGE_NAME = re.compile(r"(?:.*/)?image(\d+)\.jpg$")
+
+
+def available_sessions(source_dir: str | Path) -> list[str]:
+    """Session ids with a repeat-averaged response file in the source folder."""
+    folder = Path(source_dir) / "responses_repeat_averaged"
+    if not folder.is_dir():
+        raise DatasetError(folder, "folder not found; expected the Cowley et al. 2023 layout (data_V4_responses/)")
+    return sorted(p.stem.removeprefix("responses_") for p in folder.glob("responses_*.npy"))
+
+
+def split_tiers(n_images: int, session: str, validation_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Deterministic train/validation/test labels for one session's images."""
+    if not (0 < validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
+        raise ValueError("validation_fraction and test_fraction must be in (0, 1) and sum to less than 1")
+    rng = np.random.default_rng([seed, zlib.crc32(session.encode())])
+    order = rng.permutation(n_images)
+    n_test = max(1, round(test_fraction * n_images))
+    n_val = max(1, round(validation_fraction * n_images))
+    tiers = np.full(n_images, "train", dtype=object)
+    tiers[order[:n_test]] = "test"
+    tiers[order[n_test : n_test + n_val]] = "validation"
+    return tiers.astype(str)
+
+
+def read_cowley_session(
+    source_dir: str | Path, session: str, validation_fraction: float, test_fraction: float, seed: int
+) -> SessionData:
+    """One session of the source release as `SessionData` (images kept as colour uint8)."""
+    source_dir = Path(source_dir)
+    resp_path = source_dir / "responses_repeat_averaged" / f"responses_{session}.npy"
+    responses = _load_npy(resp_path, ndim=2)  # (neurons, images)
+    n_neurons, n_images = responses.shape
+    zip_path = source_dir / "images" / f"images_{session}.zip"
+    images = _read_images(zip_path, n_images)
+    trials = None
+    raw_path = source_dir / "responses_raw" / f"responses_{session}.npy"
+    if raw_path.exists():
+        raw = _load_npy(raw_path, ndim=3)  # (neurons, images, repeats)
+        if raw.shape[:2] != responses.shape:
+            raise DatasetError(raw_path, f"shape {raw.shape} does not match averaged responses {responses.shape}", field="responses_raw")
+        trials = np.ascontiguousarray(np.transpose(raw, (1, 2, 0)))
+    return SessionData(
+        session_id=session,
+        images=images,
+        image_ids=np.arange(1, n_images + 1, dtype=np.int64),
+        responses=np.ascontiguousarray(responses.T),
+        tiers=split_tiers(n_images, session, validation_fraction, test_fraction, seed),
+        neuron_ids=np.array([f"{session}-{i:03d}" for i in range(n_neurons)]),
+        trials=trials,
+        neuron_meta={"source_row": np.arange(n_neurons, dtype=np.int64)},
+        attrs={
+            "units": "spike counts in a 100 ms window, averaged over repeats",
+            "spike_counts": 1,
+            "animal": ANIMALS.get(session[:4], "unknown"),
+            "provenance": f"Cowley et al. 2023 V4 release: {zip_path.name}, {resp_path.name}"
+            + (f", {raw_path.name}" if trials is not None else ""),
+            "split": f"seed={seed}, validation_fraction={validation_fraction}, test_fraction={test_fraction}",
+        },
+    )
+
+
+def convert_cowley2023(
+    source_dir: str | Path,
+    out: str | Path,
+    sessions: Sequence[str] | None = None,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> list[str]:
+    """Convert the release (all sessions, or those named) into one dataset file, atomically."""
+    known = available_sessions(source_dir)
+    chosen = list(sessions) if sessions else known
+    missing = [s for s in chosen if s not in known]
+    if missing:
+        raise DatasetError(Path(source_dir) / "responses_repeat_averaged", f"no response file for session(s) {missing}; found {known}")
+
+    def generate() -> Iterator[SessionData]:
+        for session in chosen:
+            yield read_cowley_session(source_dir, session, validation_fraction, test_fraction, seed)
+
+    return write_dataset(
+        out,
+        generate(),
+        attrs={
+            "title": "Macaque V4 responses to natural images (Cowley et al. 2023)",
+            "source": "github.com/cowleygroup/V4_compact_models data_V4_responses (GPL-3.0)",
+            "converter": "encoders prepare cowley2023",
+        },
+    )
+
+
+def _load_npy(path: Path, ndim: int) -> np.ndarray:
+    if not path.exists():
+        raise DatasetError(path, "file not found")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise DatasetError(path, f"not a readable .npy array: {error}") from None
+    if array.ndim != ndim:
+        raise DatasetError(path, f"expected rank {ndim}, got shape {array.shape}")
+    return array
+
+
+def _read_images(zip_path: Path, n_images: int) -> np.ndarray:
+    if not zip_path.exists():
+        raise DatasetError(zip_path, "file not found")
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as error:
+        raise DatasetError(zip_path, f"not a readable zip file: {error}") from None
+    with archive:
+        numbered = {}
+        for name in archive.namelist():
+            match = _IMAGE_NAME.match(name)
+            if match:
+                numbered[int(match.group(1))] = name
+        expected = set(range(1, n_images + 1))
+        if set(numbered) != expected:
+            raise DatasetError(
+                zip_path, f"holds {len(numbered)} numbered images but the responses have {n_images} images "
+                f"(missing {sorted(expected - set(numbered))[:5]}, extra {sorted(set(numbered) - expected)[:5]})",
+                field="images",
+            )
+        first = np.asarray(Image.open(io.BytesIO(archive.read(numbered[1]))).convert("RGB"))
+        images = np.empty((n_images, 3, *first.shape[:2]), dtype=np.uint8)
+        for number in range(1, n_images + 1):
+            pixels = np.asarray(Image.open(io.BytesIO(archive.read(numbered[number]))).convert("RGB"))
+            if pixels.shape != first.shape:
+                raise DatasetError(zip_path, f"image {numbered[number]} has shape {pixels.shape}, expected {first.shape}", field="images")
+            images[number - 1] = pixels.transpose(2, 0, 1)
+    return images

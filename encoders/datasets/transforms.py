@@ -1,0 +1,94 @@
+"""Image preprocessing between the data's pixel space and the model's input space.
+
+Pixel space is what the file stores (uint8 0..255, or float). Model space is after grayscale, crop,
+resize and z-scoring with statistics of the training tier. The statistics travel with every
+checkpoint so that MEIs and reconstructions can be shown, and scored, in pixel space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, as PIL's "L" conversion
+CHUNK = 512  # images per chunk when preprocessing a whole session, to bound peak memory
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Pixel space -> model space: grayscale, crop (top, bottom, left, right), resize, z-score."""
+
+    grayscale: bool = True
+    crop: tuple[int, int, int, int] = (0, 0, 0, 0)
+    resize: tuple[int, int] | None = None
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.crop) != 4 or any(int(c) < 0 for c in self.crop):
+            raise ValueError(f"crop must be four non-negative pixel counts (top, bottom, left, right), got {self.crop}")
+        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):
+            raise ValueError(f"resize must be (height, width) with positive sizes, got {self.resize}")
+        if not self.std > 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    def geometry(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Grayscale, crop and resize a batch (N, H, W) or (N, C, H, W); float32, still pixel units."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        x = x.to(torch.float32)
+        if x.ndim == 3:
+            x = x[:, None]
+        if self.grayscale and x.shape[1] == 3:
+            weights = torch.tensor(LUMINANCE, dtype=x.dtype).view(1, 3, 1, 1)
+            x = (x * weights).sum(1, keepdim=True)
+        top, bottom, left, right = (int(c) for c in self.crop)
+        if top or bottom or left or right:
+            h, w = x.shape[-2:]
+            if top + bottom >= h or left + right >= w:
+                raise ValueError(f"crop {self.crop} removes the whole {h}x{w} image")
+            x = x[..., top : h - bottom, left : w - right]
+        if self.resize is not None and tuple(x.shape[-2:]) != tuple(self.resize):
+            x = F.interpolate(x, size=tuple(self.resize), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Pixel space -> model space."""
+        return (self.geometry(images) - self.mean) / self.std
+
+    def apply_chunked(self, images: np.ndarray | object) -> torch.Tensor:
+        """Transform a whole (possibly on-disk, h5py) image array in chunks."""
+        n = images.shape[0]
+        parts = [self(images[i : i + CHUNK]) for i in range(0, n, CHUNK)]
+        return torch.cat(parts).contiguous()
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> pixel space (after geometry), for display and ground-truth scoring."""
+        return x * self.std + self.mean
+
+    def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel space (after geometry) -> model space."""
+        return (x - self.mean) / self.std
+
+    def output_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """(C, H, W) in model space for stored images of shape (H, W) or (C, H, W)."""
+        return tuple(self.geometry(torch.zeros((1, *image_shape))).shape[1:])
+
+    def state(self) -> dict:
+        """Plain-python state for hyperparameters and NetCDF attributes."""
+        state = asdict(self)
+        state["crop"] = list(state["crop"])
+        state["resize"] = list(state["resize"]) if state["resize"] is not None else None
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ImageTransform":
+        return cls(
+            grayscale=bool(state["grayscale"]),
+            crop=tuple(state["crop"]),
+            resize=tuple(state["resize"]) if state["resize"] is not None else None,
+            mean=float(state["mean"]),
+            std=float(state["std"]),
+        )

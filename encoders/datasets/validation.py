@@ -1,0 +1,182 @@
+"""Schema checks, for data in memory (before a write) and for files on disk (on open).
+
+Each check raises one `DatasetError` naming the file, the session and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from encoders.datasets.schema import (
+    GROUND_TRUTH_GROUP,
+    REQUIRED_FIELDS,
+    SESSIONS_GROUP,
+    SUPPORTED_SCHEMA_VERSIONS,
+    TIERS,
+    SessionData,
+)
+from encoders.errors import DatasetError
+
+
+def validate_session(session: SessionData, path: str | Path) -> None:
+    """Check one in-memory session against the schema; `path` names the file it is bound for."""
+    sid = session.session_id
+
+    def fail(field: str, problem: str) -> None:
+        raise DatasetError(path, problem, session=sid, field=field)
+
+    if not sid or "/" in sid:
+        fail("session_id", "must be a non-empty string without '/'")
+    images = np.asarray(session.images)
+    if images.ndim not in (3, 4):
+        fail("images", f"must have rank 3 (image, y, x) or 4 (image, channel, y, x), got shape {images.shape}")
+    if images.dtype not in (np.uint8, np.float32):
+        fail("images", f"dtype must be uint8 or float32, got {images.dtype}")
+    if images.dtype == np.float32 and not np.isfinite(images).all():
+        fail("images", "contains NaN or inf")
+    n = images.shape[0]
+    _check_vector(session.image_ids, n, "image_id", fail)
+    if not np.issubdtype(np.asarray(session.image_ids).dtype, np.integer):
+        fail("image_id", f"dtype must be an integer type, got {np.asarray(session.image_ids).dtype}")
+    _check_unique(session.image_ids, "image_id", fail)
+    _check_vector(session.tiers, n, "tier", fail)
+    _check_tiers(np.asarray(session.tiers).astype(str), fail)
+    responses = np.asarray(session.responses)
+    if responses.ndim != 2:
+        fail("responses", f"must have rank 2 (image, neuron), got shape {responses.shape}")
+    if responses.shape[0] != n:
+        fail("responses", f"has {responses.shape[0]} images but images has {n}")
+    if not np.issubdtype(responses.dtype, np.floating):
+        fail("responses", f"dtype must be floating point, got {responses.dtype}")
+    _check_values(responses, "responses", bool(session.attrs.get("spike_counts", 1)), fail)
+    n_neurons = responses.shape[1]
+    _check_vector(session.neuron_ids, n_neurons, "neuron_id", fail)
+    _check_unique(session.neuron_ids, "neuron_id", fail)
+    if session.trials is not None:
+        trials = np.asarray(session.trials)
+        if trials.ndim != 3:
+            fail("trials", f"must have rank 3 (image, repeat, neuron), got shape {trials.shape}")
+        if trials.shape[0] != n or trials.shape[2] != n_neurons:
+            fail("trials", f"shape {trials.shape} does not match {n} images and {n_neurons} neurons")
+        if np.isinf(trials).any():
+            fail("trials", "contains inf (use NaN for missing repeats)")
+        if bool(session.attrs.get("spike_counts", 1)) and (trials < 0).any():
+            fail("trials", "contains negative values but spike_counts is declared")
+    for name, values in session.neuron_meta.items():
+        if name in REQUIRED_FIELDS or name == "trials":
+            fail(name, "per-neuron metadata may not reuse a reserved field name")
+        _check_vector(values, n_neurons, name, fail)
+
+
+def validate_file(path: str | Path) -> list[str]:
+    """Check a dataset file on disk; return its session ids. Raises `DatasetError` on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(path, "file not found")
+    if not path.is_file():
+        raise DatasetError(path, "is not a file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise DatasetError(path, f"not a readable HDF5 file (corrupt or truncated?): {error}") from None
+    with handle as f:
+        version = f.attrs.get("schema_version")
+        if version is None:
+            raise DatasetError(path, "missing root attribute", field="schema_version")
+        version = version.decode() if isinstance(version, bytes) else str(version)
+        if version not in SUPPORTED_SCHEMA_VERSIONS:
+            raise DatasetError(
+                path, f"unknown schema version {version!r}; this encoders reads {SUPPORTED_SCHEMA_VERSIONS}",
+                field="schema_version",
+            )
+        if SESSIONS_GROUP not in f or not isinstance(f[SESSIONS_GROUP], h5py.Group):
+            raise DatasetError(path, "missing group", field=SESSIONS_GROUP)
+        sessions = sorted(f[SESSIONS_GROUP].keys())
+        if not sessions:
+            raise DatasetError(path, "holds no sessions", field=SESSIONS_GROUP)
+        for sid in sessions:
+            _validate_group(f[SESSIONS_GROUP][sid], path, sid)
+        if GROUND_TRUTH_GROUP in f and not isinstance(f[GROUND_TRUTH_GROUP], h5py.Group):
+            raise DatasetError(path, "must be a group", field=GROUND_TRUTH_GROUP)
+    return sessions
+
+
+def _validate_group(group: h5py.Group, path: Path, sid: str) -> None:
+    def fail(field: str, problem: str) -> None:
+        raise DatasetError(path, problem, session=sid, field=field)
+
+    for name in REQUIRED_FIELDS:
+        if name not in group:
+            fail(name, "missing field")
+    images = group["images"]
+    if images.ndim not in (3, 4):
+        fail("images", f"must have rank 3 or 4, got shape {images.shape}")
+    if images.dtype not in (np.uint8, np.float32):
+        fail("images", f"dtype must be uint8 or float32, got {images.dtype}")
+    n = images.shape[0]
+    image_ids = group["image_id"][()]
+    _check_vector(image_ids, n, "image_id", fail)
+    if not np.issubdtype(image_ids.dtype, np.integer):
+        fail("image_id", f"dtype must be an integer type, got {image_ids.dtype}")
+    _check_unique(image_ids, "image_id", fail)
+    tiers = group["tier"].asstr()[()] if group["tier"].dtype.kind == "O" else group["tier"][()].astype(str)
+    _check_vector(tiers, n, "tier", fail)
+    _check_tiers(np.asarray(tiers), fail)
+    responses = group["responses"]
+    if responses.ndim != 2:
+        fail("responses", f"must have rank 2 (image, neuron), got shape {responses.shape}")
+    if responses.shape[0] != n:
+        fail("responses", f"has {responses.shape[0]} images but images has {n}")
+    if responses.dtype.kind != "f":
+        fail("responses", f"dtype must be floating point, got {responses.dtype}")
+    spike_counts = bool(group.attrs.get("spike_counts", 1))
+    _check_values(responses[()], "responses", spike_counts, fail)
+    n_neurons = responses.shape[1]
+    neuron_ids = group["neuron_id"]
+    _check_vector(neuron_ids[()], n_neurons, "neuron_id", fail)
+    _check_unique(neuron_ids[()], "neuron_id", fail)
+    if "trials" in group:
+        trials = group["trials"]
+        if trials.ndim != 3:
+            fail("trials", f"must have rank 3 (image, repeat, neuron), got shape {trials.shape}")
+        if trials.shape[0] != n or trials.shape[2] != n_neurons:
+            fail("trials", f"shape {trials.shape} does not match {n} images and {n_neurons} neurons")
+        values = trials[()]
+        if np.isinf(values).any():
+            fail("trials", "contains inf (use NaN for missing repeats)")
+        if spike_counts and (values < 0).any():
+            fail("trials", "contains negative values but spike_counts is declared")
+
+
+def _check_vector(values: np.ndarray, length: int, field: str, fail) -> None:
+    values = np.asarray(values)
+    if values.ndim != 1:
+        fail(field, f"must have rank 1, got shape {values.shape}")
+    if values.shape[0] != length:
+        fail(field, f"has {values.shape[0]} entries, expected {length}")
+
+
+def _check_unique(values: np.ndarray, field: str, fail) -> None:
+    uniques, counts = np.unique(np.asarray(values), return_counts=True)
+    if (counts > 1).any():
+        fail(field, f"has duplicate ids, e.g. {uniques[counts > 1][0]!r}")
+
+
+def _check_tiers(tiers: np.ndarray, fail) -> None:
+    unknown = sorted(set(tiers.tolist()) - set(TIERS))
+    if unknown:
+        fail("tier", f"unknown tier(s) {unknown}; allowed: {list(TIERS)}")
+    for tier in TIERS:
+        if not (tiers == tier).any():
+            fail("tier", f"tier {tier!r} is empty")
+
+
+def _check_values(responses: np.ndarray, field: str, spike_counts: bool, fail) -> None:
+    bad = ~np.isfinite(responses)
+    if bad.any():
+        fail(field, f"contains {int(bad.sum())} NaN or inf values (averaged responses must be finite)")
+    if spike_counts and (responses < 0).any():
+        fail(field, f"contains {int((responses < 0).sum())} negative values but spike_counts is declared")

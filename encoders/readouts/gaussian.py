@@ -1,0 +1,126 @@
+"""Gaussian readout: each neuron reads the core features at one learned position (FullGaussian2d)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+GAUSS_TYPES = ("isotropic", "uncorrelated", "full")
+
+
+def check_readout_args(in_shape: tuple[int, int, int], n_neurons: int) -> None:
+    """Raise ValueError unless in_shape is (C, h, w) of positive ints and n_neurons is positive."""
+    if len(in_shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in in_shape):
+        raise ValueError(f"in_shape must be (C, h, w) with positive integers, got {in_shape!r}")
+    if isinstance(n_neurons, bool) or not isinstance(n_neurons, int) or n_neurons < 1:
+        raise ValueError(f"n_neurons must be a positive integer, got {n_neurons!r}")
+
+
+def initial_bias(mean_activity: Tensor | None, n_neurons: int, eps: float = 1e-3) -> Tensor:
+    """Per-neuron bias b such that ELU(b) + 1 equals the mean training response.
+
+    Inverse of f(x) = ELU(x) + 1: x = m - 1 for m >= 1, x = log(m) for m < 1 (m clamped to
+    >= eps, since the model cannot predict rates <= 0). Assumes the model's output offset
+    is 0; with ``ELU(y + offset) + 1`` subtract the offset from the result. None gives zeros
+    (initial rate 1).
+    """
+    if mean_activity is None:
+        return torch.zeros(n_neurons)
+    mean = torch.as_tensor(mean_activity, dtype=torch.float32).detach().flatten()
+    if mean.numel() != n_neurons:
+        raise ValueError(f"mean_activity has {mean.numel()} values but n_neurons is {n_neurons}")
+    mean = mean.clamp(min=eps)
+    return torch.where(mean >= 1, mean - 1, torch.log(mean))
+
+
+class GaussianReadout(nn.Module):
+    """Per-neuron Gaussian read-out position, feature weights and bias.
+
+    Positions live in grid_sample coordinates [-1, 1]^2 (x = width, y = height; with
+    ``align_corners=True`` -1 and 1 are the centres of the border pixels). In training, a
+    position is sampled per image and neuron from N(mu, Sigma) and clamped to [-1, 1]; in
+    eval mode mu is used. Features are interpolated bilinearly at that position.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        n_neurons: int,
+        mean_activity: Tensor | None = None,
+        gauss_type: str = "full",
+        init_mu_range: float = 0.3,
+        init_sigma: float = 0.1,
+        gamma_features: float = 0.0076,
+    ) -> None:
+        """
+        Args:
+            in_shape: (C, h, w) of the core output.
+            n_neurons: neurons of this recording session.
+            mean_activity: (n_neurons,) mean training response, used to initialise the bias
+                (see ``initial_bias``).
+            gauss_type: "isotropic" (one sigma), "uncorrelated" (sigma_x, sigma_y) or "full"
+                (2x2 matrix L with position = mu + L @ noise).
+            init_mu_range: mu is initialised uniformly in [-init_mu_range, init_mu_range]^2.
+            init_sigma: sigma initial value (for "full", entries uniform in ±init_sigma,
+                as in neuralpredictors).
+            gamma_features: weight of the L1 penalty, summed over all feature weights
+                (the Sensorium 2022 baseline value).
+        """
+        super().__init__()
+        check_readout_args(in_shape, n_neurons)
+        if gauss_type not in GAUSS_TYPES:
+            raise ValueError(f"gauss_type must be one of {GAUSS_TYPES}, got {gauss_type!r}")
+        if not 0.0 < init_mu_range <= 1.0:
+            raise ValueError(f"init_mu_range must be in (0, 1], got {init_mu_range}")
+        if init_sigma <= 0:
+            raise ValueError(f"init_sigma must be > 0, got {init_sigma}")
+        if gamma_features < 0:
+            raise ValueError(f"gamma_features must be >= 0, got {gamma_features}")
+        channels = in_shape[0]
+        self.in_shape = tuple(in_shape)
+        self.n_neurons = n_neurons
+        self.gauss_type = gauss_type
+        self.gamma_features = gamma_features
+
+        self.mu = nn.Parameter(torch.empty(n_neurons, 2).uniform_(-init_mu_range, init_mu_range))
+        if gauss_type == "full":
+            self.sigma = nn.Parameter(torch.empty(n_neurons, 2, 2).uniform_(-init_sigma, init_sigma))
+        else:
+            self.sigma = nn.Parameter(torch.full((n_neurons, 1 if gauss_type == "isotropic" else 2), init_sigma))
+        # Equal weights whose sum is 1, as in neuralpredictors.
+        self.features = nn.Parameter(torch.full((channels, n_neurons), 1.0 / channels))
+        self.bias = nn.Parameter(initial_bias(mean_activity, n_neurons))
+
+    def positions(self) -> Tensor:
+        """Mean read-out positions (n_neurons, 2) as (x, y) in [-1, 1], detached, for plotting."""
+        return self.mu.detach().clamp(-1.0, 1.0)
+
+    def sample_grid(self, batch_size: int, sample: bool) -> Tensor:
+        """Read-out positions of shape (batch_size, n_neurons, 1, 2): sampled if ``sample`` else mu."""
+        # Keep mu in the valid range in place (as neuralpredictors does); clamping only the
+        # output would zero its gradient and strand neurons outside the image.
+        with torch.no_grad():
+            self.mu.clamp_(-1.0, 1.0)
+        mu = self.mu[None, :, None, :]
+        if not sample:
+            return mu.expand(batch_size, -1, -1, -1)
+        noise = torch.randn(batch_size, self.n_neurons, 1, 2, dtype=self.mu.dtype, device=self.mu.device)
+        if self.gauss_type == "full":
+            offset = torch.einsum("ncd,bnid->bnic", self.sigma, noise)
+        else:
+            offset = noise * self.sigma[None, :, None, :]
+        return (mu + offset).clamp(-1.0, 1.0)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Map core features (B, C, h, w) to pre-nonlinearity responses (B, n_neurons)."""
+        # Positions are in normalised coordinates, so only the channel count must match.
+        if features.dim() != 4 or features.shape[1] != self.in_shape[0]:
+            raise ValueError(f"expected features (B, {self.in_shape[0]}, h, w), got shape {tuple(features.shape)}")
+        grid = self.sample_grid(features.shape[0], sample=self.training)
+        sampled = F.grid_sample(features, grid, mode="bilinear", align_corners=True)  # (B, C, n, 1)
+        return torch.einsum("bcn,cn->bn", sampled[..., 0], self.features) + self.bias
+
+    def regularizer(self) -> Tensor:
+        """gamma_features times the L1 norm (sum of absolute values) of the feature weights."""
+        return self.gamma_features * self.features.abs().sum()
