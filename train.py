@@ -8,7 +8,6 @@ table and runs the post-training callbacks configured in the YAML.
 from __future__ import annotations
 
 import os
-import sys
 
 # Offline unless the user chose otherwise: with an API key and no mode, wandb may hang for minutes.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -38,4 +37,4 @@ def main(args: list[str] | None = None) -> EncodersCLI:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or None)
+    main()

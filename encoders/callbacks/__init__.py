@@ -2,5 +2,6 @@
 
 from encoders.callbacks.checkpoint import ModelCheckpoint
 from encoders.callbacks.metrics_table import MetricsTable
+from encoders.callbacks.readout_figures import ReadoutFigures
 
-__all__ = ["MetricsTable", "ModelCheckpoint"]
+__all__ = ["MetricsTable", "ReadoutFigures", "ModelCheckpoint"]

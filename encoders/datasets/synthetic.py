@@ -43,7 +43,7 @@ FINE_WAVELENGTH = 4.0  # px; the coarse scale applies the same bank on a 2x down
 GABOR_SIGMA_PER_WAVELENGTH = 0.45
 KERNEL_SIZE = 11
 GRID_STRIDE = 4  # px between positions of the second stage
-MAX_OFFSET = 2  # grid units: conjunction components lie within +-8 px of the feature centre
+MAX_OFFSET = 1  # grid units: conjunction components lie within +-4 px of the feature centre
 N_COMPONENTS = 4
 POLARITY_ORIENTATIONS = (0, 2, 4, 6)  # indices into the 8 orientations: 0, 45, 90, 135 deg
 ENERGY_EPS = 1e-4
@@ -343,7 +343,7 @@ def _template(rng: np.random.Generator, kind: str
     coarse = bool(rng.random() < 0.5)
     base = COARSE0 if coarse else FINE0
     wavelength = FINE_WAVELENGTH * (2 if coarse else 1)
-    reach = 1 if not coarse else int(rng.integers(1, 3))
+    reach = 1
     comps: list[tuple[int, int, int, float]] = []
     if kind == "corner":
         # Two arms meeting at a vertex, end-stopped: energy beyond the vertex along arm 1

@@ -112,8 +112,19 @@ def optimize_images(
     if pixel_range is not None and not pixel_range[0] < pixel_range[1]:
         raise EncodersError(f"pixel_range must be (low, high) with low < high, got {pixel_range}")
 
-    images = initial_images(n_images, shape, seeds).to(device)
-    _project(images, norm, pixel_range)
+    # products run from callbacks that Lightning may call inside inference mode
+    with torch.inference_mode(False), torch.enable_grad():
+        images = initial_images(n_images, shape, seeds).to(device)
+        with torch.no_grad():
+            _project(images, norm, pixel_range)
+        return _descend(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range)
+
+
+def _descend(
+    energy: Energy, images: torch.Tensor, steps: int, optimizer: str, lr: float, blur_sigma: float,
+    norm: float | None, pixel_range: tuple[float, float] | None,
+) -> GradientAscentResult:
+    n_images = images.shape[0]
     images.requires_grad_(True)
     if optimizer == "sgd":
         opt = torch.optim.SGD([images], lr=lr)
@@ -137,3 +148,81 @@ def optimize_images(
     with torch.no_grad():
         final = energy(images).detach().cpu()
     return GradientAscentResult(images=images.detach().cpu(), energy=final, trace=trace, norm_trace=norm_trace)
+
+
+@dataclass(frozen=True)
+class GASettings:
+    """Gradient-ascent settings of a product (MEIs, reconstructions), stored with its results.
+
+    seeds: initial-noise seeds; every target is optimised once per seed.
+    contrast: per-pixel RMS the image norm is set to (`default_norm`); `norm` overrides it.
+    clamp: clamp to the model-space range of pixel values 0..255 (see `pixel_range`).
+    batch_size: images optimised together (memory bound); results do not depend on it.
+    """
+
+    seeds: tuple[int, ...] = (0,)
+    steps: int = 100
+    optimizer: str = "sgd"
+    lr: float = 10.0
+    blur_sigma: float = 1.0
+    contrast: float = DEFAULT_CONTRAST
+    norm: float | None = None
+    clamp: bool = True
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise EncodersError("give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise EncodersError(f"seeds must be distinct, got {list(self.seeds)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise EncodersError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.steps < 0 or self.batch_size < 1 or not self.lr > 0 or not self.contrast > 0 or self.blur_sigma < 0:
+            raise EncodersError(
+                f"need steps >= 0, batch_size >= 1, lr > 0, contrast > 0, blur_sigma >= 0; got {self}"
+            )
+        if self.norm is not None and not self.norm > 0:
+            raise EncodersError(f"norm must be positive, got {self.norm}")
+
+    def image_norm(self, shape: Sequence[int]) -> float:
+        return float(self.norm) if self.norm is not None else default_norm(shape, self.contrast)
+
+    def pixel_range(self, transform) -> tuple[float, float] | None:
+        """Model-space values of pixels 0 and 255 under `transform` (an ImageTransform), if clamping."""
+        if not self.clamp:
+            return None
+        low, high = transform.from_pixels(torch.tensor([0.0, 255.0])).tolist()
+        return (low, high)
+
+    def attrs(self, shape: Sequence[int]) -> dict[str, object]:
+        """NetCDF-storable description (no None, no bools)."""
+        return {
+            "seeds": list(self.seeds), "steps": self.steps, "optimizer": self.optimizer, "lr": self.lr,
+            "blur_sigma": self.blur_sigma, "contrast": self.contrast, "norm": self.image_norm(shape),
+            "norm_rule": "given" if self.norm is not None else "contrast * sqrt(C*H*W)",
+            "clamp": int(self.clamp), "batch_size": self.batch_size,
+        }
+
+
+def optimize_in_batches(
+    energy_for: Callable[[list[int]], Energy], seeds: Sequence[int], shape: Sequence[int], settings: GASettings,
+    pixel_range: tuple[float, float] | None, device: str | torch.device = "cpu",
+) -> GradientAscentResult:
+    """`optimize_images` over len(seeds) images, settings.batch_size at a time.
+
+    energy_for(indices) builds the energy of those images (e.g. a NeuronActivation for their
+    targets); seeds[i] seeds image i. Chunks only bound memory: each image's result is the same.
+    """
+    parts = []
+    for start in range(0, len(seeds), settings.batch_size):
+        index = list(range(start, min(start + settings.batch_size, len(seeds))))
+        parts.append(optimize_images(
+            energy_for(index), len(index), shape, [seeds[i] for i in index], settings.steps, settings.optimizer,
+            settings.lr, settings.blur_sigma, settings.image_norm(shape), pixel_range, device,
+        ))
+    return GradientAscentResult(
+        images=torch.cat([p.images for p in parts]),
+        energy=torch.cat([p.energy for p in parts]),
+        trace=torch.cat([p.trace for p in parts], dim=1),
+        norm_trace=torch.cat([p.norm_trace for p in parts], dim=1),
+    )
