@@ -45,6 +45,84 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ga_arguments(parser: argparse.ArgumentParser, contrast: float) -> None:
+    """Gradient-ascent options shared by `mei` and `reconstruct` (see encoders.synthesis.GASettings)."""
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="initial-noise seeds (one image per seed)")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    parser.add_argument("--lr", type=float, default=10.0)
+    parser.add_argument("--blur-sigma", type=float, default=1.0, help="Gaussian blur (pixels) of the gradient")
+    parser.add_argument("--contrast", type=float, default=contrast, help="per-pixel RMS the image norm is set to")
+    parser.add_argument("--norm", type=float, default=None, help="L2 norm of every image (overrides --contrast)")
+    parser.add_argument("--no-clamp", action="store_true", help="do not clamp to the range of real pixels")
+    parser.add_argument("--batch-size", type=int, default=128, help="images optimised together")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+
+
+def _ga_settings(args: argparse.Namespace):
+    from encoders.synthesis.gradient_ascent import GASettings
+
+    return GASettings(
+        seeds=tuple(args.seeds), steps=args.steps, optimizer=args.optimizer, lr=args.lr, blur_sigma=args.blur_sigma,
+        contrast=args.contrast, norm=args.norm, clamp=not args.no_clamp, batch_size=args.batch_size,
+    )
+
+
+def _data_for(model, path: str):
+    """The data file as a data module with the model's image geometry (its images are mapped to model space)."""
+    from encoders.datasets.datamodule import RecordedDataModule
+
+    transform = model.image_transform
+    datamodule = RecordedDataModule(
+        path, sessions=model.sessions, grayscale=transform.grayscale, crop=transform.crop, resize=transform.resize,
+    )
+    datamodule.setup("predict")
+    return datamodule
+
+
+def _mei(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from encoders.callbacks.mei import load_models, write_meis
+    from encoders.synthesis.targets import check_choice, resolve_targets
+
+    settings = _ga_settings(args)
+    targets = check_choice(args.neurons, args.top_k)
+    if targets is None and args.data is None:
+        raise EncodersError("--top-k needs --data to rank neurons by validation correlation")
+    model = load_models(args.checkpoints)
+    if targets is not None:
+        resolve_targets(model, targets)  # unknown ids fail here, before data are read or anything is written
+    model = model.to(args.device)
+    datamodule = _data_for(model, args.data) if args.data else None
+    made = write_meis(
+        [Path(p) for p in args.checkpoints], model, Path(args.out), settings, targets, args.top_k, datamodule,
+        minimize=args.minimize, ground_truth=not args.no_ground_truth,
+    )
+    print(f"{Path(args.out) / 'mei_ga.nc'}" + ("" if made else " (exists for these checkpoints and settings: kept)"))
+    return 0
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from encoders.callbacks.mei import load_models
+    from encoders.callbacks.reconstruction import write_reconstructions
+    from encoders.synthesis.targets import check_sessions
+
+    settings = _ga_settings(args)
+    model = load_models(args.checkpoints)
+    check_sessions(model, [args.session])
+    model = model.to(args.device)
+    datamodule = _data_for(model, args.data)
+    made = write_reconstructions(
+        [Path(p) for p in args.checkpoints], model, Path(args.out), settings, datamodule, args.images,
+        [args.session], args.target, args.metric,
+    )
+    print(f"{Path(args.out) / 'reconstruction_ga.nc'}" + ("" if made else " (exists for these checkpoints and settings: kept)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="encoders", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -82,6 +160,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(optimize)
     optimize.set_defaults(run=run)
+
+    mei = commands.add_parser("mei", help="MEIs by gradient ascent of trained checkpoints (several = an ensemble)")
+    mei.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    choice = mei.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--neurons", nargs="+", metavar="SESSION/ID", help="neurons by session and neuron id")
+    choice.add_argument("--top-k", type=int, help="the K neurons best predicted on the validation tier of --data")
+    mei.add_argument("--data", default=None, help="dataset file: needed by --top-k; a twin adds ground-truth scores")
+    mei.add_argument("--out", required=True, help="output folder (mei_ga.nc, mei_ga.png)")
+    mei.add_argument("--minimize", action="store_true", help="inhibitory images (lowest response) instead")
+    mei.add_argument("--no-ground-truth", action="store_true", help="skip scoring on a twin's true neurons")
+    _ga_arguments(mei, contrast=0.25)
+    mei.set_defaults(run=_mei)
+
+    reconstruct = commands.add_parser("reconstruct", help="reconstruct test images from their responses by gradient ascent")
+    reconstruct.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    reconstruct.add_argument("--data", required=True, help="dataset file with the test images")
+    reconstruct.add_argument("--session", required=True)
+    reconstruct.add_argument("--images", type=int, default=4, help="the first N test images of the session")
+    reconstruct.add_argument("--target", choices=["recorded", "predicted"], default="recorded",
+                             help="recorded responses, or the model's predictions for the image")
+    reconstruct.add_argument("--metric", choices=["mse", "correlation"], default="mse")
+    reconstruct.add_argument("--out", required=True, help="output folder (reconstruction_ga.nc, .png)")
+    _ga_arguments(reconstruct, contrast=1.0)
+    reconstruct.set_defaults(run=_reconstruct)
 
     info = commands.add_parser("info", help="validate a dataset file and summarise its sessions")
     info.add_argument("path")

@@ -58,6 +58,8 @@ def test_fit_lowers_validation_loss_and_reloads_identically(twin_file, tmp_path,
     assert trained["val/poisson_loss"] < untrained["val/poisson_loss"] - 0.02, (untrained, trained)
     assert trained["val/correlation"] > untrained["val/correlation"] + 0.1, (untrained, trained)
 
+    # best and last are both kept; last is the final state even when the last epoch did not improve
+    assert checkpoint.best_model_path and checkpoint.best_model_path != checkpoint.last_model_path
     reloaded = load_checkpoint(checkpoint.last_model_path)
     model.eval()
     images = dm.tier_data("twin1", "test")["images"]

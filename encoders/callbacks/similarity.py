@@ -8,11 +8,14 @@ For the best and/or last checkpoint of the trainer's ModelCheckpoint, writes
 from __future__ import annotations
 
 import hashlib
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 import xarray as xr
 from pytorch_lightning.utilities import rank_zero_warn
 from rich.console import Console
@@ -38,9 +41,6 @@ def file_digest(path: str | Path) -> str:
 
 def plot_similarity(scores: xr.Dataset, title: str = ""):
     """Grouped bars: one panel per layer, measures on x, one bar per baseline (mean over sessions)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     score = scores["score"]
@@ -53,15 +53,15 @@ def plot_similarity(scores: xr.Dataset, title: str = ""):
     for ax, layer in zip(axes[0], score.layer.values):
         for b, baseline in enumerate(baselines):
             values = score.sel(layer=layer, baseline=baseline).values  # (measure, session)
-            with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
-                __import__("warnings").simplefilter("ignore", RuntimeWarning)  # all-NaN ceilings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row: no ceiling without trials
                 mean = np.nanmean(values, axis=1)
             ax.bar(x + (b - (len(baselines) - 1) / 2) * width, np.nan_to_num(mean), width, label=baseline)
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=8)
         ax.set_title(str(layer))
     axes[0, 0].set_ylabel("score (mean over sessions)")
-    axes[0, -1].legend(fontsize=8, loc="upper right")
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
     figure.suptitle(title, fontsize=9)
     return figure
 
@@ -84,7 +84,7 @@ class SimilarityCallback(pl.Callback):
 
     def __init__(
         self,
-        measures: list[str] = list(DEFAULT_MEASURES),
+        measures: Sequence[str] = DEFAULT_MEASURES,
         layers: bool = True,
         seed: int = 0,
         max_features: int = 256,
@@ -129,7 +129,8 @@ class SimilarityCallback(pl.Callback):
         for path in paths:
             self.run(path, trainer.datamodule, Path(trainer.default_root_dir), trainer, pl_module.device)
 
-    def run(self, checkpoint: Path, datamodule, root: Path, trainer: pl.Trainer | None = None, device=None) -> Path:
+    def run(self, checkpoint: Path, datamodule, root: Path, trainer: pl.Trainer | None = None,
+            device: torch.device | None = None) -> Path:
         """Make (or reuse) the products of one checkpoint; returns the NetCDF path."""
         out_dir = root / "products" / checkpoint.stem
         nc_path = out_dir / "similarity.nc"
@@ -169,7 +170,7 @@ class SimilarityCallback(pl.Callback):
             table.add_column(str(baseline), justify="right")
         for measure in output.measure.values:
             row = output.sel(measure=measure).values  # (baseline, session)
-            cells = [f"{np.nanmean(v):.3f}" if np.isfinite(v).any() else "—" for v in row]
+            cells = [f"{np.nanmean(v):.3f}" if np.isfinite(v).any() else "—" for v in row]  # ceiling NaN without trials
             table.add_row(str(measure), *cells)
         Console(width=160).print(table)
 

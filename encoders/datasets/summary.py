@@ -16,8 +16,9 @@ from encoders.datasets.schema import SESSIONS_GROUP
 def summarise(path: str | Path) -> list[dict]:
     """One row per session: counts, tiers, repeats, image shape and response statistics."""
     rows = []
+    sessions = list_sessions(path)  # validates first: a broken file gets a named error, not a traceback
     with h5py.File(path, "r") as f:
-        for sid in list_sessions(path):
+        for sid in sessions:
             group = f[f"{SESSIONS_GROUP}/{sid}"]
             tiers = group["tier"].asstr()[()]
             responses = group["responses"][()]

@@ -223,7 +223,7 @@ def similarity_diagnostics(
     for s, session in enumerate(sessions):
         data = datamodule.tier_data(session, "test")
         images, responses = data["images"], data["responses"].double()
-        args = (session, layers, batch_size, pool_size, projections, max_features, seed)
+        args = (layers, batch_size, pool_size, projections, max_features, seed)
         trained = _representations(model, images, session, *args)
         fresh = _representations(baseline_model, images, session, *args)
         if score is None:

@@ -87,14 +87,34 @@ def validation_correlations(model: nn.Module, datamodule, tier: str = "validatio
     return out
 
 
-def top_k_targets(model: nn.Module, datamodule, k: int, tier: str = "validation") -> list[Target]:
-    """The k neurons (over all sessions) best predicted on `tier`, best first; NaN ranks last."""
+def top_k_targets(model: nn.Module, datamodule, k: int, tier: str = "validation") -> tuple[list[Target], list[float]]:
+    """The k neurons (over all sessions) best predicted on `tier`, best first, and their correlations.
+
+    NaN correlations (constant responses) rank last.
+    """
     if k < 1:
         raise EncodersError(f"top_k must be a positive number of neurons, got {k}")
     scores = validation_correlations(model, datamodule, tier)
-    table = [(float(np.nan_to_num(r, nan=-np.inf)), session, model.neuron_ids(session)[i])
+    table = [(float(r), session, model.neuron_ids(session)[i])
              for session, values in scores.items() for i, r in enumerate(values)]
     if not table:
         raise EncodersError("the data module shares no session with the model")
-    table.sort(key=lambda row: -row[0])  # stable: ties keep model order
-    return [(session, neuron) for _, session, neuron in table[:k]]
+    table.sort(key=lambda row: -row[0] if np.isfinite(row[0]) else np.inf)  # stable: ties keep model order
+    chosen = table[:k]
+    return [(session, neuron) for _, session, neuron in chosen], [r for r, _, _ in chosen]
+
+
+def check_choice(neurons: Sequence[str] | None, top_k: int | None) -> list[Target] | None:
+    """Parse an explicit neuron list, or accept top_k; exactly one of the two must be given."""
+    if (neurons is None) == (top_k is None):
+        raise EncodersError("choose neurons either by an explicit list (SESSION/NEURON_ID ...) or by top_k, not both")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
+        raise EncodersError(f"top_k must be a positive number of neurons, got {top_k!r}")
+    if neurons is None:
+        return None
+    targets = [parse_target(n) for n in neurons]
+    if not targets:
+        raise EncodersError("the neuron list is empty")
+    if len(set(targets)) != len(targets):
+        raise EncodersError("the neuron list names a neuron twice")
+    return targets

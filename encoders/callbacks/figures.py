@@ -1,0 +1,83 @@
+"""PNG grids of MEIs and reconstructions for people, drawn in the data's pixel space (0..255)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # products are drawn on servers without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+MAX_ROWS = 48  # a grid of every neuron of a large model would be unreadable; the NetCDF has them all
+CELL_INCHES = 1.3
+
+
+def _show(ax, pixels: np.ndarray) -> None:
+    """One (C, H, W) pixel-space image: grey for one channel, RGB for three."""
+    pixels = np.clip(np.nan_to_num(pixels), 0, 255)
+    if pixels.shape[0] == 1:
+        ax.imshow(pixels[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(np.moveaxis(pixels, 0, -1) / 255.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _grid(rows: int, columns: int) -> tuple[Figure, np.ndarray]:
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(CELL_INCHES * columns, CELL_INCHES * rows + 0.4), squeeze=False
+    )
+    return figure, axes
+
+
+def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
+    """Rows = neurons (first MAX_ROWS), columns = seeds, then the twin's true MEI when scored."""
+    data = results.sel(method=method)
+    n_rows = min(results.sizes["neuron"], MAX_ROWS)
+    has_truth = "true_mei_pixels" in results
+    seeds = results.seed.values.tolist()
+    figure, axes = _grid(n_rows, len(seeds) + int(has_truth))
+    for row in range(n_rows):
+        neuron = data.isel(neuron=row)
+        for col, seed in enumerate(seeds):
+            cell = neuron.sel(seed=seed)
+            ax = axes[row, col]
+            _show(ax, cell.image_pixels.values)
+            title = f"r={float(cell.activation):.2f}"
+            if "ground_truth_relative_activation" in cell:
+                title += f" gt={float(cell.ground_truth_relative_activation):.2f}"
+            ax.set_title(title, fontsize=6)
+            if row == 0:
+                ax.set_title(f"seed {seed}\n{title}", fontsize=6)
+        axes[row, 0].set_ylabel(f"{neuron.session.item()}\n{neuron.neuron_id.item()}", fontsize=6)
+        if has_truth:
+            _show(axes[row, -1], neuron.true_mei_pixels.values)
+            axes[row, -1].set_title(f"true MEI r={float(neuron.true_mei_activation):.2f}", fontsize=6)
+    shown = "" if n_rows == results.sizes["neuron"] else f" (first {n_rows} of {results.sizes['neuron']})"
+    kind = "inhibitory images" if results.attrs.get("minimize", 0) else "MEIs"
+    figure.suptitle(f"{kind} by gradient ascent{shown}; r = predicted rate", fontsize=8)
+    return figure
+
+
+def reconstruction_figure(results: xr.Dataset, method: str = "ga") -> Figure:
+    """Rows = test images (first MAX_ROWS): the target image, then its reconstruction for each seed."""
+    data = results.sel(method=method)
+    n_rows = min(results.sizes["image"], MAX_ROWS)
+    seeds = results.seed.values.tolist()
+    figure, axes = _grid(n_rows, 1 + len(seeds))
+    for row in range(n_rows):
+        image = data.isel(image=row)
+        _show(axes[row, 0], image.target_image_pixels.values)
+        axes[row, 0].set_ylabel(f"{image.session.item()}\nimage {image.image_id.item()}", fontsize=6)
+        if row == 0:
+            axes[row, 0].set_title("target", fontsize=6)
+        for col, seed in enumerate(seeds, start=1):
+            cell = image.sel(seed=seed)
+            _show(axes[row, col], cell.reconstruction_pixels.values)
+            axes[row, col].set_title(f"seed {seed}\nresp. r={float(cell.correlation):.2f}", fontsize=6)
+    shown = "" if n_rows == results.sizes["image"] else f" (first {n_rows} of {results.sizes['image']})"
+    figure.suptitle(f"reconstructions by gradient ascent{shown}; r = correlation of responses", fontsize=8)
+    return figure

@@ -1,0 +1,357 @@
+"""MEIs by gradient ascent for every kept checkpoint, after fit: `<run>/products/<checkpoint>/mei_ga.nc` + PNG.
+
+The same functions serve the `encoders mei` command for checkpoints trained earlier. On a
+synthetic twin (a data file with ground truth) every MEI is also scored on the true neuron.
+
+Products are skipped when they exist for the same checkpoint bytes and the same request
+(fingerprint in the file's attributes), so a re-run after a crash does only what is missing,
+while a retrained `last.ckpt` or changed settings make them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import xarray as xr
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+
+from encoders.callbacks.figures import mei_figure
+from encoders.datasets.io import list_sessions, read_arrays
+from encoders.datasets.twin import ground_truth_columns, has_ground_truth, load_ground_truth
+from encoders.ensemble import Ensemble, load_checkpoint
+from encoders.errors import EncodersError
+from encoders.metrics import correlation
+from encoders.outputs import save_figure, write_netcdf
+from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation
+from encoders.synthesis.gradient_ascent import GASettings, optimize_in_batches
+from encoders.synthesis.targets import Target, check_choice, resolve_targets, top_k_targets
+
+CHECKPOINT_CHOICES = ("best_and_last", "all")
+METHOD = "ga"
+MEI_FILE = "mei_ga.nc"
+
+
+# ---- shared by the product callbacks ------------------------------------------------------------
+def kept_checkpoints(trainer: pl.Trainer, which: str) -> list[Path]:
+    """Checkpoint files the trainer's ModelCheckpoint kept: best and last, or all (best first)."""
+    if which not in CHECKPOINT_CHOICES:
+        raise EncodersError(f"checkpoints must be one of {list(CHECKPOINT_CHOICES)}, got {which!r}")
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return []
+    if which == "best_and_last":
+        paths = [callback.best_model_path]
+    else:
+        reverse = callback.mode == "max"
+        paths = sorted(callback.best_k_models, key=lambda p: float(callback.best_k_models[p]), reverse=reverse)
+    paths.append(callback.last_model_path)
+    unique: dict[Path, None] = {}
+    for path in paths:
+        if path and Path(path).is_file():
+            unique.setdefault(Path(path), None)
+    return list(unique)
+
+
+def load_models(paths: Sequence[str | Path]) -> nn.Module:
+    """One checkpoint -> its model; several -> their Ensemble. Eval mode, CPU."""
+    if len(paths) == 1:
+        return load_checkpoint(paths[0])
+    return Ensemble.from_checkpoints(paths)
+
+
+def fingerprint(paths: Sequence[str | Path], request: dict) -> str:
+    """sha256 of the checkpoint bytes and the request (settings, neuron choice): what a product depends on."""
+    digest = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode())
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def existing(path: Path, key: str) -> xr.Dataset | None:
+    """The product at `path`, loaded, if it exists and was made from the same fingerprint."""
+    if not path.is_file():
+        return None
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as data:
+            if data.attrs.get("fingerprint") != key:
+                return None
+            return data.load()
+    except (OSError, ValueError):  # a foreign or damaged file: make it again
+        return None
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def log_wandb_images(trainer: pl.Trainer, key: str, paths: Sequence[Path]) -> None:
+    """Log PNG products to every attached WandbLogger."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(p) for p in paths])
+
+
+class CheckpointProducts(pl.Callback):
+    """Base of the product callbacks: after fit (rank 0), make products for each kept checkpoint.
+
+    Subclasses implement `check` (validate ids before training starts) and `produce` (write one
+    checkpoint's products into a folder, return the PNGs for W&B).
+    """
+
+    name = "product"
+
+    def __init__(self, checkpoints: str):
+        if checkpoints not in CHECKPOINT_CHOICES:
+            raise EncodersError(f"checkpoints must be one of {list(CHECKPOINT_CHOICES)}, got {checkpoints!r}")
+        self.checkpoints = checkpoints
+
+    def check(self, model: nn.Module, datamodule) -> None:
+        raise NotImplementedError
+
+    def produce(self, paths: list[Path], model: nn.Module, datamodule, folder: Path) -> list[Path]:
+        raise NotImplementedError
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the model is built by now: a typo in a neuron id fails before training, not after
+        self.check(pl_module, trainer.datamodule)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        paths = kept_checkpoints(trainer, self.checkpoints)
+        if not paths:
+            rank_zero_warn(f"{type(self).__name__}: no saved checkpoint (add a ModelCheckpoint); no {self.name}s made")
+            return
+        for path in paths:
+            folder = Path(trainer.default_root_dir) / "products" / path.stem
+            model = load_checkpoint(path).to(pl_module.device)
+            figures = self.produce([path], model, trainer.datamodule, folder)
+            if figures:
+                log_wandb_images(trainer, f"products/{path.stem}/{self.name}", figures)
+
+
+# ---- MEIs ------------------------------------------------------------------------------------------
+def compute_meis(
+    model: nn.Module, targets: Sequence[Target], settings: GASettings, minimize: bool = False,
+) -> xr.Dataset:
+    """MEIs of `targets` (one per seed) by batched gradient ascent, as a labelled Dataset.
+
+    Dims: method, neuron (coords session, neuron_id), seed, channel, y, x, step. Variables: image
+    (model space), image_pixels (pixel space), activation (final predicted rate), trace (rate at
+    the start of each step).
+    """
+    resolve_targets(model, targets)  # every id checked before the first step
+    model.eval()
+    shape = model.input_shape
+    transform = model.image_transform
+    seeds = list(settings.seeds)
+    pairs = [(target, seed) for target in targets for seed in seeds]
+    result = optimize_in_batches(
+        lambda index: NeuronActivation(model, [pairs[i][0] for i in index], minimize=minimize),
+        [seed for _, seed in pairs], shape, settings, settings.pixel_range(transform), model_device(model),
+    )
+    n, s = len(targets), len(seeds)
+    sign = 1.0 if minimize else -1.0  # energy = -rate, or +rate for inhibitory images
+    images = result.images.view(n, s, *shape)
+    image_dims = ("method", "neuron", "seed", "channel", "y", "x")
+    data = xr.Dataset(
+        {
+            "image": (image_dims, images[None].numpy()),
+            "image_pixels": (image_dims, transform.to_pixels(images)[None].numpy()),
+            "activation": (("method", "neuron", "seed"), (sign * result.energy).view(1, n, s).numpy()),
+            "trace": (("method", "step", "neuron", "seed"), (sign * result.trace).view(1, -1, n, s).numpy()),
+        },
+        coords={
+            "method": [METHOD],
+            "session": ("neuron", [t[0] for t in targets]),
+            "neuron_id": ("neuron", [t[1] for t in targets]),
+            "seed": seeds,
+            "step": np.arange(settings.steps),
+        },
+    )
+    data["image"].attrs["space"] = "model input (z-scored)"
+    data["image_pixels"].attrs["space"] = "pixels after the data's grayscale/crop/resize, 0..255"
+    data["activation"].attrs["units"] = "predicted rate (spikes per bin)"
+    data.attrs.update({f"ga_{k}": v for k, v in settings.attrs(shape).items()})
+    data.attrs.update({
+        "product": "inhibitory images" if minimize else "most exciting images",
+        "minimize": int(minimize),
+        "image_transform": json.dumps(transform.state()),
+    })
+    return data
+
+
+def twin_columns(path: str | Path, model: nn.Module, targets: Sequence[Target]) -> torch.Tensor:
+    """Ground-truth column of each target, checking the file's sessions and neuron ids match the model's."""
+    available = list_sessions(path)
+    for session in dict.fromkeys(t[0] for t in targets):
+        if session not in available:
+            raise EncodersError(f"{path}: session {session!r} of the model is not in the data file ({available})")
+        ids = [str(x) for x in read_arrays(path, session, ["neuron_id"])["neuron_id"]]
+        if ids != model.neuron_ids(session):
+            raise EncodersError(f"{path}: session {session!r} has other neuron ids than the model")
+    columns = {s: ground_truth_columns(path, s) for s in dict.fromkeys(t[0] for t in targets)}
+    return torch.stack([columns[s][model.neuron_ids(s).index(n)] for s, n in targets])
+
+
+def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Path, settings: GASettings) -> xr.Dataset:
+    """Add the twin's view of each MEI: true rate, rate relative to the true MEI, similarity to it.
+
+    The true MEI is found the same way as the model's (same seeds, steps, optimiser, blur, norm and
+    clamp in model space), by ascending the ground truth through `to_pixels` (and a resize to the
+    stored size). Per neuron the seed with the strongest true response is THE true MEI:
+    ground_truth_relative_activation = true rate of the model's MEI / true rate of the true MEI;
+    true_mei_correlation = pixel correlation of each model MEI with the true MEI (MEIs of
+    position-tolerant neurons are not unique, so a good model can score low here).
+    """
+    targets = list(zip(results.session.values.tolist(), results.neuron_id.values.tolist()))
+    columns = twin_columns(path, model, targets)
+    device = model_device(model)
+    truth = load_ground_truth(path).to(device)
+    size = (truth.image_size, truth.image_size)
+    transform = model.image_transform
+    minimize = bool(results.attrs["minimize"])
+    seeds = results.seed.values.tolist()
+    n, s = len(targets), len(seeds)
+    shape = tuple(results.image.shape[-3:])
+
+    pair_columns = columns.repeat_interleave(s)  # image i = neuron i // s, seed i % s
+    pair_seeds = [seeds[i % s] for i in range(n * s)]
+    images = torch.as_tensor(results.image.sel(method=METHOD).values).reshape(n * s, *shape)
+    with torch.no_grad():
+        true_rate = torch.cat([
+            GroundTruthActivation(truth, pair_columns[i : i + settings.batch_size], transform, size)
+            .activation(images[i : i + settings.batch_size].to(device)).cpu()
+            for i in range(0, n * s, settings.batch_size)
+        ]).view(n, s)
+
+    found = optimize_in_batches(
+        lambda index: GroundTruthActivation(truth, pair_columns[index], transform, size, minimize=minimize),
+        pair_seeds, shape, settings, settings.pixel_range(transform), device,
+    )
+    found_rate = (found.energy if minimize else -found.energy).view(n, s)
+    best = found_rate.argmin(1) if minimize else found_rate.argmax(1)
+    true_mei = found.images.view(n, s, *shape)[torch.arange(n), best]
+    reference = found_rate[torch.arange(n), best]
+    model_pixels = torch.as_tensor(results.image_pixels.sel(method=METHOD).values)
+    true_pixels = transform.to_pixels(true_mei)
+    similarity = correlation(model_pixels.flatten(2), true_pixels.flatten(1)[:, None].expand(-1, s, -1), dim=2)
+
+    out = results.copy()
+    cells = ("method", "neuron", "seed")
+    out["ground_truth_activation"] = (cells, true_rate[None].numpy())
+    out["ground_truth_relative_activation"] = (cells, (true_rate / reference[:, None])[None].numpy())
+    out["true_mei_correlation"] = (cells, similarity[None].numpy())
+    out["true_mei"] = (("neuron", "channel", "y", "x"), true_mei.numpy())
+    out["true_mei_pixels"] = (("neuron", "channel", "y", "x"), true_pixels.numpy())
+    out["true_mei_activation"] = ("neuron", reference.numpy())
+    out["true_mei_seed"] = ("neuron", np.asarray(seeds)[best.numpy()])
+    out["ground_truth_activation"].attrs["units"] = "true rate (spikes per bin)"
+    out.attrs["ground_truth"] = str(path)
+    return out
+
+
+def write_meis(
+    paths: Sequence[Path], model: nn.Module, folder: Path, settings: GASettings, neurons: Sequence[Target] | None,
+    top_k: int | None, datamodule=None, minimize: bool = False, ground_truth: bool = True,
+) -> list[Path]:
+    """Make `folder/mei_ga.nc` and `mei_ga.png` for a model (from `paths`) unless they exist; return new PNGs.
+
+    Neurons: the explicit list, or the top_k best predicted on the datamodule's validation tier.
+    Ground-truth scores are added when the datamodule's file is a twin and `ground_truth` is on.
+    """
+    if neurons is not None:
+        resolve_targets(model, neurons)
+    elif datamodule is None:
+        raise EncodersError("top_k needs data (a data module or --data) to rank neurons by validation correlation")
+    scored = ground_truth and datamodule is not None and has_ground_truth(datamodule.path)
+    request = {
+        "settings": settings.attrs(model.input_shape), "neurons": neurons, "top_k": top_k, "minimize": minimize,
+        "ground_truth": scored,
+    }
+    key = fingerprint(paths, request)
+    nc, png = folder / MEI_FILE, folder / MEI_FILE.replace(".nc", ".png")
+    results = existing(nc, key)
+    made = results is None
+    if made:
+        model.eval()
+        if neurons is None:
+            targets, scores = top_k_targets(model, datamodule, top_k)
+        else:
+            targets, scores = list(neurons), None
+        results = compute_meis(model, targets, settings, minimize)
+        if scores is not None:
+            results["validation_correlation"] = ("neuron", np.asarray(scores))
+        if scored:
+            results = score_on_ground_truth(results, model, datamodule.path, settings)
+        results.attrs.update({"checkpoint": "; ".join(str(p) for p in paths), "fingerprint": key})
+        write_netcdf(results, nc)
+        rank_zero_info(f"MEIs of {results.sizes['neuron']} neurons -> {nc}")
+    if made or not png.is_file():
+        save_figure(mei_figure(results), png)
+        return [png]
+    return []
+
+
+class MEICallback(CheckpointProducts):
+    """After fit, MEIs by gradient ascent for each kept checkpoint -> `<run>/products/<ckpt>/mei_ga.nc` + PNG.
+
+    Args:
+        neurons: explicit "SESSION/NEURON_ID" list; or
+        top_k: the k neurons best predicted on the validation tier (by each checkpoint's model).
+        seeds, steps, optimizer, lr, blur_sigma, contrast, norm, clamp, batch_size: see GASettings.
+        minimize: make inhibitory images (lowest response) instead.
+        checkpoints: "best_and_last" or "all" kept by the ModelCheckpoint callback.
+        ground_truth: on a synthetic twin, score MEIs on the true neurons (and find their true MEIs).
+    """
+
+    name = "mei_ga"
+
+    def __init__(
+        self,
+        neurons: list[str] | None = None,
+        top_k: int | None = None,
+        seeds: list[int] | None = None,
+        steps: int = 100,
+        optimizer: str = "sgd",
+        lr: float = 10.0,
+        blur_sigma: float = 1.0,
+        contrast: float = 0.25,
+        norm: float | None = None,
+        clamp: bool = True,
+        batch_size: int = 128,
+        minimize: bool = False,
+        checkpoints: str = "best_and_last",
+        ground_truth: bool = True,
+    ):
+        super().__init__(checkpoints)
+        self.targets = check_choice(neurons, top_k)
+        self.top_k = top_k
+        self.settings = GASettings(
+            seeds=tuple(seeds) if seeds is not None else (0,), steps=steps, optimizer=optimizer, lr=lr,
+            blur_sigma=blur_sigma, contrast=contrast, norm=norm, clamp=clamp, batch_size=batch_size,
+        )
+        self.minimize = minimize
+        self.ground_truth = ground_truth
+
+    def check(self, model: nn.Module, datamodule) -> None:
+        if self.targets is not None:
+            resolve_targets(model, self.targets)
+        elif datamodule is None:
+            raise EncodersError("MEICallback with top_k needs a data module to rank neurons")
+
+    def produce(self, paths: list[Path], model: nn.Module, datamodule, folder: Path) -> list[Path]:
+        return write_meis(
+            paths, model, folder, self.settings, self.targets, self.top_k, datamodule, self.minimize, self.ground_truth,
+        )

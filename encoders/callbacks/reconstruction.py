@@ -1,0 +1,234 @@
+"""Reconstructions by gradient ascent: the image whose predicted responses best match a test image's responses.
+
+For each kept checkpoint, after fit: `<run>/products/<checkpoint>/reconstruction_ga.nc` + PNG. The
+same functions serve `encoders reconstruct` for checkpoints trained earlier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+
+from encoders.callbacks.figures import reconstruction_figure
+from encoders.callbacks.mei import METHOD, CheckpointProducts, existing, fingerprint, model_device
+from encoders.errors import EncodersError
+from encoders.metrics import correlation
+from encoders.outputs import save_figure, write_netcdf
+from encoders.synthesis.energies import METRICS, ResponseDistance
+from encoders.synthesis.gradient_ascent import GASettings, optimize_in_batches
+from encoders.synthesis.targets import check_sessions, model_space_images
+
+RECONSTRUCTION_FILE = "reconstruction_ga.nc"
+TARGETS = ("recorded", "predicted")
+RECONSTRUCTION_CONTRAST = 1.0  # z-scored natural images have unit RMS on average: reconstructions match it
+
+
+def choose_test_images(
+    model: nn.Module, datamodule, images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None,
+) -> dict[str, list[int]]:
+    """Positions within each session's test tier: the first `images` of each session, or given lists.
+
+    Every session and position is checked, with an EncodersError naming what is wrong.
+    """
+    if isinstance(images, Mapping):
+        if sessions is not None:
+            raise EncodersError("give sessions either as the keys of `images` or in `sessions`, not both")
+        chosen = {str(s): [int(i) for i in index] for s, index in images.items()}
+    else:
+        if isinstance(images, bool) or int(images) != images or images < 1:
+            raise EncodersError(f"images must be a positive count or a mapping session -> test-image positions, got {images!r}")
+        chosen = {s: list(range(int(images))) for s in (sessions if sessions is not None else model.sessions)}
+    if not chosen:
+        raise EncodersError("no sessions chosen for reconstructions")
+    check_sessions(model, list(chosen))
+    for session, index in chosen.items():
+        if session not in datamodule.sessions:
+            raise EncodersError(f"session {session!r} is not in the data ({datamodule.sessions})")
+        n_test = int((datamodule.tables[session].tiers == "test").sum())
+        if not isinstance(images, Mapping):
+            index = chosen[session] = index[:n_test]  # a count asks for at most what there is
+        if not index or min(index) < 0 or max(index) >= n_test:
+            raise EncodersError(f"session {session!r} has {n_test} test images; positions must lie in 0..{n_test - 1}, got {index}")
+        if len(set(index)) != len(index):
+            raise EncodersError(f"session {session!r}: a test image is chosen twice ({index})")
+    return chosen
+
+
+def compute_reconstructions(
+    model: nn.Module, datamodule, chosen: Mapping[str, Sequence[int]], settings: GASettings, target: str = "recorded",
+    metric: str = "mse",
+) -> xr.Dataset:
+    """Reconstruct the chosen test images of each session from their responses (one per seed).
+
+    target: "recorded" (the data's repeat-averaged responses) or "predicted" (the model's own
+    predictions for the image). Dims: method, image (coords session, image_id, test_index), seed,
+    channel, y, x, neuron (coords neuron_session, neuron_id: all chosen sessions' neurons), step.
+    Responses of neurons outside an image's session are NaN.
+    """
+    if target not in TARGETS:
+        raise EncodersError(f"target must be one of {list(TARGETS)}, got {target!r}")
+    if metric not in METRICS:
+        raise EncodersError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    model.eval()
+    device = model_device(model)
+    shape = model.input_shape
+    transform = model.image_transform
+    seeds = list(settings.seeds)
+    s = len(seeds)
+    neurons = [(session, n) for session in chosen for n in model.neuron_ids(session)]
+    neuron_session = np.asarray([session for session, _ in neurons])
+    rows: dict[str, list] = {k: [] for k in ("session", "image_id", "test_index", "image", "target", "recon",
+                                              "predicted", "corr", "trace")}
+    for session, index in chosen.items():
+        data = model_space_images(model, datamodule, session, "test")
+        position = torch.as_tensor(list(index))
+        images = data["images"][position]
+        with torch.no_grad():
+            responses = model(images.to(device), session).cpu() if target == "predicted" else data["responses"][position]
+        wanted = responses.repeat_interleave(s, dim=0)  # image i = test image i // s, seed i % s
+        result = optimize_in_batches(
+            lambda rows_: ResponseDistance(model, session, wanted[rows_], metric),
+            [seeds[i % s] for i in range(len(wanted))], shape, settings, settings.pixel_range(transform), device,
+        )
+        with torch.no_grad():
+            predicted = torch.cat([model(x.to(device), session).cpu() for x in result.images.split(settings.batch_size)])
+        k = len(index)
+        columns = neuron_session == session
+        rows["session"] += [session] * k
+        rows["image_id"] += data["image_id"][position].tolist()
+        rows["test_index"] += list(index)
+        rows["image"].append(images)
+        rows["target"].append(_spread(responses, columns))
+        rows["recon"].append(result.images.view(k, s, *shape))
+        rows["predicted"].append(_spread(predicted, columns).view(k, s, -1))
+        rows["corr"].append(correlation(predicted, wanted, dim=1).view(k, s))
+        rows["trace"].append(result.trace.view(-1, k, s))
+
+    target_images = torch.cat(rows["image"])
+    recon = torch.cat(rows["recon"])
+    image_dims = ("channel", "y", "x")
+    pixel_corr = correlation(transform.to_pixels(recon).flatten(2), transform.to_pixels(target_images).flatten(1)[:, None], dim=2)
+    results = xr.Dataset(
+        {
+            "target_image": (("image", *image_dims), target_images.numpy()),
+            "target_image_pixels": (("image", *image_dims), transform.to_pixels(target_images).numpy()),
+            "reconstruction": (("method", "image", "seed", *image_dims), recon[None].numpy()),
+            "reconstruction_pixels": (("method", "image", "seed", *image_dims), transform.to_pixels(recon)[None].numpy()),
+            "target_responses": (("image", "neuron"), torch.cat(rows["target"]).numpy()),
+            "predicted_responses": (("method", "image", "seed", "neuron"), torch.cat(rows["predicted"])[None].numpy()),
+            "correlation": (("method", "image", "seed"), torch.cat(rows["corr"])[None].numpy()),
+            "image_correlation": (("method", "image", "seed"), pixel_corr[None].numpy()),
+            "trace": (("method", "step", "image", "seed"), torch.cat(rows["trace"], dim=1)[None].numpy()),
+        },
+        coords={
+            "method": [METHOD],
+            "session": ("image", rows["session"]),
+            "image_id": ("image", np.asarray(rows["image_id"], dtype=np.int64)),
+            "test_index": ("image", np.asarray(rows["test_index"], dtype=np.int64)),
+            "seed": seeds,
+            "neuron_session": ("neuron", neuron_session),
+            "neuron_id": ("neuron", [n for _, n in neurons]),
+            "step": np.arange(settings.steps),
+        },
+    )
+    results["correlation"].attrs["meaning"] = "Pearson r over the session's neurons: predicted (reconstruction) vs target responses"
+    results["image_correlation"].attrs["meaning"] = "Pearson r over pixels: reconstruction vs target image"
+    results["trace"].attrs["meaning"] = f"energy ({metric} between predicted and target responses) at the start of each step"
+    results.attrs.update({f"ga_{k}": v for k, v in settings.attrs(shape).items()})
+    results.attrs.update({"product": "reconstructions", "target": target, "metric": metric})
+    return results
+
+
+def _spread(values: torch.Tensor, columns: np.ndarray) -> torch.Tensor:
+    """(rows, session neurons) -> (rows, all neurons) with NaN outside the session's columns."""
+    out = torch.full((values.shape[0], len(columns)), float("nan"))
+    out[:, torch.from_numpy(columns)] = values.float()
+    return out
+
+
+def write_reconstructions(
+    paths: Sequence[Path], model: nn.Module, folder: Path, settings: GASettings, datamodule,
+    images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None, target: str, metric: str,
+) -> list[Path]:
+    """Make `folder/reconstruction_ga.nc` and its PNG unless they exist for the same request; return new PNGs."""
+    if datamodule is None:
+        raise EncodersError("reconstructions need data: the test images and their responses")
+    chosen = choose_test_images(model, datamodule, images, sessions)
+    request = {"settings": settings.attrs(model.input_shape), "images": chosen, "target": target, "metric": metric}
+    key = fingerprint(paths, request)
+    nc, png = folder / RECONSTRUCTION_FILE, folder / RECONSTRUCTION_FILE.replace(".nc", ".png")
+    results = existing(nc, key)
+    made = results is None
+    if made:
+        results = compute_reconstructions(model, datamodule, chosen, settings, target, metric)
+        results.attrs.update({"checkpoint": "; ".join(str(p) for p in paths), "fingerprint": key})
+        write_netcdf(results, nc)
+        rank_zero_info(f"reconstructions of {results.sizes['image']} test images -> {nc}")
+    if made or not png.is_file():
+        save_figure(reconstruction_figure(results), png)
+        return [png]
+    return []
+
+
+class ReconstructionCallback(CheckpointProducts):
+    """After fit, reconstructions of test images for each kept checkpoint -> `<run>/products/<ckpt>/reconstruction_ga.nc`.
+
+    Args:
+        images: how many test images per session (the first ones of the test tier), or a mapping
+            session -> positions within that session's test tier.
+        sessions: sessions to use with a count (None = all); not with a mapping.
+        target: "recorded" responses or the model's "predicted" responses to the image.
+        metric: "mse" or "correlation" between predicted and target responses (see ResponseDistance).
+        seeds, steps, optimizer, lr, blur_sigma, contrast, norm, clamp, batch_size: see GASettings;
+            contrast defaults to 1.0, the average RMS of z-scored images.
+        checkpoints: "best_and_last" or "all" kept by the ModelCheckpoint callback.
+    """
+
+    name = "reconstruction_ga"
+
+    def __init__(
+        self,
+        images: int | dict[str, list[int]] = 4,
+        sessions: list[str] | None = None,
+        target: str = "recorded",
+        metric: str = "mse",
+        seeds: list[int] | None = None,
+        steps: int = 100,
+        optimizer: str = "sgd",
+        lr: float = 10.0,
+        blur_sigma: float = 1.0,
+        contrast: float = RECONSTRUCTION_CONTRAST,
+        norm: float | None = None,
+        clamp: bool = True,
+        batch_size: int = 128,
+        checkpoints: str = "best_and_last",
+    ):
+        super().__init__(checkpoints)
+        if target not in TARGETS:
+            raise EncodersError(f"target must be one of {list(TARGETS)}, got {target!r}")
+        if metric not in METRICS:
+            raise EncodersError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+        self.images = images
+        self.sessions = sessions
+        self.target = target
+        self.metric = metric
+        self.settings = GASettings(
+            seeds=tuple(seeds) if seeds is not None else (0,), steps=steps, optimizer=optimizer, lr=lr,
+            blur_sigma=blur_sigma, contrast=contrast, norm=norm, clamp=clamp, batch_size=batch_size,
+        )
+
+    def check(self, model: nn.Module, datamodule) -> None:
+        if datamodule is None:
+            raise EncodersError("ReconstructionCallback needs a data module (test images and responses)")
+        choose_test_images(model, datamodule, self.images, self.sessions)
+
+    def produce(self, paths: list[Path], model: nn.Module, datamodule, folder: Path) -> list[Path]:
+        return write_reconstructions(
+            paths, model, folder, self.settings, datamodule, self.images, self.sessions, self.target, self.metric,
+        )

@@ -1,0 +1,30 @@
+"""Image synthesis from trained models: energies, and gradient descent on pixels that minimises them."""
+
+from encoders.synthesis.blur import gaussian_blur
+from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation, ResponseDistance
+from encoders.synthesis.gradient_ascent import (
+    GASettings,
+    GradientAscentResult,
+    default_norm,
+    initial_images,
+    optimize_images,
+    optimize_in_batches,
+)
+from encoders.synthesis.targets import all_targets, parse_target, resolve_targets, top_k_targets
+
+__all__ = [
+    "GASettings",
+    "GradientAscentResult",
+    "GroundTruthActivation",
+    "NeuronActivation",
+    "ResponseDistance",
+    "all_targets",
+    "default_norm",
+    "gaussian_blur",
+    "initial_images",
+    "optimize_images",
+    "optimize_in_batches",
+    "parse_target",
+    "resolve_targets",
+    "top_k_targets",
+]

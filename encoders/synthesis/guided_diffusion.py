@@ -1,0 +1,129 @@
+"""Energy-guided diffusion (EGG, Pierzchlewicz et al. 2023): DDPM sampling from a prior, nudged down an energy.
+
+At every respaced step t:
+
+    eps     = unet(x_t, t)
+    x0_hat  = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)        the prior's guess of the clean image
+    g       = d energy(adapter(x0_hat)) / d x_t                   through the UNet
+    x_{t-1} = DDPM step(eps, t, x_t) - energy_scale * g / |g|
+
+The gradient is normalised PER SAMPLE (the paper's code divides by the norm of the whole batch, which
+makes every sample depend on the others), and sample b draws its initial and per-step noise from its
+own generator seeded with seeds[b]; so sample b depends only on its seed and its own energy term.
+MEIs use an activation energy, MENIs the same with a smaller energy_scale (closer to the prior),
+reconstructions a response-distance energy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from encoders.errors import EncodersError
+from encoders.synthesis.prior import DiffusionPrior
+
+Energy = Callable[[torch.Tensor], torch.Tensor]  # model-space images (B, C, H, W) -> (B,)
+Adapter = Callable[[torch.Tensor], torch.Tensor]  # prior images -> the energy's input space
+
+
+@dataclass
+class EGGResult:
+    """What `egg_sample` returns (CPU tensors).
+
+    prior_images: (B, C_prior, S, S) final samples in [-1, 1].
+    images: (B, C, H, W) the same in the energy's input space, rescaled to `norm` when given.
+    energy: (B,) energy of `images` (NaN without an energy).
+    trace: (num_steps, B) energy of adapter(x0_hat) at each step.
+    """
+
+    prior_images: torch.Tensor
+    images: torch.Tensor
+    energy: torch.Tensor
+    trace: torch.Tensor
+
+
+def guidance_gradient(
+    prior: DiffusionPrior, energy: Energy, adapter: Adapter, x_t: torch.Tensor, t: int, clip_denoised: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(UNet output, energy of adapter(x0_hat) (B,), its gradient w.r.t. x_t) at one step."""
+    x_t = x_t.detach().requires_grad_(True)
+    with torch.enable_grad():
+        output = prior(x_t, t)
+        x0_hat = prior.predicted_clean(x_t, t, output)
+        if clip_denoised:
+            x0_hat = x0_hat.clamp(-1, 1)
+        value = energy(adapter(x0_hat))
+        if value.shape != (x_t.shape[0],):
+            raise ValueError(f"the energy must return ({x_t.shape[0]},) values, got {tuple(value.shape)}")
+        # autograd.grad, not backward: no parameter of the prior or the model collects gradients
+        (gradient,) = torch.autograd.grad(value.sum(), x_t)
+    return output.detach(), value.detach(), gradient
+
+
+def _generators(seeds: Sequence[int] | int, n_images: int, device: torch.device) -> list[torch.Generator]:
+    seeds = [int(seeds)] * n_images if isinstance(seeds, int) else [int(s) for s in seeds]
+    if len(seeds) != n_images:
+        raise EncodersError(f"need one seed per image: {n_images} images, {len(seeds)} seeds")
+    return [torch.Generator(device).manual_seed(seed) for seed in seeds]
+
+
+def egg_sample(
+    prior: DiffusionPrior,
+    energy: Energy | None,
+    n_images: int,
+    num_steps: int = 50,
+    energy_scale: float = 1.0,
+    seeds: Sequence[int] | int = 0,
+    norm: float | None = None,
+    adapter: Adapter | None = None,
+    clip_denoised: bool = True,
+) -> EGGResult:
+    """Draw `n_images` samples from `prior`, guided to low `energy`.
+
+    Args:
+        energy: adapter(images) -> (n_images,), image b's own term (e.g. NeuronActivation with n_images
+            targets); None samples the prior unguided (energy_scale must then be 0).
+        num_steps: respaced DDPM steps (at most the prior's training timesteps).
+        energy_scale: L2 length, in prior space, of the guidance step taken at every step.
+        seeds: one per image, or one int for all (identical samples up to their energies).
+        norm: rescale each final adapter(image) to this L2 norm (e.g. `default_norm` for a fair
+            comparison with norm-constrained gradient-ascent MEIs); None keeps the prior's contrast.
+        adapter: prior images -> the energy's input space, e.g. `ModelSpace.of(model)`; None = identity.
+        clip_denoised: clamp x0_hat to [-1, 1] before the energy (the range the prior was trained on).
+    """
+    if energy is None and energy_scale != 0:
+        raise EncodersError("energy_scale must be 0 when sampling without an energy")
+    if energy_scale < 0:
+        raise EncodersError(f"energy_scale must be >= 0, got {energy_scale}")
+    if norm is not None and not norm > 0:
+        raise EncodersError(f"norm must be positive (or None for no constraint), got {norm}")
+    adapter = adapter if adapter is not None else (lambda x: x)
+    device = next(prior.parameters()).device
+    dtype = next(prior.parameters()).dtype
+    scheduler = prior.respaced(num_steps)
+    generators = _generators(seeds, n_images, device)
+
+    x = torch.stack([torch.randn(prior.image_shape, generator=g, device=device, dtype=dtype) for g in generators])
+    trace = torch.full((num_steps, n_images), float("nan"))
+    for i, t in enumerate(scheduler.timesteps.tolist()):
+        if energy is None:
+            with torch.no_grad():
+                output = prior(x, t)
+        else:
+            output, value, gradient = guidance_gradient(prior, energy, adapter, x, t, clip_denoised)
+            trace[i] = value.cpu()
+        # a list of generators: the scheduler draws sample b's noise from generators[b] alone
+        x = scheduler.step(output, t, x, generator=generators).prev_sample
+        if energy_scale:
+            length = gradient.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            x = x - energy_scale * gradient / length
+    prior_images = x.clamp(-1, 1).detach()
+
+    with torch.no_grad():
+        images = adapter(prior_images)
+        if norm is not None:
+            images = images * (norm / images.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+        final = energy(images).cpu() if energy is not None else torch.full((n_images,), float("nan"))
+    return EGGResult(prior_images=prior_images.cpu(), images=images.cpu(), energy=final, trace=trace)

@@ -1,0 +1,196 @@
+"""Energies and gradient descent on pixels: norm, gradient blur, batching, MEIs, inhibitory images, reconstructions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from encoders.datasets.transforms import ImageTransform
+from encoders.ensemble import Ensemble
+from encoders.errors import EncodersError
+from encoders.metrics import correlation
+from encoders.model import EncodingModel
+from encoders.synthesis import (
+    GASettings,
+    NeuronActivation,
+    ResponseDistance,
+    all_targets,
+    default_norm,
+    gaussian_blur,
+    optimize_images,
+    optimize_in_batches,
+)
+
+torch.set_num_threads(1)
+SHAPE = (1, 16, 16)
+NORM = default_norm(SHAPE)  # 0.25 * 16 = 4
+
+
+def tiny_model(seed: int = 0) -> EncodingModel:
+    """A random-weight model of two sessions (5 and 4 neurons) on 1x16x16 images, eval mode."""
+    torch.manual_seed(seed)
+    sessions = {
+        s: {"neuron_ids": [f"{s}-n{i}" for i in range(n)], "mean_response": [2.0] * n, "n_train": 50}
+        for s, n in (("s0", 5), ("s1", 4))
+    }
+    model = EncodingModel(
+        core={"type": "stacked", "hidden_channels": 8, "layers": 2, "input_kernel": 5, "hidden_kernel": 3},
+        readout={"type": "attention", "embed_dim": 8, "heads": 2, "dropout": 0.0},
+        sessions=sessions, input_shape=list(SHAPE), transform=ImageTransform(mean=120.0, std=60.0).state(),
+    )
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> EncodingModel:
+    return tiny_model()
+
+
+def random_rates(model, targets, n_seeds: int = 16) -> torch.Tensor:
+    """Rates of each target neuron to norm-matched noise images, (seeds, targets)."""
+    out = []
+    for seed in range(1000, 1000 + n_seeds):
+        result = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, seed, steps=0, norm=NORM)
+        out.append(-result.energy)
+    return torch.stack(out)
+
+
+def test_default_norm_rule():
+    assert default_norm((1, 100, 100)) == pytest.approx(25.0)  # the paper's value
+    assert default_norm((3, 40, 40)) == pytest.approx(0.25 * math.sqrt(3 * 40 * 40))
+    assert default_norm((1, 10, 10), contrast=1.0) == pytest.approx(10.0)
+
+
+def test_norm_holds_after_every_step(model):
+    targets = all_targets(model)
+    for optimizer, lr in (("sgd", 10.0), ("adamw", 0.1)):
+        result = optimize_images(
+            NeuronActivation(model, targets), len(targets), SHAPE, seeds=0, steps=6, optimizer=optimizer, lr=lr,
+            blur_sigma=1.0, norm=NORM,
+        )
+        assert result.norm_trace.shape == (6, len(targets))
+        torch.testing.assert_close(result.norm_trace, torch.full((6, len(targets)), NORM), rtol=1e-5, atol=0)
+        torch.testing.assert_close(result.images.flatten(1).norm(dim=1), torch.full((len(targets),), NORM), rtol=1e-5, atol=0)
+
+
+def test_clamp_keeps_pixels_in_range(model):
+    targets = all_targets(model)[:3]
+    result = optimize_images(NeuronActivation(model, targets), 3, SHAPE, 0, 5, norm=30.0, pixel_range=(-1.0, 1.5))
+    assert result.images.min() >= -1.0 and result.images.max() <= 1.5
+    assert (result.norm_trace <= 30.0 + 1e-4).all()  # after a clamp the norm is an upper bound
+
+
+def test_blur_acts_on_the_gradient_not_the_image():
+    """A linear energy whose gradient is a delta: one SGD step adds a Gaussian blob to unblurred noise."""
+    weight = torch.zeros(1, 1, 21, 21)
+    weight[0, 0, 10, 10] = 1.0
+    sigma, lr = 2.0, 3.0
+    start = optimize_images(lambda x: -(x * weight).flatten(1).sum(1), 1, (1, 21, 21), 7, steps=0).images
+    after = optimize_images(lambda x: -(x * weight).flatten(1).sum(1), 1, (1, 21, 21), 7, steps=1, lr=lr, blur_sigma=sigma).images
+    step = (after - start)[0, 0]
+    y, x = torch.meshgrid(torch.arange(21.0), torch.arange(21.0), indexing="ij")
+    blob = torch.exp(-((y - 10) ** 2 + (x - 10) ** 2) / (2 * sigma**2))
+    blob = lr * blob / blob.sum()
+    torch.testing.assert_close(step, blob, atol=1e-6, rtol=1e-4)
+    assert step.argmax() == 10 * 21 + 10 and step[10, 10] < 0.1 * lr  # spread out, not a delta
+    # and the image itself keeps its pixel noise: no blur was applied to it
+    assert (after[0, 0] - gaussian_blur(after, sigma)[0, 0]).abs().max() > 0.5
+
+
+def test_batched_run_equals_single_runs(model):
+    """Image b depends only on its own seed and target: batching over neurons and seeds changes nothing."""
+    targets = [("s1", "s1-n2"), ("s0", "s0-n0"), ("s0", "s0-n3"), ("s1", "s1-n0"), ("s0", "s0-n0")]
+    seeds = [3, 5, 7, 9, 11]
+    settings = dict(steps=15, optimizer="sgd", lr=10.0, blur_sigma=1.0, norm=NORM, pixel_range=(-2.0, 2.2))
+    batched = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, seeds, **settings)
+    for b, (target, seed) in enumerate(zip(targets, seeds)):
+        single = optimize_images(NeuronActivation(model, [target]), 1, SHAPE, [seed], **settings)
+        torch.testing.assert_close(batched.images[b], single.images[0], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(batched.energy[b], single.energy[0], atol=1e-5, rtol=1e-5)
+    again = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, seeds, **settings)
+    assert torch.equal(again.images, batched.images)  # deterministic
+
+    chunked = optimize_in_batches(
+        lambda index: NeuronActivation(model, [targets[i] for i in index]), seeds, SHAPE,
+        GASettings(steps=15, lr=10.0, blur_sigma=1.0, norm=NORM, clamp=False, batch_size=2), None,
+    )
+    unclamped = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, seeds, 15, "sgd", 10.0, 1.0, NORM)
+    torch.testing.assert_close(chunked.images, unclamped.images, atol=2e-5, rtol=1e-4)
+
+
+def test_meis_drive_their_neuron_far_above_noise(model):
+    targets = all_targets(model)
+    result = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, 0, 40, "sgd", 10.0, 1.0, NORM)
+    mei = -result.energy
+    noise = random_rates(model, targets)
+    assert (mei > noise.max(0).values).all()
+    assert mei.mean() > 1.5 * noise.mean()
+    assert (-result.trace[-1] >= -result.trace[0]).all()  # the trace records the ascent
+
+
+def test_inhibitory_images_lower_the_response(model):
+    targets = all_targets(model)
+    result = optimize_images(NeuronActivation(model, targets, minimize=True), len(targets), SHAPE, 0, 40, "sgd", 10.0, 1.0, NORM)
+    noise = random_rates(model, targets)
+    assert (result.energy < noise.min(0).values).all()  # energy = +rate when minimising
+
+
+def test_reconstruction_of_predicted_responses(model):
+    test_images = optimize_images(lambda x: x.sum((1, 2, 3)), 4, SHAPE, [21, 22, 23, 24], steps=0, norm=4 * NORM).images
+    test_images = gaussian_blur(test_images, 1.5)  # smooth, natural-ish targets
+    with torch.no_grad():
+        wanted = model(test_images, "s0")
+    for metric in ("mse", "correlation"):
+        energy = ResponseDistance(model, "s0", wanted, metric)
+        start = optimize_images(energy, 4, SHAPE, 0, 0, norm=NORM)
+        result = optimize_images(energy, 4, SHAPE, 0, 60, "sgd", 10.0, 1.0, NORM)
+        with torch.no_grad():
+            r_random = correlation(model(start.images, "s0"), wanted, dim=1)
+            r_recon = correlation(model(result.images, "s0"), wanted, dim=1)
+        assert (r_recon > r_random).all(), metric
+        assert (result.energy < start.energy).all()
+        assert r_recon.mean() > 0.9, metric
+
+
+def test_response_distance_values(model):
+    images = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        predicted = model(images, "s1")
+        target = predicted.clone()
+        target[1] = 2 * predicted[1] + 1  # same pattern, other gain
+        mse = ResponseDistance(model, "s1", target, "mse")(images)
+        corr = ResponseDistance(model, "s1", target, "correlation")(images)
+    assert mse[0] == pytest.approx(0.0, abs=1e-6) and mse[1] > 0
+    torch.testing.assert_close(corr, torch.zeros(2), atol=1e-5, rtol=0)
+    with pytest.raises(EncodersError, match="metric"):
+        ResponseDistance(model, "s1", target, "cosine")
+    with pytest.raises(ValueError, match=r"\(B, 4\)"):
+        ResponseDistance(model, "s1", torch.zeros(2, 5))
+
+
+def test_unknown_ids_are_named_before_any_work(model):
+    with pytest.raises(EncodersError, match=r"unknown session 'nope'.*s0, s1"):
+        NeuronActivation(model, [("s0", "s0-n0"), ("nope", "x")])
+    with pytest.raises(EncodersError, match=r"unknown neuron id 's0-n9' in session 's0'.*s0-n0"):
+        NeuronActivation(model, [("s0", "s0-n9")])
+    with pytest.raises(EncodersError, match="unknown session 'zz'"):
+        ResponseDistance(model, "zz", torch.zeros(1, 5))
+    with pytest.raises(EncodersError, match="optimizer"):
+        optimize_images(NeuronActivation(model, [("s0", "s0-n0")]), 1, SHAPE, 0, 1, optimizer="lbfgs")
+
+
+def test_energies_work_on_an_ensemble(model):
+    ensemble = Ensemble([model, tiny_model(seed=1)]).eval()
+    targets = [("s0", "s0-n1"), ("s1", "s1-n3")]
+    images = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        energy = NeuronActivation(ensemble, targets)(images)
+        expected = torch.stack([
+            torch.stack([m(images[:1], "s0")[0, 1] for m in ensemble.members]).mean(),
+            torch.stack([m(images[1:], "s1")[0, 3] for m in ensemble.members]).mean(),
+        ])
+    torch.testing.assert_close(energy, -expected)
+    result = optimize_images(NeuronActivation(ensemble, targets), 2, SHAPE, 0, 3, norm=NORM)
+    assert torch.isfinite(result.images).all()
