@@ -123,6 +123,10 @@ def test_norm_rescales_model_space_images():
     result = egg_sample(prior, quadrant_brightness, n_images=2, num_steps=3, energy_scale=1.0, seeds=[0, 1], norm=5.0,
                         adapter=ModelSpace(TRANSFORM, MODEL_SHAPE))
     torch.testing.assert_close(result.images.flatten(1).norm(dim=1), torch.full((2,), 5.0))
+    torch.testing.assert_close(result.energy, quadrant_brightness(result.images))
+    # an adapter with a norm: guidance already sees the rescaled images
+    normed = ModelSpace(TRANSFORM, MODEL_SHAPE, norm=3.0)(torch.rand(2, 1, 16, 16) * 2 - 1)
+    torch.testing.assert_close(normed.flatten(1).norm(dim=1), torch.full((2,), 3.0))
 
 
 def test_bad_arguments_are_rejected():
@@ -135,6 +139,11 @@ def test_bad_arguments_are_rejected():
         egg_sample(prior, None, n_images=1, num_steps=1000, energy_scale=0.0)
 
 
+def public(config: dict) -> dict:
+    """A diffusers config without its bookkeeping keys (`_use_default_values`, ...)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
 # ---- (d) files ---------------------------------------------------------------------------------------------
 def test_prior_save_load_round_trip(tmp_path):
     prior = tiny_prior()
@@ -144,7 +153,6 @@ def test_prior_save_load_round_trip(tmp_path):
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(prior(x, 42), loaded(x, 42))
-    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
     assert public(loaded.scheduler.config) == public(prior.scheduler.config)
 
 

@@ -77,13 +77,15 @@ def test_callback_writes_labelled_scores_for_best_and_last(fitted):
             assert data.attrs["checkpoint"].endswith(f"{stem}.ckpt") and "pooling" in data.attrs["feature_reduction"]
             output = score.sel(layer="output", session="twin0")
             for measure in ("cka_linear", "nbs", "ridge_r2"):
-                trained, shuffled = float(output.sel(measure=measure, baseline="model")), float(output.sel(measure=measure, baseline="shuffled"))
+                trained = float(output.sel(measure=measure, baseline="model"))
+                shuffled = float(output.sel(measure=measure, baseline="shuffled"))
                 assert trained > shuffled + 0.05, (stem, measure, trained, shuffled)
             # the ceiling only depends on the data: finite, the same in every layer
             ceiling = score.sel(baseline="ceiling", session="twin0")
             assert np.isfinite(ceiling.values).all()
             assert (ceiling == ceiling.sel(layer="output")).all()
-            assert float(ceiling.sel(measure="cka_linear", layer="output")) > float(output.sel(measure="cka_linear", baseline="shuffled"))
+            assert float(ceiling.sel(measure="cka_linear", layer="output")) > float(
+                output.sel(measure="cka_linear", baseline="model"))
             assert np.isfinite(score.values[:, :, :3]).all(), data.attrs["notes"]
 
 
@@ -170,3 +172,21 @@ def test_wandb_table_has_one_row_per_score(fitted):
     frame = recorder.tables["similarity/last"]
     assert len(frame) == scores["score"].size
     assert {"measure", "layer", "baseline", "session", "score"} <= set(frame.columns)
+
+
+def test_too_few_stimuli_and_no_trials_give_nan_with_a_note(tmp_path, session_factory):
+    from encoders.similarity.diagnostics import similarity_diagnostics
+
+    path = tmp_path / "small.h5"
+    # 12 test images: too few for ridge_r2's 5 outer x 5 inner folds; no single trials: no ceiling
+    write_dataset(path, [session_factory("s0", n_images=60, n_neurons=5, size=16, trials=False)])
+    dm = RecordedDataModule(str(path))
+    dm.setup("test")
+    model = EncodingModel(core=CORE, readout=READOUT, sessions=dm.session_info(), input_shape=list(dm.input_shape()),
+                          transform=dm.transform.state())
+    scores = similarity_diagnostics(model, dm, ["cka_linear", "ridge_r2"], layers=False, seed=1, max_features=16)
+    assert list(scores.layer.values) == ["output"] and int(scores.n_stimuli.sel(session="s0")) == 12
+    assert np.isnan(scores["score"].sel(measure="ridge_r2").values).all()
+    assert np.isfinite(scores["score"].sel(measure="cka_linear", baseline=["model", "random_init", "shuffled"]).values).all()
+    assert np.isnan(scores["score"].sel(baseline="ceiling").values).all()
+    assert "ridge_r2 on session s0, output" in scores.attrs["notes"] and "too few" in scores.attrs["notes"]

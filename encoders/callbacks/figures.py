@@ -35,7 +35,7 @@ def _grid(rows: int, columns: int) -> tuple[Figure, np.ndarray]:
 
 def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
     """Rows = neurons (first MAX_ROWS), columns = seeds, then the twin's true MEI when scored."""
-    data = results.sel(method=method)
+    data = results.isel(method=results.method.values.tolist().index(method))
     n_rows = min(results.sizes["neuron"], MAX_ROWS)
     has_truth = "true_mei_pixels" in results
     seeds = results.seed.values.tolist()
@@ -64,7 +64,7 @@ def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
 
 def reconstruction_figure(results: xr.Dataset, method: str = "ga") -> Figure:
     """Rows = test images (first MAX_ROWS): the target image, then its reconstruction for each seed."""
-    data = results.sel(method=method)
+    data = results.isel(method=results.method.values.tolist().index(method))
     n_rows = min(results.sizes["image"], MAX_ROWS)
     seeds = results.seed.values.tolist()
     figure, axes = _grid(n_rows, 1 + len(seeds))

@@ -228,7 +228,8 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
 
     pair_columns = columns.repeat_interleave(s)  # image i = neuron i // s, seed i % s
     pair_seeds = [seeds[i % s] for i in range(n * s)]
-    images = torch.as_tensor(results.image.sel(method=METHOD).values).reshape(n * s, *shape)
+    ours = results.isel(method=results.method.values.tolist().index(METHOD))
+    images = torch.as_tensor(ours.image.values).reshape(n * s, *shape)
     with torch.no_grad():
         true_rate = torch.cat([
             GroundTruthActivation(truth, pair_columns[i : i + settings.batch_size], transform, size)
@@ -244,7 +245,7 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     best = found_rate.argmin(1) if minimize else found_rate.argmax(1)
     true_mei = found.images.view(n, s, *shape)[torch.arange(n), best]
     reference = found_rate[torch.arange(n), best]
-    model_pixels = torch.as_tensor(results.image_pixels.sel(method=METHOD).values)
+    model_pixels = torch.as_tensor(ours.image_pixels.values)
     true_pixels = transform.to_pixels(true_mei)
     similarity = correlation(model_pixels.flatten(2), true_pixels.flatten(1)[:, None].expand(-1, s, -1), dim=2)
 

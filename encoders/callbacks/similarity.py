@@ -45,12 +45,17 @@ def plot_similarity(scores: xr.Dataset, title: str = ""):
 
     score = scores["score"]
     n_layers, n_measures = score.sizes["layer"], score.sizes["measure"]
-    figure, axes = plt.subplots(1, n_layers, figsize=(1.0 + 0.9 * n_measures * n_layers, 3.6), sharey=True, squeeze=False)
+    cols = min(n_layers, 4)  # deep task-driven cores have many layers: wrap into rows
+    rows = -(-n_layers // cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(1.0 + 0.9 * n_measures * cols, 4.2 * rows), sharey=True,
+                                squeeze=False, layout="constrained")
     baselines = list(score.baseline.values)
     width = 0.8 / len(baselines)
     x = np.arange(n_measures)
     labels = [f"{m}{'' if hib else ' (↓)'}" for m, hib in zip(score.measure.values, scores.higher_is_better.values)]
-    for ax, layer in zip(axes[0], score.layer.values):
+    for ax in axes.flat[n_layers:]:
+        ax.set_visible(False)
+    for ax, layer in zip(axes.flat, score.layer.values):
         for b, baseline in enumerate(baselines):
             values = score.sel(layer=layer, baseline=baseline).values  # (measure, session)
             with warnings.catch_warnings():
@@ -60,7 +65,8 @@ def plot_similarity(scores: xr.Dataset, title: str = ""):
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=8)
         ax.set_title(str(layer))
-    axes[0, 0].set_ylabel("score (mean over sessions)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("score (mean over sessions)")
     axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
     figure.suptitle(title, fontsize=9)
     return figure

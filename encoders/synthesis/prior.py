@@ -157,18 +157,24 @@ class ModelSpace:
     fewer channels (or grey copies if it wants three) -> bilinear antialiased resize to the model's
     (H, W) -> z-score with the model's training statistics. A prior image is taken to be the model's
     whole field of view, so the transform's crop (which applies to stored images) is not used.
+    With `norm`, every image is then rescaled to that L2 norm, so that guidance optimises the image
+    as a norm-constrained comparison (e.g. with gradient-ascent MEIs) will see it.
     """
 
     transform: ImageTransform
     input_shape: tuple[int, int, int]
+    norm: float | None = None
 
     @classmethod
-    def of(cls, model: nn.Module) -> "ModelSpace":
+    def of(cls, model: nn.Module, norm: float | None = None) -> "ModelSpace":
         """The adapter for an EncodingModel or Ensemble."""
-        return cls(model.image_transform, tuple(model.input_shape))
+        return cls(model.image_transform, tuple(model.input_shape), norm)
 
     def __call__(self, x_prior: torch.Tensor) -> torch.Tensor:
-        return to_model_space(x_prior, self.transform, self.input_shape)
+        images = to_model_space(x_prior, self.transform, self.input_shape)
+        if self.norm is None:
+            return images
+        return images * (self.norm / images.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
 
 
 def to_model_space(

@@ -148,6 +148,7 @@ class PriorTraining(pl.LightningModule):
         if len(self._recent) >= LOG_EVERY:
             self.loss_curve.append((step, float(np.mean(self._recent))))
             self._recent = []
+            print(f"step {step}: loss {self.loss_curve[-1][1]:.4f}", flush=True)
 
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.lr, weight_decay=0.0)
@@ -227,18 +228,18 @@ def train_prior(config: dict, out: str | Path | None = None) -> Path:
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_steps=int(training["max_steps"]), max_epochs=-1,
         max_time={"minutes": float(training["max_minutes"])}, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, log_every_n_steps=LOG_EVERY,
+        enable_model_summary=False, enable_progress_bar=False, log_every_n_steps=LOG_EVERY,
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.fit(module, loader)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
 
     prior = module.prior()
     prior.save(out)
     sample_grid(prior, out / "samples.png", num_steps=int(training["sample_steps"]), seed=0)
     log = {
         "images": int(len(images)), "size": size, "steps": int(module.global_step), "batch_size": int(data["batch_size"]),
-        "wall_seconds": round(wall, 1), "threads": torch.get_num_threads(),
+        "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in module.unet.parameters()),
         "loss_curve": [[s, round(v, 5)] for s, v in module.loss_curve], "config": config,
     }

@@ -1,0 +1,123 @@
+"""EGG vs gradient-ascent MEIs on a digital twin: predicted rate, TRUE rate, and wall time per method.
+
+For N neurons (first N in model order, or the N best predicted on validation) it makes one MEI per
+neuron with each method and scores it on the trained model and on the twin's ground-truth neurons:
+
+  data image      the training image the model predicts the highest rate for (reference)
+  GA              gradient ascent on pixels (encoders.synthesis.gradient_ascent, its defaults:
+                  SGD, blurred gradient, norm = contrast 0.25 * sqrt(C*H*W), clamp to pixel range)
+  EGG             energy-guided diffusion from the prior, free contrast (what the prior draws)
+  EGG @ GA norm   EGG whose guidance sees, and whose result is, images rescaled to GA's norm
+  true MEI        GA on the twin's own neurons (upper bound for the GA norm)
+
+    python benchmarks/egg_vs_ga.py --checkpoint runs/quickstart/checkpoints/last.ckpt \\
+        --data data/synthetic_v4.h5 --neurons 20 --prior data/priors/natural32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from encoders.datasets.datamodule import RecordedDataModule  # noqa: E402
+from encoders.datasets.twin import ground_truth_columns, load_ground_truth  # noqa: E402
+from encoders.ensemble import Ensemble, load_checkpoint  # noqa: E402
+from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation  # noqa: E402
+from encoders.synthesis.gradient_ascent import GASettings, optimize_images  # noqa: E402
+from encoders.synthesis.guided_diffusion import egg_sample  # noqa: E402
+from encoders.synthesis.prior import DiffusionPrior, ModelSpace  # noqa: E402
+from encoders.synthesis.targets import all_targets, model_space_images, top_k_targets  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", nargs="+", required=True, help="one checkpoint, or several for an ensemble")
+    parser.add_argument("--data", required=True, help="twin dataset file (with ground truth)")
+    parser.add_argument("--neurons", type=int, default=20, help="number of neurons")
+    parser.add_argument("--select", choices=("top", "first"), default="top",
+                        help="top: best predicted on validation; first: model order")
+    parser.add_argument("--prior", default="data/priors/natural32", help="local diffusers prior folder")
+    parser.add_argument("--egg-steps", type=int, default=50)
+    parser.add_argument("--energy-scale", type=float, default=1.0, help="L2 length of each guidance step (prior space)")
+    parser.add_argument("--ga-steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0, help="neuron i uses seed + i (both methods)")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    paths = args.checkpoint
+    model = load_checkpoint(paths[0]) if len(paths) == 1 else Ensemble.from_checkpoints(paths)
+    transform, shape = model.image_transform, tuple(model.input_shape)
+    datamodule = RecordedDataModule(args.data, sessions=model.sessions, grayscale=transform.grayscale,
+                                    crop=transform.crop, resize=transform.resize)
+    datamodule.setup("predict")
+    targets = top_k_targets(model, datamodule, args.neurons) if args.select == "top" else all_targets(model)[: args.neurons]
+    n = len(targets)
+    seeds = [args.seed + i for i in range(n)]
+    truth = load_ground_truth(args.data)
+    columns = {s: ground_truth_columns(args.data, s) for s in dict.fromkeys(s for s, _ in targets)}
+    true_columns = torch.stack([columns[s][model.neuron_ids(s).index(i)] for s, i in targets])
+    twin = GroundTruthActivation(truth, true_columns, transform, (truth.image_size, truth.image_size))
+    energy = NeuronActivation(model, targets)
+    settings = GASettings(steps=args.ga_steps)
+    norm, pixel_range = settings.image_norm(shape), settings.pixel_range(transform)
+    prior = DiffusionPrior.load(args.prior)
+
+    def best_data_images():
+        best = []
+        for session, neuron in targets:
+            images = model_space_images(model, datamodule, session, "train")["images"]
+            column = model.neuron_ids(session).index(neuron)
+            with torch.no_grad():
+                rates = torch.cat([model(x, session)[:, column] for x in images.split(256)])
+            best.append(images[rates.argmax()])
+        return torch.stack(best)
+
+    def ga(on):
+        return optimize_images(on, n, shape, seeds, settings.steps, settings.optimizer, settings.lr,
+                               settings.blur_sigma, norm, pixel_range).images
+
+    def egg(adapter, final_norm):
+        return egg_sample(prior, energy, n, args.egg_steps, args.energy_scale, seeds, final_norm, adapter).images
+
+    methods = {
+        "data image": lambda: best_data_images(),
+        "GA": lambda: ga(energy),
+        "EGG": lambda: egg(ModelSpace.of(model), None),
+        "EGG @ GA norm": lambda: egg(ModelSpace.of(model, norm), norm),
+        "true MEI (GA on twin)": lambda: ga(twin),
+    }
+    print(f"{n} neurons ({args.select}), model input {shape}, GA: {settings.steps} steps, norm {norm:.2f}; "
+          f"EGG: {args.egg_steps} steps, energy_scale {args.energy_scale}, prior {prior.image_shape}")
+    header = f"{'method':<22} {'model rate':>11} {'true rate':>10} {'true/trueMEI':>13} {'RMS contrast':>13} {'seconds':>8}"
+    rows = {}
+    for name, make in methods.items():
+        images, seconds = timed(make)
+        with torch.no_grad():
+            rows[name] = (energy.activation(images), twin.activation(images), images.flatten(1).std(1), seconds)
+    reference = rows["true MEI (GA on twin)"][1]
+    print(header)
+    print("-" * len(header))
+    for name, (model_rate, true_rate, contrast, seconds) in rows.items():
+        print(f"{name:<22} {model_rate.mean():>11.2f} {true_rate.mean():>10.2f} {(true_rate / reference).median():>13.2f} "
+              f"{contrast.mean():>13.2f} {seconds:>8.1f}")
+    print("rates: mean over neurons (spikes per bin); true/trueMEI: median over neurons; contrast: per-pixel std, z units")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Post-training MEI and reconstruction callbacks, the `encoders mei` / `reconstruct` commands, twin scoring."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import xarray as xr
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from encoders.callbacks import MEICallback, ReconstructionCallback
+from encoders.callbacks.mei import write_meis
+from encoders.cli import main
+from encoders.datasets.datamodule import RecordedDataModule
+from encoders.datasets.io import write_dataset
+from encoders.datasets.synthetic import make_twin
+from encoders.errors import EncodersError
+from encoders.model import EncodingModel
+from encoders.synthesis import GASettings, GroundTruthActivation
+from conftest import make_session
+
+torch.set_num_threads(1)
+CORE = {"type": "stacked", "hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3}
+READOUT = {"type": "attention", "embed_dim": 4, "heads": 1, "dropout": 0.0}
+GA = {"steps": 4, "seeds": [0, 1], "batch_size": 3}
+
+
+def fit(root, data, callbacks) -> pl.Trainer:
+    pl.seed_everything(0)
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+        callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, monitor="val/correlation", mode="max"),
+                   *callbacks],
+    )
+    trainer.fit(EncodingModel(core=CORE, readout=READOUT), RecordedDataModule(str(data), batch_size=16))
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    write_dataset(path, [make_session("s0", n_images=40, n_neurons=5), make_session("s1", n_images=40, n_neurons=3, seed=1)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("run")
+    callbacks = [MEICallback(top_k=3, **GA), ReconstructionCallback(images=2, sessions=["s1"], **GA)]
+    trainer = fit(root, data, callbacks)
+    return root, trainer, callbacks
+
+
+def test_callbacks_write_labelled_products_for_best_and_last(run):
+    root, trainer, _ = run
+    best = trainer.checkpoint_callback.best_model_path
+    stems = {os.path.splitext(os.path.basename(best))[0], "last"}
+    assert {p.name for p in (root / "products").iterdir()} == stems
+    for stem in stems:
+        folder = root / "products" / stem
+        with xr.open_dataset(folder / "mei_ga.nc") as meis:
+            assert meis.image.dims == ("method", "neuron", "seed", "channel", "y", "x")
+            assert meis.image.shape == (1, 3, 2, 1, 16, 16)
+            assert meis.method.values.tolist() == ["ga"] and meis.seed.values.tolist() == [0, 1]
+            assert set(meis.session.values) <= {"s0", "s1"} and all("-n" in n for n in meis.neuron_id.values)
+            assert meis.trace.dims == ("method", "step", "neuron", "seed") and meis.sizes["step"] == 4
+            assert np.isfinite(meis.activation).all() and (meis.activation > 0).all()
+            np.testing.assert_allclose(meis.image_pixels, meis.image * 0 + meis.image_pixels)  # both stored
+            assert meis.attrs["checkpoint"].endswith(f"{stem}.ckpt") and meis.attrs["ga_steps"] == 4
+            assert (np.diff(meis.validation_correlation.values) <= 1e-12).all()  # top-k, best first
+        with xr.open_dataset(folder / "reconstruction_ga.nc") as recon:
+            assert recon.reconstruction.dims == ("method", "image", "seed", "channel", "y", "x")
+            assert recon.reconstruction.shape == (1, 2, 2, 1, 16, 16)
+            assert recon.session.values.tolist() == ["s1", "s1"] and recon.test_index.values.tolist() == [0, 1]
+            assert recon.target_responses.shape == (2, 3) and recon.neuron_id.values.tolist() == ["s1-n0", "s1-n1", "s1-n2"]
+            assert recon.correlation.shape == (1, 2, 2) and np.isfinite(recon.correlation).all()
+            for name in ("target_image", "target_image_pixels", "predicted_responses", "image_correlation"):
+                assert name in recon
+        assert (folder / "mei_ga.png").stat().st_size > 0 and (folder / "reconstruction_ga.png").stat().st_size > 0
+
+
+def test_rerun_skips_existing_products_and_redraws_missing_figures(run):
+    root, trainer, callbacks = run
+    folder = root / "products" / "last"
+    stamp = (folder / "mei_ga.nc").stat().st_mtime_ns
+    (folder / "mei_ga.png").unlink()
+    for callback in callbacks:
+        callback.on_fit_end(trainer, trainer.lightning_module)
+    assert (folder / "mei_ga.nc").stat().st_mtime_ns == stamp  # not recomputed
+    assert (folder / "mei_ga.png").is_file()  # redrawn from the NetCDF
+
+
+def test_unknown_neuron_fails_before_training(tmp_path, data):
+    with pytest.raises(EncodersError, match=r"unknown neuron id 's0-n99' in session 's0'"):
+        fit(tmp_path, data, [MEICallback(neurons=["s0/s0-n99"], **GA)])
+    assert not (tmp_path / "checkpoints").exists()
+    with pytest.raises(EncodersError, match="SESSION/NEURON_ID"):
+        MEICallback(neurons=["s0-n1"])
+    with pytest.raises(EncodersError, match="not both"):
+        MEICallback(neurons=["s0/s0-n1"], top_k=2)
+
+
+def test_cli_mei_and_reconstruct(run, data, tmp_path, capsys):
+    root, trainer, _ = run
+    best, last = trainer.checkpoint_callback.best_model_path, trainer.checkpoint_callback.last_model_path
+    out = tmp_path / "ensemble"
+    code = main(["mei", best, last, "--neurons", "s1/s1-n2", "s0/s0-n0", "--out", str(out), "--steps", "3", "--seeds", "4"])
+    assert code == 0
+    with xr.open_dataset(out / "mei_ga.nc") as meis:
+        assert meis.neuron_id.values.tolist() == ["s1-n2", "s0-n0"] and meis.seed.values.tolist() == [4]
+        assert best in meis.attrs["checkpoint"] and last in meis.attrs["checkpoint"]  # an ensemble of both
+    code = main(["reconstruct", last, "--data", str(data), "--session", "s0", "--images", "3", "--out", str(out),
+                 "--steps", "3", "--target", "predicted", "--metric", "correlation"])
+    assert code == 0
+    with xr.open_dataset(out / "reconstruction_ga.nc") as recon:
+        assert recon.sizes["image"] == 3 and recon.attrs["target"] == "predicted"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "s0/bogus"], "unknown neuron id 'bogus' in session 's0'"),
+    (["mei", "{ckpt}", "--neurons", "s7/s0-n0"], "unknown session 's7'; the model has sessions [s0, s1]"),
+    (["mei", "{ckpt}", "--top-k", "2"], "--top-k needs --data"),
+    (["reconstruct", "{ckpt}", "--data", "{data}", "--session", "s9"], "unknown session 's9'"),
+])
+def test_cli_unknown_ids_exit_2_before_any_work(run, data, tmp_path, capsys, argv, message):
+    _, trainer, _ = run
+    out = tmp_path / "out"
+    argv = [a.format(ckpt=trainer.checkpoint_callback.last_model_path, data=data) for a in argv]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_ground_truth_scores_on_a_tiny_twin(tmp_path):
+    sessions, truth = make_twin(n_sessions=1, neurons_per_session=3, images_per_session=60, image_size=16, seed=0)
+    path = tmp_path / "twin.h5"
+    write_dataset(path, sessions, ground_truth=truth.state_arrays())
+    datamodule = RecordedDataModule(str(path))
+    datamodule.setup("fit")
+    torch.manual_seed(0)
+    model = EncodingModel(
+        core=CORE, readout=READOUT, sessions=datamodule.session_info(), input_shape=list(datamodule.input_shape()),
+        transform=datamodule.transform.state(),
+    ).eval()
+    settings = GASettings(seeds=(0, 1), steps=15, batch_size=4)
+    targets = [("twin0", "twin0-n002"), ("twin0", "twin0-n000")]
+    write_meis([], model, tmp_path / "out", settings, targets, None, datamodule)
+    with xr.open_dataset(tmp_path / "out" / "mei_ga.nc") as meis:
+        for name in ("ground_truth_activation", "ground_truth_relative_activation", "true_mei_correlation"):
+            assert meis[name].dims == ("method", "neuron", "seed") and np.isfinite(meis[name]).all()
+        assert meis.true_mei.dims == ("neuron", "channel", "y", "x") and meis.true_mei.shape == (2, 1, 16, 16)
+        assert (meis.ground_truth_activation > 0).all()
+        relative = meis.ground_truth_relative_activation.values
+        np.testing.assert_allclose(relative, meis.ground_truth_activation.values / meis.true_mei_activation.values[None, :, None])
+        # the true MEI, scored like the model's MEIs, gives the stored reference (columns 2 and 0)
+        energy = GroundTruthActivation(truth, torch.tensor([2, 0]), model.image_transform, (16, 16))
+        with torch.no_grad():
+            rates = energy.activation(torch.as_tensor(meis.true_mei.values))
+        np.testing.assert_allclose(rates.numpy(), meis.true_mei_activation.values, rtol=1e-4)
+        # and it beats noise images of the same norm for the true neuron
+        noise = torch.randn(8, 1, 16, 16)
+        noise = noise * (settings.image_norm((1, 16, 16)) / noise.flatten(1).norm(dim=1))[:, None, None, None]
+        with torch.no_grad():
+            noise_rates = GroundTruthActivation(truth, torch.tensor([2] * 8), model.image_transform, (16, 16)).activation(noise)
+        assert meis.true_mei_activation.values[0] > noise_rates.max().item()
