@@ -50,7 +50,8 @@ def _ga_arguments(parser: argparse.ArgumentParser, contrast: float) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="initial-noise seeds (one image per seed)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    parser.add_argument("--lr", type=float, default=10.0)
+    parser.add_argument("--lr", type=float, default=0.05, help="step size (pixel RMS, model units, per step)")
+    parser.add_argument("--no-normalize-gradient", action="store_true", help="plain gradient steps (lr then scales the raw gradient)")
     parser.add_argument("--blur-sigma", type=float, default=1.0, help="Gaussian blur (pixels) of the gradient")
     parser.add_argument("--contrast", type=float, default=contrast, help="per-pixel RMS the image norm is set to")
     parser.add_argument("--norm", type=float, default=None, help="L2 norm of every image (overrides --contrast)")
@@ -63,7 +64,8 @@ def _ga_settings(args: argparse.Namespace):
     from encoders.synthesis.gradient_ascent import GASettings
 
     return GASettings(
-        seeds=tuple(args.seeds), steps=args.steps, optimizer=args.optimizer, lr=args.lr, blur_sigma=args.blur_sigma,
+        seeds=tuple(args.seeds), steps=args.steps, optimizer=args.optimizer, lr=args.lr,
+        normalize_gradient=not args.no_normalize_gradient, blur_sigma=args.blur_sigma,
         contrast=args.contrast, norm=args.norm, clamp=not args.no_clamp, batch_size=args.batch_size,
     )
 

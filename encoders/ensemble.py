@@ -66,5 +66,6 @@ class Ensemble(nn.Module):
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.members[0].hparams.input_shape)
 
-    def forward(self, images: torch.Tensor, session: str) -> torch.Tensor:
-        return torch.stack([member(images, session) for member in self.members]).mean(0)
+    def forward(self, images: torch.Tensor, session: str, neurons: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of the members' rates; `neurons` as in `EncodingModel.forward` (paired mode)."""
+        return torch.stack([member(images, session, neurons) for member in self.members]).mean(0)

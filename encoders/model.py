@@ -136,13 +136,17 @@ class EncodingModel(pl.LightningModule):
     def image_transform(self) -> ImageTransform:
         return ImageTransform.from_state(self.hparams.transform)
 
-    def forward(self, images: torch.Tensor, session: str) -> torch.Tensor:
-        """Rates (B, neurons of `session`) for model-space images (B, C, H, W)."""
+    def forward(self, images: torch.Tensor, session: str, neurons: torch.Tensor | None = None) -> torch.Tensor:
+        """Rates (B, neurons of `session`) for model-space images (B, C, H, W).
+
+        With `neurons` (B,) column indices, only neuron `neurons[b]` is computed for image b and
+        the result is (B,) — what batched MEIs need, at a fraction of the readout's cost.
+        """
         if session not in self.readouts:
             raise KeyError(f"unknown session {session!r}; the model has {self.sessions}")
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        y = self.readouts[session](self.core(images))
+        y = self.readouts[session](self.core(images), neurons)
         return F.elu(y + self.hparams.elu_offset) + 1
 
     def regularizer(self, session: str) -> torch.Tensor:

@@ -74,7 +74,7 @@ def test_default_norm_rule():
 
 def test_norm_holds_after_every_step(model):
     targets = all_targets(model)
-    for optimizer, lr in (("sgd", 10.0), ("adamw", 0.1)):
+    for optimizer, lr in (("sgd", 0.05), ("adamw", 0.1)):
         result = optimize_images(
             NeuronActivation(model, targets), len(targets), SHAPE, seeds=0, steps=6, optimizer=optimizer, lr=lr,
             blur_sigma=1.0, norm=NORM,
@@ -97,7 +97,10 @@ def test_blur_acts_on_the_gradient_not_the_image():
     weight[0, 0, 10, 10] = 1.0
     sigma, lr = 2.0, 3.0
     start = optimize_images(lambda x: -(x * weight).flatten(1).sum(1), 1, (1, 21, 21), 7, steps=0).images
-    after = optimize_images(lambda x: -(x * weight).flatten(1).sum(1), 1, (1, 21, 21), 7, steps=1, lr=lr, blur_sigma=sigma).images
+    after = optimize_images(
+        lambda x: -(x * weight).flatten(1).sum(1), 1, (1, 21, 21), 7, steps=1, lr=lr, blur_sigma=sigma,
+        normalize_gradient=False,
+    ).images
     step = (after - start)[0, 0]
     y, x = torch.meshgrid(torch.arange(21.0), torch.arange(21.0), indexing="ij")
     blob = torch.exp(-((y - 10) ** 2 + (x - 10) ** 2) / (2 * sigma**2))
@@ -109,31 +112,41 @@ def test_blur_acts_on_the_gradient_not_the_image():
     assert (after[0, 0] - gaussian_blur(after, sigma)[0, 0]).abs().max() > 0.5
 
 
+def test_normalized_gradient_steps_move_pixels_by_lr():
+    """With normalize_gradient, one SGD step has RMS lr whatever the energy's scale."""
+    for scale in (1e-3, 1.0, 1e3):
+        start = optimize_images(lambda x: scale * x.pow(3).sum((1, 2, 3)), 2, (1, 8, 8), [1, 2], steps=0).images
+        after = optimize_images(lambda x: scale * x.pow(3).sum((1, 2, 3)), 2, (1, 8, 8), [1, 2], steps=1, lr=0.1,
+                                blur_sigma=0.0).images
+        rms = (after - start).flatten(1).pow(2).mean(1).sqrt()
+        torch.testing.assert_close(rms, torch.full((2,), 0.1), rtol=1e-4, atol=0)
+
+
 def test_batched_run_equals_single_runs(model):
     """Image b depends only on its own seed and target: batching over neurons and seeds changes nothing."""
     targets = [("s1", "s1-n2"), ("s0", "s0-n0"), ("s0", "s0-n3"), ("s1", "s1-n0"), ("s0", "s0-n0")]
     seeds = [3, 5, 7, 9, 11]
-    settings = dict(steps=15, optimizer="sgd", lr=10.0, blur_sigma=1.0, norm=NORM, pixel_range=(-2.0, 2.2))
+    settings = dict(steps=15, optimizer="sgd", lr=0.05, blur_sigma=1.0, norm=NORM, pixel_range=(-2.0, 2.2))
     batched = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, seeds, **settings)
     for b, (target, seed) in enumerate(zip(targets, seeds)):
         single = optimize_images(NeuronActivation(model, [target]), 1, SHAPE, [seed], **settings)
-        torch.testing.assert_close(batched.images[b], single.images[0], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(batched.images[b], single.images[0], atol=1e-6, rtol=0)
         torch.testing.assert_close(batched.energy[b], single.energy[0], atol=1e-5, rtol=1e-5)
     again = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, seeds, **settings)
     assert torch.equal(again.images, batched.images)  # deterministic
 
     chunked = optimize_in_batches(
         lambda index: NeuronActivation(model, [targets[i] for i in index]), seeds, SHAPE,
-        GASettings(steps=15, lr=10.0, blur_sigma=1.0, norm=NORM, clamp=False, batch_size=2), None,
+        GASettings(steps=15, lr=0.05, blur_sigma=1.0, norm=NORM, clamp=False, batch_size=2), None,
     )
-    unclamped = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, seeds, 15, "sgd", 10.0, 1.0, NORM)
-    torch.testing.assert_close(chunked.images, unclamped.images, atol=2e-5, rtol=1e-4)
+    unclamped = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, seeds, 15, "sgd", 0.05, 1.0, NORM)
+    torch.testing.assert_close(chunked.images, unclamped.images, atol=1e-6, rtol=0)
 
 
 def test_meis_drive_their_neuron_far_above_noise(selective_model):
     model = selective_model
     targets = all_targets(model)
-    result = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, 0, 40, "sgd", 10.0, 1.0, NORM)
+    result = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, 0, 40, "sgd", 0.05, 1.0, NORM)
     mei = -result.energy
     noise = random_rates(model, targets)
     assert (mei > noise.max(0).values).all()
@@ -146,28 +159,31 @@ def test_meis_drive_their_neuron_far_above_noise(selective_model):
 def test_inhibitory_images_lower_the_response(selective_model):
     model = selective_model
     targets = all_targets(model)
-    result = optimize_images(NeuronActivation(model, targets, minimize=True), len(targets), SHAPE, 0, 40, "sgd", 10.0, 1.0, NORM)
+    result = optimize_images(NeuronActivation(model, targets, minimize=True), len(targets), SHAPE, 0, 40, "sgd", 0.05, 1.0, NORM)
     noise = random_rates(model, targets)
     assert (result.energy < noise.min(0).values).all()  # energy = +rate when minimising
     assert ((noise.mean(0) - result.energy) > 5 * noise.std(0)).all()
     assert result.energy.mean() < 0.7 * noise.mean()
 
 
-def test_reconstruction_of_predicted_responses(model):
-    test_images = optimize_images(lambda x: x.sum((1, 2, 3)), 4, SHAPE, [21, 22, 23, 24], steps=0, norm=4 * NORM).images
+def test_reconstruction_of_predicted_responses(selective_model):
+    model = selective_model
+    norm = 4 * NORM  # contrast 1, like z-scored natural images (the reconstruction callbacks' default)
+    test_images = optimize_images(lambda x: x.sum((1, 2, 3)), 4, SHAPE, [21, 22, 23, 24], steps=0, norm=norm).images
     test_images = gaussian_blur(test_images, 1.5)  # smooth, natural-ish targets
     with torch.no_grad():
         wanted = model(test_images, "s0")
     for metric in ("mse", "correlation"):
         energy = ResponseDistance(model, "s0", wanted, metric)
-        start = optimize_images(energy, 4, SHAPE, 0, 0, norm=NORM)
-        result = optimize_images(energy, 4, SHAPE, 0, 60, "sgd", 10.0, 1.0, NORM)
+        start = optimize_images(energy, 4, SHAPE, 0, 0, norm=norm)
+        result = optimize_images(energy, 4, SHAPE, 0, 60, "sgd", 0.05, 1.0, norm)
         with torch.no_grad():
             r_random = correlation(model(start.images, "s0"), wanted, dim=1)
             r_recon = correlation(model(result.images, "s0"), wanted, dim=1)
         assert (r_recon > r_random).all(), metric
         assert (result.energy < start.energy).all()
-        assert r_recon.mean() > 0.9, metric
+        assert result.energy.mean() < 0.25 * start.energy.mean(), metric
+        assert r_recon.mean() > (0.9 if metric == "correlation" else 0.6), metric
 
 
 def test_response_distance_values(model):

@@ -331,3 +331,19 @@ def test_attention_rejects_invalid_args(in_shape, overrides, message):
 def test_attention_rejects_wrong_feature_shape():
     with pytest.raises(ValueError, match="expected features"):
         AttentionReadout((8, 3, 3), 2)(torch.randn(1, 8, 4, 3))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "attention"])
+def test_paired_mode_equals_gathering_the_full_output(kind):
+    """forward(features, neurons) gives image b's response of neuron neurons[b] only."""
+    torch.manual_seed(0)
+    in_shape = (8, 6, 7)
+    readout = (GaussianReadout(in_shape, 5) if kind == "gaussian" else AttentionReadout(in_shape, 5, embed_dim=8, heads=2)).eval()
+    with torch.no_grad():
+        readout.features.normal_()
+    features = torch.randn(9, *in_shape)
+    neurons = torch.tensor([0, 4, 2, 2, 1, 3, 0, 4, 1])
+    full = readout(features)
+    paired = readout(features, neurons)
+    assert paired.shape == (9,)
+    torch.testing.assert_close(paired, full[torch.arange(9), neurons], rtol=1e-5, atol=1e-6)

@@ -48,17 +48,20 @@ def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
             _show(ax, cell.image_pixels.values)
             title = f"r={float(cell.activation):.2f}"
             if "ground_truth_relative_activation" in cell:
-                title += f" gt={float(cell.ground_truth_relative_activation):.2f}"
+                title += f" rel={float(cell.ground_truth_relative_activation):.2f}"
             ax.set_title(title, fontsize=6)
             if row == 0:
                 ax.set_title(f"seed {seed}\n{title}", fontsize=6)
         axes[row, 0].set_ylabel(f"{neuron.session.item()}\n{neuron.neuron_id.item()}", fontsize=6)
         if has_truth:
             _show(axes[row, -1], neuron.true_mei_pixels.values)
-            axes[row, -1].set_title(f"true MEI r={float(neuron.true_mei_activation):.2f}", fontsize=6)
+            axes[row, -1].set_title(f"true MEI\ntrue rate={float(neuron.true_mei_activation):.1f}", fontsize=6)
     shown = "" if n_rows == results.sizes["neuron"] else f" (first {n_rows} of {results.sizes['neuron']})"
     kind = "inhibitory images" if results.attrs.get("minimize", 0) else "MEIs"
-    figure.suptitle(f"{kind} by gradient ascent{shown}; r = predicted rate", fontsize=8)
+    legend = "r = predicted rate"
+    if has_truth:
+        legend += "; rel = true rate / true rate of the true MEI"
+    figure.suptitle(f"{kind} by gradient ascent{shown}\n{legend}", fontsize=8)
     return figure
 
 
@@ -77,7 +80,8 @@ def reconstruction_figure(results: xr.Dataset, method: str = "ga") -> Figure:
         for col, seed in enumerate(seeds, start=1):
             cell = image.sel(seed=seed)
             _show(axes[row, col], cell.reconstruction_pixels.values)
-            axes[row, col].set_title(f"seed {seed}\nresp. r={float(cell.correlation):.2f}", fontsize=6)
+            title = f"resp. r={float(cell.correlation):.2f}"
+            axes[row, col].set_title(f"seed {seed}\n{title}" if row == 0 else title, fontsize=6)
     shown = "" if n_rows == results.sizes["image"] else f" (first {n_rows} of {results.sizes['image']})"
     figure.suptitle(f"reconstructions by gradient ascent{shown}; r = correlation of responses", fontsize=8)
     return figure

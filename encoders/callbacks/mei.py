@@ -291,6 +291,8 @@ def write_meis(
             targets, scores = top_k_targets(model, datamodule, top_k)
         else:
             targets, scores = list(neurons), None
+        if scored:
+            twin_columns(datamodule.path, model, targets)  # a mismatched twin fails before the work
         results = compute_meis(model, targets, settings, minimize)
         if scores is not None:
             results["validation_correlation"] = ("neuron", np.asarray(scores))
@@ -311,7 +313,7 @@ class MEICallback(CheckpointProducts):
     Args:
         neurons: explicit "SESSION/NEURON_ID" list; or
         top_k: the k neurons best predicted on the validation tier (by each checkpoint's model).
-        seeds, steps, optimizer, lr, blur_sigma, contrast, norm, clamp, batch_size: see GASettings.
+        seeds, steps, optimizer, lr, normalize_gradient, blur_sigma, contrast, norm, clamp, batch_size: see GASettings.
         minimize: make inhibitory images (lowest response) instead.
         checkpoints: "best_and_last" or "all" kept by the ModelCheckpoint callback.
         ground_truth: on a synthetic twin, score MEIs on the true neurons (and find their true MEIs).
@@ -326,7 +328,8 @@ class MEICallback(CheckpointProducts):
         seeds: list[int] | None = None,
         steps: int = 100,
         optimizer: str = "sgd",
-        lr: float = 10.0,
+        lr: float = 0.05,
+        normalize_gradient: bool = True,
         blur_sigma: float = 1.0,
         contrast: float = 0.25,
         norm: float | None = None,
@@ -341,7 +344,7 @@ class MEICallback(CheckpointProducts):
         self.top_k = top_k
         self.settings = GASettings(
             seeds=tuple(seeds) if seeds is not None else (0,), steps=steps, optimizer=optimizer, lr=lr,
-            blur_sigma=blur_sigma, contrast=contrast, norm=norm, clamp=clamp, batch_size=batch_size,
+            normalize_gradient=normalize_gradient, blur_sigma=blur_sigma, contrast=contrast, norm=norm, clamp=clamp, batch_size=batch_size,
         )
         self.minimize = minimize
         self.ground_truth = ground_truth

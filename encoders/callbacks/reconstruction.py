@@ -185,7 +185,7 @@ class ReconstructionCallback(CheckpointProducts):
         sessions: sessions to use with a count (None = all); not with a mapping.
         target: "recorded" responses or the model's "predicted" responses to the image.
         metric: "mse" or "correlation" between predicted and target responses (see ResponseDistance).
-        seeds, steps, optimizer, lr, blur_sigma, contrast, norm, clamp, batch_size: see GASettings;
+        seeds, steps, optimizer, lr, normalize_gradient, blur_sigma, contrast, norm, clamp, batch_size: see GASettings;
             contrast defaults to 1.0, the average RMS of z-scored images.
         checkpoints: "best_and_last" or "all" kept by the ModelCheckpoint callback.
     """
@@ -201,7 +201,8 @@ class ReconstructionCallback(CheckpointProducts):
         seeds: list[int] | None = None,
         steps: int = 100,
         optimizer: str = "sgd",
-        lr: float = 10.0,
+        lr: float = 0.05,
+        normalize_gradient: bool = True,
         blur_sigma: float = 1.0,
         contrast: float = RECONSTRUCTION_CONTRAST,
         norm: float | None = None,
@@ -220,7 +221,7 @@ class ReconstructionCallback(CheckpointProducts):
         self.metric = metric
         self.settings = GASettings(
             seeds=tuple(seeds) if seeds is not None else (0,), steps=steps, optimizer=optimizer, lr=lr,
-            blur_sigma=blur_sigma, contrast=contrast, norm=norm, clamp=clamp, batch_size=batch_size,
+            normalize_gradient=normalize_gradient, blur_sigma=blur_sigma, contrast=contrast, norm=norm, clamp=clamp, batch_size=batch_size,
         )
 
     def check(self, model: nn.Module, datamodule) -> None:

@@ -1,35 +1,40 @@
 """Natural-image stimuli from photographs bundled inside installed wheels (no network).
 
-The photographs come from scikit-image's ``skimage.data`` (only images shipped inside the
-wheel, never the pooch-downloaded ones) and scikit-learn's ``load_sample_images`` (china,
-flower). Stimuli are random square crops of them, converted to grayscale and resized with an
-antialiasing (Lanczos) filter, so the same seed gives the same pixels on any machine with the
-same library versions.
+The photographs are the files behind scikit-image's ``skimage.data`` (only images shipped
+inside the wheel, never the pooch-downloaded ones) and scikit-learn's ``load_sample_images``
+(china, flower), read directly with PIL. Stimuli are random square crops of them, converted to
+grayscale and resized with an antialiasing (Lanczos) filter, so the same seed gives the same
+pixels on any machine with the same library versions.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 # Photographs and natural textures only: microscopy, astronomy, text and synthetic images are
-# left out because their statistics are far from what a V4 neuron sees.
-_SKIMAGE_SOURCES = (
-    "astronaut",
-    "camera",
-    "coffee",
-    "chelsea",
-    "rocket",
-    "brick",
-    "grass",
-    "gravel",
-    "coins",
-    "moon",
-    "stereo_motorcycle",
+# left out because their statistics are far from what a V4 neuron sees. (package, file) pairs:
+# the files that skimage.data.<name>() and sklearn's load_sample_images() read, opened directly
+# with PIL so that neither library (seconds of import time) has to be imported.
+_SOURCES = (
+    ("skimage", "data/astronaut.png"),
+    ("skimage", "data/camera.png"),
+    ("skimage", "data/coffee.png"),
+    ("skimage", "data/chelsea.png"),
+    ("skimage", "data/rocket.jpg"),
+    ("skimage", "data/brick.png"),
+    ("skimage", "data/grass.png"),
+    ("skimage", "data/gravel.png"),
+    ("skimage", "data/coins.png"),
+    ("skimage", "data/moon.png"),
+    ("skimage", "data/motorcycle_left.png"),
+    ("sklearn", "datasets/images/china.jpg"),
+    ("sklearn", "datasets/images/flower.jpg"),
 )
-_SKLEARN_SOURCES = ("china.jpg", "flower.jpg")
 
 MIN_SCALE = 0.25
 MAX_SCALE = 1.0
@@ -38,42 +43,33 @@ MAX_SCALE = 1.0
 def _to_gray_uint8(image: np.ndarray) -> np.ndarray:
     """Luminance (ITU-R BT.601 weights) of an RGB(A) or gray image as uint8."""
     image = np.asarray(image)
-    if image.dtype == bool:
-        image = image.astype(np.uint8) * 255
     if image.ndim == 3:
         rgb = image[..., :3].astype(np.float64)
-        image = rgb @ np.array([0.299, 0.587, 0.114])
-    if image.dtype != np.uint8:
-        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(image)
+        image = np.clip(np.rint(rgb @ np.array([0.299, 0.587, 0.114])), 0, 255)
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+def _package_dir(package: str) -> Path:
+    """Install directory of a package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{package} is not installed; the natural-image pool needs its "
+                           "bundled photographs")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @lru_cache(maxsize=1)
 def _load_sources() -> tuple[tuple[str, Image.Image], ...]:
     """Load every source photograph once per process as a grayscale PIL image."""
-    import skimage.data
-    from sklearn.datasets import load_sample_images
-
     sources: list[tuple[str, Image.Image]] = []
-    for name in _SKIMAGE_SOURCES:
-        try:
-            image = getattr(skimage.data, name)()
-        except Exception as error:  # a wheel without the file must not silently change data
-            raise RuntimeError(
-                f"skimage.data.{name}() is not available offline in this install; the "
-                "natural-image pool needs it to be reproducible"
-            ) from error
-        if name == "stereo_motorcycle":
-            image = image[0]  # (left, right, disparity): one view is enough
-        sources.append((f"skimage.data.{name}", Image.fromarray(_to_gray_uint8(image), "L")))
-    bunch = load_sample_images()
-    by_name = {str(path).replace("\\", "/").rsplit("/", 1)[-1]: image
-               for path, image in zip(bunch.filenames, bunch.images)}
-    for name in _SKLEARN_SOURCES:
-        if name not in by_name:
-            raise RuntimeError(f"sklearn.datasets.load_sample_images() lacks {name}")
-        sources.append((f"sklearn.load_sample_images:{name}",
-                        Image.fromarray(_to_gray_uint8(by_name[name]), "L")))
+    for package, relative in _SOURCES:
+        path = _package_dir(package) / relative
+        if not path.is_file():  # a missing file must not silently change the data
+            raise RuntimeError(f"{path} is missing from the installed {package}; the "
+                               "natural-image pool needs it to be reproducible")
+        with Image.open(path) as image:
+            pixels = _to_gray_uint8(np.asarray(image))
+        sources.append((f"{package}/{relative}", Image.fromarray(pixels, "L")))
     return tuple(sources)
 
 

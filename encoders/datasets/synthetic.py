@@ -10,14 +10,19 @@ population built from a seed:
    edges of either contrast polarity, and rectified ON/OFF local luminance) make some neurons
    sensitive to contrast polarity, as many V4 cells are. All channels live on a grid of
    stride 4 px.
-2. Per neuron, a conjunction subunit: a sparse weighted sum of a few channels at a few
-   spatial offsets (excitatory and inhibitory), thresholded by a softplus. Templates make
-   corner / end-stopped, curvature, texture and polarity-edge selective neurons.
-3. Position tolerance: the subunit map is weighted by a Gaussian receptive field (per-neuron
-   centre and size) and pooled with a soft maximum (``tau * log mean exp(s / tau)``).
-4. Output: ``gain * softplus(slope * z + bias)`` of the standardised pooled drive, with the
-   gain calibrated so the mean rate over natural images equals a per-neuron target in
-   [2, 8] spikes per bin (like V4 spike counts in 100 ms).
+2. A shared bank of V4 conjunction features (12 by default): each a sparse weighted sum of
+   a few V1 channels at a few spatial offsets (excitatory and inhibitory), thresholded by a
+   softplus. Templates make corner / end-stopped, curvature, texture and polarity-edge
+   features. The bank is shared, like the features of a real cortical area, which is also
+   what lets a core + readout model learn the population from ~1000 images per session.
+3. Per neuron: a sparse mixture of the shared feature maps (one main feature, maybe a weaker
+   second and an inhibitory one), rectified, weighted by a Gaussian receptive field
+   (per-neuron centre and size) and pooled with a soft maximum over positions
+   (``tau * log mean exp(s / tau)``): position tolerance.
+4. Output: ``rate_max * tanh(gain * softplus(slope * z + bias) / rate_max)`` of the
+   standardised pooled drive z: expansive, then saturating at 5-8x the mean rate. The gain is
+   calibrated so the mean rate over natural images equals a per-neuron target in [2, 8]
+   spikes per bin (like V4 spike counts in 100 ms).
 
 :func:`make_twin` draws natural-image crops for each session, splits them into tiers and
 samples Poisson spike counts from the true rates.
@@ -64,11 +69,11 @@ _FLOAT_ARRAYS = (
     "v1_kernels", "norm_sigma", "channel_scale",
     "feat_weight", "feat_threshold", "feat_scale",
     "mix", "rf_x", "rf_y", "rf_sigma", "pool_tau", "drive_mean", "drive_std", "out_slope",
-    "out_bias", "out_gain",
+    "out_bias", "out_gain", "rate_max",
 )
 _INT_ARRAYS = ("feat_channel", "feat_dy", "feat_dx")
 _PER_NEURON = ("rf_x", "rf_y", "rf_sigma", "pool_tau", "drive_mean", "drive_std", "out_slope",
-               "out_bias", "out_gain")
+               "out_bias", "out_gain", "rate_max")
 
 
 def orientation_degrees() -> np.ndarray:
@@ -213,7 +218,7 @@ class GroundTruthV4(nn.Module):
         return cls(arrays)
 
     @classmethod
-    def generate(cls, n_neurons: int, image_size: int, seed: int, n_features: int = 16,
+    def generate(cls, n_neurons: int, image_size: int, seed: int, n_features: int = 12,
                  n_calibration_images: int = 512) -> GroundTruthV4:
         """Draw a population from ``seed`` and calibrate it on natural images.
 
@@ -224,6 +229,8 @@ class GroundTruthV4(nn.Module):
         """
         if n_neurons < 1:
             raise ValueError(f"n_neurons must be >= 1, got {n_neurons}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         if n_features < 2:
             raise ValueError(f"n_features must be >= 2, got {n_features}")
         if n_calibration_images < 16:
@@ -296,9 +303,14 @@ class GroundTruthV4(nn.Module):
         return (tau * lse).t()
 
     def rates(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Output nonlinearity: pooled drive to spikes per bin, (B, N)."""
+        """Output nonlinearity: pooled drive to spikes per bin, (B, N).
+
+        Expansive near threshold (softplus), saturating at ``rate_max`` (tanh), so that no
+        image, not even an optimised one, drives a neuron beyond a plausible peak rate.
+        """
         z = (pooled - self.drive_mean) / self.drive_std
-        return self.out_gain * F.softplus(self.out_slope * z + self.out_bias)
+        drive = self.out_gain * F.softplus(self.out_slope * z + self.out_bias)
+        return self.rate_max * torch.tanh(drive / self.rate_max)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 1:
@@ -428,6 +440,7 @@ def _draw_population(rng: np.random.Generator, n: int, m: int,
         if rng.random() < 0.5:
             mix[i, others[1]] = -rng.uniform(0.2, 0.5)
     size = float(image_size)
+    target_rate = np.clip(np.exp(rng.normal(math.log(4.0), 0.35, n)), 2.0, 8.0)
     return {
         "format_version": np.asarray(FORMAT_VERSION, np.int64),
         "image_size": np.asarray(image_size, np.int64),
@@ -436,13 +449,17 @@ def _draw_population(rng: np.random.Generator, n: int, m: int,
         "feat_type": feat_type.astype(np.int64),
         "feat_orientation": orientation, "feat_wavelength": wavelength,
         "mix": mix,
-        "rf_x": rng.uniform(0.3, 0.7, n) * size,
-        "rf_y": rng.uniform(0.3, 0.7, n) * size,
-        "rf_sigma": rng.uniform(0.08, 0.15, n) * size,
-        "pool_tau": rng.uniform(0.3, 1.0, n),
+        "rf_x": rng.uniform(0.35, 0.65, n) * size,
+        "rf_y": rng.uniform(0.35, 0.65, n) * size,
+        # At least one grid step: smaller RFs would alias on the stride-4 grid.
+        "rf_sigma": np.maximum(rng.uniform(0.12, 0.2, n) * size, GRID_STRIDE),
+        "pool_tau": rng.uniform(0.6, 1.5, n),
         "out_slope": rng.uniform(0.8, 1.5, n),
         "out_bias": rng.uniform(-0.5, 0.5, n),
-        "target_rate": np.clip(np.exp(rng.normal(math.log(4.0), 0.35, n)), 2.0, 8.0),
+        "target_rate": target_rate,
+        # Peak rates 5-8x the mean (at most 40 spikes per bin): the best natural images come
+        # close, optimised images can exceed them, nothing exceeds a plausible peak rate.
+        "rate_max": np.minimum(target_rate * rng.uniform(5.0, 8.0, n), 40.0),
     }
 
 
@@ -468,7 +485,7 @@ def _calibrate(cls: type[GroundTruthV4], arrays: dict[str, np.ndarray], images: 
         channels = torch.cat([model.channels(c) for c in chunks])
         drive = torch.cat([model.feature_drive(c) for c in channels.split(CHUNK)], dim=2)
         # Threshold each feature at a random high quantile of its drive: sparse, AND-like.
-        quantile = torch.as_tensor(rng.uniform(0.5, 0.8, m), dtype=torch.float32)
+        quantile = torch.as_tensor(rng.uniform(0.4, 0.7, m), dtype=torch.float32)
         ordered = drive.flatten(1).sort(dim=1).values
         rank = (quantile * (ordered.shape[1] - 1)).round().long()
         model.feat_threshold.copy_(ordered.gather(1, rank[:, None])[:, 0])
@@ -478,9 +495,12 @@ def _calibrate(cls: type[GroundTruthV4], arrays: dict[str, np.ndarray], images: 
         pooled = torch.cat([model.pooled(c) for c in maps.split(CHUNK, dim=2)])
         model.drive_mean.copy_(pooled.mean(0))
         model.drive_std.copy_(pooled.std(0).clamp_min(1e-6))
-        rates = model.rates(pooled)
         target = torch.as_tensor(arrays["target_rate"], dtype=torch.float32)
-        model.out_gain.copy_(target / rates.mean(0).clamp_min(1e-6))
+        # The saturation makes the mean rate a monotone, concave function of the gain: a few
+        # multiplicative updates converge well below 1% error.
+        for _ in range(30):
+            mean = model.rates(pooled).mean(0).clamp_min(1e-6)
+            model.out_gain.mul_(target / mean)
     return cls.from_arrays(model.state_arrays())
 
 
@@ -504,13 +524,19 @@ def ground_truth_response(model: GroundTruthV4, images: torch.Tensor | np.ndarra
     return rates[:, index]
 
 
-def _split_tiers(n: int, validation_fraction: float, test_fraction: float,
-                 rng: np.random.Generator) -> np.ndarray:
+def _tier_sizes(n: int, validation_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(validation, test) image counts of a session of ``n`` images; no tier may be empty."""
     n_test = int(round(test_fraction * n))
     n_validation = int(round(validation_fraction * n))
     if n_test < 1 or n_validation < 1 or n - n_test - n_validation < 1:
         raise ValueError(f"{n} images per session leave an empty tier with validation_fraction="
                          f"{validation_fraction}, test_fraction={test_fraction}")
+    return n_validation, n_test
+
+
+def _split_tiers(n: int, validation_fraction: float, test_fraction: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    n_validation, n_test = _tier_sizes(n, validation_fraction, test_fraction)
     tiers = np.full(n, "train", dtype="<U10")
     order = rng.permutation(n)
     tiers[order[:n_test]] = "test"
@@ -538,12 +564,15 @@ def make_twin(n_sessions: int, neurons_per_session: int, images_per_session: int
         raise ValueError("images_per_session must be >= 3 (one per tier)")
     if test_repeats < 1:
         raise ValueError(f"test_repeats must be >= 1, got {test_repeats}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     for name, value in (("validation_fraction", validation_fraction),
                         ("test_fraction", test_fraction)):
         if not 0.0 < value < 1.0:
             raise ValueError(f"{name} must be in (0, 1), got {value}")
     if validation_fraction + test_fraction >= 1.0:
         raise ValueError("validation_fraction + test_fraction must be < 1")
+    _tier_sizes(images_per_session, validation_fraction, test_fraction)  # fail before work
 
     model = GroundTruthV4.generate(n_sessions * neurons_per_session, image_size, seed)
     # One pool split into sessions: every session sees different crops.
@@ -574,7 +603,7 @@ def make_twin(n_sessions: int, neurons_per_session: int, images_per_session: int
             "preferred_wavelength": model.preferred_wavelength[index].copy(),
             "selectivity": model.selectivity[index].copy(),
             "main_feature": model.main_feature[index].copy(),
-            "mean_rate": model.target_rate[index].copy(),
+            "target_rate": model.target_rate[index].copy(),
         }
         sessions.append(SessionData(
             session_id=sid,
@@ -592,7 +621,9 @@ def make_twin(n_sessions: int, neurons_per_session: int, images_per_session: int
                 "provenance": (f"encoders.datasets.synthetic.make_twin(seed={seed}, "
                                f"n_sessions={n_sessions}, neurons_per_session="
                                f"{neurons_per_session}, images_per_session="
-                               f"{images_per_session}, image_size={image_size}); "
+                               f"{images_per_session}, image_size={image_size}, "
+                               f"validation_fraction={validation_fraction}, test_fraction="
+                               f"{test_fraction}, test_repeats={test_repeats}); "
                                f"{GROUND_TRUTH_FORMAT} v{FORMAT_VERSION}; crops of: {sources}"),
                 "rf_units": "pixels (x from left, y from top; rf_size = Gaussian sigma)",
                 "orientation_units": "degrees counter-clockwise from horizontal stripes",

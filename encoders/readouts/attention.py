@@ -80,8 +80,8 @@ class AttentionReadout(nn.Module):
         self.features = nn.Parameter(torch.full((n_neurons, embed_dim), 1.0 / embed_dim))
         self.bias = nn.Parameter(initial_bias(mean_activity, n_neurons))
 
-    def _attend(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Return attention weights (B, heads, h*w, n) and per-head values (B, heads, h*w, head_dim)."""
+    def _keys_values(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-head keys and values, each (B, heads, h*w, head_dim)."""
         if features.shape[1:] != self.in_shape:
             raise ValueError(f"expected features of shape (B, *{self.in_shape}), got {tuple(features.shape)}")
         batch = features.shape[0]
@@ -89,17 +89,32 @@ class AttentionReadout(nn.Module):
         key, value = self.to_key_value(x.flatten(2).transpose(1, 2)).chunk(2, dim=-1)  # (B, hw, E) each
         key = key.reshape(batch, -1, self.heads, self.embed_dim // self.heads).transpose(1, 2)
         value = value.reshape(batch, -1, self.heads, self.embed_dim // self.heads).transpose(1, 2)
+        return key, value
+
+    def _attend(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Return attention weights (B, heads, h*w, n) and per-head values (B, heads, h*w, head_dim)."""
+        key, value = self._keys_values(features)
         query = self.query.reshape(self.n_neurons, self.heads, -1).permute(1, 2, 0)  # (heads, head_dim, n)
         # plain broadcast matmuls: torch.einsum picked a path ~10x slower on CPU here
         logits = torch.matmul(key, query) * (self.scale / self.temperature)  # (B, heads, hw, n)
         return logits.softmax(dim=2), value
 
-    def forward(self, features: Tensor) -> Tensor:
-        """Map core features (B, C, h, w) to pre-nonlinearity responses (B, n_neurons)."""
-        attention, value = self._attend(features)
-        pooled = torch.matmul(attention.transpose(2, 3), value)  # (B, heads, n, head_dim)
-        pooled = pooled.transpose(1, 2).flatten(2)  # (B, n, embed_dim), heads in query order
-        return (pooled * self.features).sum(-1) + self.bias
+    def forward(self, features: Tensor, neurons: Tensor | None = None) -> Tensor:
+        """Map core features (B, C, h, w) to pre-nonlinearity responses (B, n_neurons).
+
+        With `neurons` (B,) long, image b is read out for neuron `neurons[b]` only and the result
+        is (B,): one query per image instead of all, so batched MEIs do not pay for every neuron.
+        """
+        if neurons is None:
+            attention, value = self._attend(features)
+            pooled = torch.matmul(attention.transpose(2, 3), value)  # (B, heads, n, head_dim)
+            pooled = pooled.transpose(1, 2).flatten(2)  # (B, n, embed_dim), heads in query order
+            return (pooled * self.features).sum(-1) + self.bias
+        key, value = self._keys_values(features)
+        query = self.query[neurons].reshape(len(neurons), self.heads, -1, 1)  # (B, heads, head_dim, 1)
+        attention = (torch.matmul(key, query) * (self.scale / self.temperature)).softmax(dim=2)  # (B, heads, hw, 1)
+        pooled = torch.matmul(attention.transpose(2, 3), value).flatten(1)  # (B, embed_dim)
+        return (pooled * self.features[neurons]).sum(-1) + self.bias[neurons]
 
     def attention_maps(self, features: Tensor) -> Tensor:
         """Attention weights averaged over heads, (B, n_neurons, h, w); each map sums to 1.

@@ -112,14 +112,23 @@ class GaussianReadout(nn.Module):
             offset = noise * self.sigma[None, :, None, :]
         return (mu + offset).clamp(-1.0, 1.0)
 
-    def forward(self, features: Tensor) -> Tensor:
-        """Map core features (B, C, h, w) to pre-nonlinearity responses (B, n_neurons)."""
+    def forward(self, features: Tensor, neurons: Tensor | None = None) -> Tensor:
+        """Map core features (B, C, h, w) to pre-nonlinearity responses (B, n_neurons).
+
+        With `neurons` (B,) long, image b is read out for neuron `neurons[b]` only and the result
+        is (B,): the paired mode that lets one batch optimise a different neuron per image.
+        """
         # Positions are in normalised coordinates, so only the channel count must match.
         if features.dim() != 4 or features.shape[1] != self.in_shape[0]:
             raise ValueError(f"expected features (B, {self.in_shape[0]}, h, w), got shape {tuple(features.shape)}")
         grid = self.sample_grid(features.shape[0], sample=self.training)
-        sampled = F.grid_sample(features, grid, mode="bilinear", align_corners=True)  # (B, C, n, 1)
-        return torch.einsum("bcn,cn->bn", sampled[..., 0], self.features) + self.bias
+        if neurons is None:
+            sampled = F.grid_sample(features, grid, mode="bilinear", align_corners=True)  # (B, C, n, 1)
+            return torch.einsum("bcn,cn->bn", sampled[..., 0], self.features) + self.bias
+        rows = torch.arange(features.shape[0], device=features.device)
+        grid = grid[rows, neurons][:, None]  # (B, 1, 1, 2)
+        sampled = F.grid_sample(features, grid, mode="bilinear", align_corners=True)[:, :, 0, 0]  # (B, C)
+        return (sampled * self.features[:, neurons].T).sum(1) + self.bias[neurons]
 
     def regularizer(self) -> Tensor:
         """gamma_features times the L1 norm (sum of absolute values) of the feature weights."""

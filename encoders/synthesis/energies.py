@@ -59,8 +59,8 @@ class NeuronActivation:
         parts = []
         for session, (rows, columns) in self.groups.items():
             rows, columns = rows.to(images.device), columns.to(images.device)
-            rates = self.model(images[rows], session)
-            parts.append(rates.gather(1, columns[:, None])[:, 0])
+            # paired mode: each image computes only its own neuron (not the whole session)
+            parts.append(self.model(images[rows], session, columns))
         return torch.cat(parts)[self._inverse.to(images.device)]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -80,11 +80,12 @@ def optimize_images(
     seeds: Sequence[int] | int,
     steps: int,
     optimizer: str = "sgd",
-    lr: float = 1.0,
+    lr: float = 0.05,
     blur_sigma: float = 1.0,
     norm: float | None = None,
     pixel_range: tuple[float, float] | None = None,
     device: str | torch.device = "cpu",
+    normalize_gradient: bool = True,
 ) -> GradientAscentResult:
     """Minimise `energy` over a batch of images by preconditioned gradient descent on pixels.
 
@@ -93,13 +94,16 @@ def optimize_images(
         shape: (C, H, W) of one image, in the energy's (model's) input space.
         seeds: one per image, or one int for every image (then all images start from the same noise).
         steps: fixed number of optimiser steps.
-        optimizer: "sgd" (plain steps; lr in image units per unit gradient) or "adamw" (Adam without
-            weight decay: the norm constraint already fixes the image scale).
+        optimizer: "sgd" or "adamw" (Adam without weight decay: the norm constraint already fixes
+            the image scale).
         blur_sigma: std (pixels) of the Gaussian applied to the gradient before each step; 0 = none.
         norm: L2 norm every image is rescaled to after every step (and at the start); None = free.
             `default_norm(shape)` gives the paper's rule.
         pixel_range: (low, high) clamp after the rescale, e.g. what the data's pixels can represent.
         device: where the optimisation runs; the energy's model must be there.
+        normalize_gradient: divide each image's blurred gradient by its per-pixel RMS, so that an
+            SGD step moves pixels by `lr` (RMS, model units) whatever the energy's scale: one lr
+            then serves a model's rates, a twin's true rates and response distances alike.
     """
     if optimizer not in OPTIMIZERS:
         raise EncodersError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
@@ -117,12 +121,12 @@ def optimize_images(
         images = initial_images(n_images, shape, seeds).to(device)
         with torch.no_grad():
             _project(images, norm, pixel_range)
-        return _descend(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range)
+        return _descend(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient)
 
 
 def _descend(
     energy: Energy, images: torch.Tensor, steps: int, optimizer: str, lr: float, blur_sigma: float,
-    norm: float | None, pixel_range: tuple[float, float] | None,
+    norm: float | None, pixel_range: tuple[float, float] | None, normalize_gradient: bool,
 ) -> GradientAscentResult:
     n_images = images.shape[0]
     images.requires_grad_(True)
@@ -138,7 +142,11 @@ def _descend(
             raise ValueError(f"the energy must return ({n_images},) values, got {tuple(value.shape)}")
         # autograd.grad, not backward: the model's parameters accumulate no gradients
         (gradient,) = torch.autograd.grad(value.sum(), images)
-        images.grad = gaussian_blur(gradient, blur_sigma)
+        gradient = gaussian_blur(gradient, blur_sigma)
+        if normalize_gradient:
+            rms = gradient.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-20)
+            gradient = gradient / rms.view(-1, *([1] * (gradient.ndim - 1)))
+        images.grad = gradient
         opt.step()
         with torch.no_grad():
             _project(images, norm, pixel_range)
@@ -155,6 +163,7 @@ class GASettings:
     """Gradient-ascent settings of a product (MEIs, reconstructions), stored with its results.
 
     seeds: initial-noise seeds; every target is optimised once per seed.
+    lr, normalize_gradient: with the default normalised SGD, each step moves pixels by lr (RMS).
     contrast: per-pixel RMS the image norm is set to (`default_norm`); `norm` overrides it.
     clamp: clamp to the model-space range of pixel values 0..255 (see `pixel_range`).
     batch_size: images optimised together (memory bound); results do not depend on it.
@@ -163,7 +172,8 @@ class GASettings:
     seeds: tuple[int, ...] = (0,)
     steps: int = 100
     optimizer: str = "sgd"
-    lr: float = 10.0
+    lr: float = 0.05
+    normalize_gradient: bool = True
     blur_sigma: float = 1.0
     contrast: float = DEFAULT_CONTRAST
     norm: float | None = None
@@ -198,6 +208,7 @@ class GASettings:
         """NetCDF-storable description (no None, no bools)."""
         return {
             "seeds": list(self.seeds), "steps": self.steps, "optimizer": self.optimizer, "lr": self.lr,
+            "normalize_gradient": int(self.normalize_gradient),
             "blur_sigma": self.blur_sigma, "contrast": self.contrast, "norm": self.image_norm(shape),
             "norm_rule": "given" if self.norm is not None else "contrast * sqrt(C*H*W)",
             "clamp": int(self.clamp), "batch_size": self.batch_size,
@@ -218,7 +229,7 @@ def optimize_in_batches(
         index = list(range(start, min(start + settings.batch_size, len(seeds))))
         parts.append(optimize_images(
             energy_for(index), len(index), shape, [seeds[i] for i in index], settings.steps, settings.optimizer,
-            settings.lr, settings.blur_sigma, settings.image_norm(shape), pixel_range, device,
+            settings.lr, settings.blur_sigma, settings.image_norm(shape), pixel_range, device, settings.normalize_gradient,
         ))
     return GradientAscentResult(
         images=torch.cat([p.images for p in parts]),
