@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     datamodule = RecordedDataModule(args.data, sessions=model.sessions, grayscale=transform.grayscale,
                                     crop=transform.crop, resize=transform.resize)
     datamodule.setup("predict")
-    targets = top_k_targets(model, datamodule, args.neurons) if args.select == "top" else all_targets(model)[: args.neurons]
+    if args.select == "top":
+        targets, _ = top_k_targets(model, datamodule, args.neurons)
+    else:
+        targets = all_targets(model)[: args.neurons]
     n = len(targets)
     seeds = [args.seed + i for i in range(n)]
     truth = load_ground_truth(args.data)

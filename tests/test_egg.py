@@ -229,6 +229,7 @@ def test_guidance_lowers_the_energy():
 
 
 # ---- training ----------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
 def test_prior_training_step_and_export(tmp_path, session_factory):
     from encoders.datasets.io import write_dataset
 

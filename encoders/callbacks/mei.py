@@ -161,34 +161,43 @@ def compute_meis(
         lambda index: NeuronActivation(model, [pairs[i][0] for i in index], minimize=minimize),
         [seed for _, seed in pairs], shape, settings, settings.pixel_range(transform), model_device(model),
     )
-    n, s = len(targets), len(seeds)
     sign = 1.0 if minimize else -1.0  # energy = -rate, or +rate for inhibitory images
-    images = result.images.view(n, s, *shape)
+    data = mei_dataset(METHOD, targets, seeds, result.images, sign * result.energy, sign * result.trace, transform)
+    data.attrs.update({f"ga_{k}": v for k, v in settings.attrs(shape).items()})
+    data.attrs["product"] = "inhibitory images" if minimize else "most exciting images"
+    data.attrs["minimize"] = int(minimize)
+    return data
+
+
+def mei_dataset(
+    method: str, targets: Sequence[Target], seeds: Sequence[int], images: torch.Tensor, activation: torch.Tensor,
+    trace: torch.Tensor, transform,
+) -> xr.Dataset:
+    """Labelled MEIs of any method: images (targets x seeds, C, H, W) in target-major order,
+    activation (targets x seeds,), trace (steps, targets x seeds)."""
+    n, s = len(targets), len(seeds)
+    shape = tuple(images.shape[1:])
+    images = images.reshape(n, s, *shape)
     image_dims = ("method", "neuron", "seed", "channel", "y", "x")
     data = xr.Dataset(
         {
             "image": (image_dims, images[None].numpy()),
             "image_pixels": (image_dims, transform.to_pixels(images)[None].numpy()),
-            "activation": (("method", "neuron", "seed"), (sign * result.energy).view(1, n, s).numpy()),
-            "trace": (("method", "step", "neuron", "seed"), (sign * result.trace).view(1, -1, n, s).numpy()),
+            "activation": (("method", "neuron", "seed"), activation.reshape(1, n, s).numpy()),
+            "trace": (("method", "step", "neuron", "seed"), trace.reshape(1, -1, n, s).numpy()),
         },
         coords={
-            "method": [METHOD],
+            "method": [method],
             "session": ("neuron", [t[0] for t in targets]),
             "neuron_id": ("neuron", [t[1] for t in targets]),
-            "seed": seeds,
-            "step": np.arange(settings.steps),
+            "seed": list(seeds),
+            "step": np.arange(trace.shape[0]),
         },
     )
     data["image"].attrs["space"] = "model input (z-scored)"
     data["image_pixels"].attrs["space"] = "pixels after the data's grayscale/crop/resize, 0..255"
     data["activation"].attrs["units"] = "predicted rate (spikes per bin)"
-    data.attrs.update({f"ga_{k}": v for k, v in settings.attrs(shape).items()})
-    data.attrs.update({
-        "product": "inhibitory images" if minimize else "most exciting images",
-        "minimize": int(minimize),
-        "image_transform": json.dumps(transform.state()),
-    })
+    data.attrs["image_transform"] = json.dumps(transform.state())
     return data
 
 
@@ -228,7 +237,7 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
 
     pair_columns = columns.repeat_interleave(s)  # image i = neuron i // s, seed i % s
     pair_seeds = [seeds[i % s] for i in range(n * s)]
-    ours = results.isel(method=results.method.values.tolist().index(METHOD))
+    ours = results.isel(method=0)  # one method per file: ga or egg
     images = torch.as_tensor(ours.image.values).reshape(n * s, *shape)
     with torch.no_grad():
         true_rate = torch.cat([

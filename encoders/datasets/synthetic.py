@@ -262,7 +262,11 @@ class GroundTruthV4(nn.Module):
 
     def channels(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised V1 channels on the stride-4 grid, (B, channels, grid, grid)."""
-        energies, polarity, luminance = self.front_end(images)
+        return self.normalise(*self.front_end(images))
+
+    def normalise(self, energies: torch.Tensor, polarity: torch.Tensor,
+                  luminance: torch.Tensor) -> torch.Tensor:
+        """Divisive normalisation and per-channel scaling of :meth:`front_end` outputs."""
         pool = F.avg_pool2d(energies.mean(dim=1, keepdim=True), 3, stride=1, padding=1,
                             count_include_pad=False)
         denominator = self.norm_sigma + pool
@@ -313,6 +317,7 @@ class GroundTruthV4(nn.Module):
         return self.rate_max * torch.tanh(drive / self.rate_max)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Rates (B, N) for images (B, 1, image_size, image_size) in pixel units 0..255."""
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(f"images must be (B, 1, H, W), got {tuple(images.shape)}")
         if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
@@ -478,11 +483,11 @@ def _calibrate(cls: type[GroundTruthV4], arrays: dict[str, np.ndarray], images: 
         model = cls(arrays)
         # Normalisation constant: half the mean energy, so normalisation is strong for
         # high-contrast patches and weak for nearly blank ones.
-        energy = torch.cat([model.front_end(c)[0].mean(dim=(1, 2, 3)) for c in chunks])
-        model.norm_sigma.fill_(0.5 * float(energy.mean()))
-        channels = torch.cat([model.channels(c) for c in chunks])
+        raw = [torch.cat(parts) for parts in zip(*(model.front_end(c) for c in chunks))]
+        model.norm_sigma.fill_(0.5 * float(raw[0].mean()))
+        channels = model.normalise(*raw)
         model.channel_scale.copy_(1.0 / channels.mean(dim=(0, 2, 3)).clamp_min(1e-6))
-        channels = torch.cat([model.channels(c) for c in chunks])
+        channels = model.normalise(*raw)
         drive = torch.cat([model.feature_drive(c) for c in channels.split(CHUNK)], dim=2)
         # Threshold each feature at a random high quantile of its drive: sparse, AND-like.
         quantile = torch.as_tensor(rng.uniform(0.4, 0.7, m), dtype=torch.float32)
@@ -496,11 +501,10 @@ def _calibrate(cls: type[GroundTruthV4], arrays: dict[str, np.ndarray], images: 
         model.drive_mean.copy_(pooled.mean(0))
         model.drive_std.copy_(pooled.std(0).clamp_min(1e-6))
         target = torch.as_tensor(arrays["target_rate"], dtype=torch.float32)
-        # The saturation makes the mean rate a monotone, concave function of the gain: a few
-        # multiplicative updates converge well below 1% error.
-        for _ in range(30):
-            mean = model.rates(pooled).mean(0).clamp_min(1e-6)
-            model.out_gain.mul_(target / mean)
+        # The saturation makes the mean rate a monotone, concave function of the gain; these
+        # multiplicative updates shrink the error ~5x each (1e-6 relative after 10).
+        for _ in range(12):
+            model.out_gain.mul_(target / model.rates(pooled).mean(0).clamp_min(1e-6))
     return cls.from_arrays(model.state_arrays())
 
 

@@ -35,7 +35,7 @@ class EGGResult:
     prior_images: (B, C_prior, S, S) final samples in [-1, 1].
     images: (B, C, H, W) the same in the energy's input space, rescaled to `norm` when given.
     energy: (B,) energy of `images` (NaN without an energy).
-    trace: (num_steps, B) energy of adapter(x0_hat) at each step.
+    trace: (num_steps, B) energy of adapter(x0_hat) at each step (NaN without an energy).
     """
 
     prior_images: torch.Tensor

@@ -1,0 +1,57 @@
+"""EGG MEIs and MENIs for each kept checkpoint, next to GA, scored on a tiny twin's true neurons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import xarray as xr
+
+from encoders.callbacks import EGGCallback, ModelCheckpoint
+from encoders.datasets.datamodule import RecordedDataModule
+from encoders.datasets.io import write_dataset
+from encoders.datasets.synthetic import make_twin
+from encoders.errors import EncodersError
+from encoders.model import EncodingModel
+
+torch.set_num_threads(1)
+PRIOR = str(Path(__file__).resolve().parents[1] / "data" / "priors" / "natural32")
+CORE = {"type": "stacked", "hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3}
+READOUT = {"type": "gaussian", "gauss_type": "isotropic"}
+
+
+def test_egg_products_for_best_and_last(tmp_path):
+    sessions, truth = make_twin(n_sessions=1, neurons_per_session=4, images_per_session=120, image_size=24, seed=0)
+    data = tmp_path / "twin.h5"
+    write_dataset(data, sessions, ground_truth=truth.state_arrays())
+    pl.seed_everything(0)
+    egg = EGGCallback(prior=PRIOR, top_k=2, seeds=[0, 1], num_steps=4, energy_scale=2.0, meni_energy_scale=0.5)
+    trainer = pl.Trainer(
+        max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, monitor="val/correlation", mode="max"), egg],
+    )
+    trainer.fit(EncodingModel(core=CORE, readout=READOUT), RecordedDataModule(str(data), batch_size=32))
+    folders = sorted((tmp_path / "products").iterdir())
+    assert [f.name for f in folders][-1] == "last" and len(folders) == 2
+    for folder in folders:
+        for product in ("mei", "meni"):
+            with xr.open_dataset(folder / f"{product}_egg.nc") as ds:
+                assert ds.method.values.tolist() == ["egg"]
+                assert ds.image.shape == (1, 2, 2, 1, 24, 24) and ds.sizes["step"] == 4
+                assert np.isfinite(ds.activation).all() and (ds.activation > 0).all()
+                assert np.isfinite(ds.ground_truth_activation).all() and "true_mei" in ds
+            assert (folder / f"{product}_egg.png").stat().st_size > 1000
+        with xr.open_dataset(folder / "mei_egg.nc") as mei:
+            norms = np.sqrt((mei.image.values ** 2).sum(axis=(-3, -2, -1)))
+            np.testing.assert_allclose(norms, 0.25 * 24, rtol=1e-4)  # the GA norm rule: fair comparison
+    before = (folders[-1] / "mei_egg.nc").stat().st_mtime_ns
+    egg.on_fit_end(trainer, trainer.lightning_module)  # a re-run skips finished products
+    assert (folders[-1] / "mei_egg.nc").stat().st_mtime_ns == before
+
+
+def test_missing_prior_is_a_clear_error(tmp_path):
+    with pytest.raises(EncodersError, match="nope: diffusion prior folder not found"):
+        EGGCallback(prior=str(tmp_path / "nope"), top_k=1)
