@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="top: best predicted on validation; first: model order")
     parser.add_argument("--prior", default="data/priors/natural32", help="local diffusers prior folder")
     parser.add_argument("--egg-steps", type=int, default=50)
-    parser.add_argument("--energy-scale", type=float, default=1.0, help="L2 length of each guidance step (prior space)")
+    parser.add_argument("--energy-scale", type=float, default=2.0, help="L2 length of each guidance step (prior space)")
     parser.add_argument("--ga-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0, help="neuron i uses seed + i (both methods)")
     parser.add_argument("--threads", type=int, default=1)
@@ -82,14 +82,15 @@ def main(argv: list[str] | None = None) -> None:
     prior = DiffusionPrior.load(args.prior)
 
     def best_data_images():
-        best = []
-        for session, neuron in targets:
+        best = torch.empty(n, *shape)
+        for session in dict.fromkeys(s for s, _ in targets):
             images = model_space_images(model, datamodule, session, "train")["images"]
-            column = model.neuron_ids(session).index(neuron)
             with torch.no_grad():
-                rates = torch.cat([model(x, session)[:, column] for x in images.split(256)])
-            best.append(images[rates.argmax()])
-        return torch.stack(best)
+                rates = torch.cat([model(x, session) for x in images.split(256)])
+            for i, (s, neuron) in enumerate(targets):
+                if s == session:
+                    best[i] = images[rates[:, model.neuron_ids(session).index(neuron)].argmax()]
+        return best
 
     def ga(on):
         return optimize_images(on, n, shape, seeds, settings.steps, settings.optimizer, settings.lr,

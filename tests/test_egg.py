@@ -100,6 +100,9 @@ def test_zero_energy_scale_is_plain_ddpm_sampling():
     torch.testing.assert_close(traced.prior_images, reference.clamp(-1, 1), atol=1e-6, rtol=0)
     assert traced.trace.shape == (8, 3) and torch.isfinite(traced.trace).all()
     torch.testing.assert_close(traced.energy, quadrant_brightness(traced.images))
+    with torch.inference_mode():  # as inside a Lightning callback
+        inside = egg_sample(prior, quadrant_brightness, n_images=3, num_steps=8, energy_scale=0.0, seeds=seeds)
+    torch.testing.assert_close(inside.prior_images, traced.prior_images, atol=0, rtol=0)
 
 
 # ---- (c) samples are independent --------------------------------------------------------------------------
@@ -229,7 +232,7 @@ def test_guidance_lowers_the_energy():
 
 
 # ---- training ----------------------------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_prior_training_step_and_export(tmp_path, session_factory):
     from encoders.datasets.io import write_dataset
 

@@ -74,7 +74,7 @@ def egg_sample(
     energy: Energy | None,
     n_images: int,
     num_steps: int = 50,
-    energy_scale: float = 1.0,
+    energy_scale: float = 2.0,
     seeds: Sequence[int] | int = 0,
     norm: float | None = None,
     adapter: Adapter | None = None,
@@ -86,7 +86,9 @@ def egg_sample(
         energy: adapter(images) -> (n_images,), image b's own term (e.g. NeuronActivation with n_images
             targets); None samples the prior unguided (energy_scale must then be 0).
         num_steps: respaced DDPM steps (at most the prior's training timesteps).
-        energy_scale: L2 length, in prior space, of the guidance step taken at every step.
+        energy_scale: L2 length, in prior space, of the guidance step taken at every step. It is a
+            length, not a per-pixel size: 2 suits the shipped 32x32 prior (1,024 pixels; 50 steps);
+            a prior with k times the pixels needs about sqrt(k) times the scale for the same effect.
         seeds: one per image, or one int for all (identical samples up to their energies).
         norm: rescale each final adapter(image) to this L2 norm (e.g. `default_norm` for a fair
             comparison with norm-constrained gradient-ascent MEIs); None keeps the prior's contrast.
@@ -105,25 +107,27 @@ def egg_sample(
     scheduler = prior.respaced(num_steps)
     generators = _generators(seeds, n_images, device)
 
-    x = torch.stack([torch.randn(prior.image_shape, generator=g, device=device, dtype=dtype) for g in generators])
-    trace = torch.full((num_steps, n_images), float("nan"))
-    for i, t in enumerate(scheduler.timesteps.tolist()):
-        if energy is None:
-            with torch.no_grad():
-                output = prior(x, t)
-        else:
-            output, value, gradient = guidance_gradient(prior, energy, adapter, x, t, clip_denoised)
-            trace[i] = value.cpu()
-        # a list of generators: the scheduler draws sample b's noise from generators[b] alone
-        x = scheduler.step(output, t, x, generator=generators).prev_sample
-        if energy_scale:
-            length = gradient.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            x = x - energy_scale * gradient / length
-    prior_images = x.clamp(-1, 1).detach()
+    # callbacks may run inside Lightning's inference mode, where no gradient could be taken
+    with torch.inference_mode(False):
+        x = torch.stack([torch.randn(prior.image_shape, generator=g, device=device, dtype=dtype) for g in generators])
+        trace = torch.full((num_steps, n_images), float("nan"))
+        for i, t in enumerate(scheduler.timesteps.tolist()):
+            if energy is None:
+                with torch.no_grad():
+                    output = prior(x, t)
+            else:
+                output, value, gradient = guidance_gradient(prior, energy, adapter, x, t, clip_denoised)
+                trace[i] = value.cpu()
+            # a list of generators: the scheduler draws sample b's noise from generators[b] alone
+            x = scheduler.step(output, t, x, generator=generators).prev_sample
+            if energy_scale:
+                length = gradient.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                x = x - energy_scale * gradient / length
+        prior_images = x.clamp(-1, 1).detach()
 
-    with torch.no_grad():
-        images = adapter(prior_images)
-        if norm is not None:
-            images = images * (norm / images.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
-        final = energy(images).cpu() if energy is not None else torch.full((n_images,), float("nan"))
+        with torch.no_grad():
+            images = adapter(prior_images)
+            if norm is not None:
+                images = images * (norm / images.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+            final = energy(images).cpu() if energy is not None else torch.full((n_images,), float("nan"))
     return EGGResult(prior_images=prior_images.cpu(), images=images.cpu(), energy=final, trace=trace)
