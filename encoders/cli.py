@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     twin.add_argument("--sessions", type=int, default=3)
     twin.add_argument("--neurons", type=int, default=40, help="neurons per session")
     twin.add_argument("--images", type=int, default=1500, help="images per session")
-    twin.add_argument("--image-size", type=int, default=48)
+    twin.add_argument("--image-size", type=int, default=32)
     twin.add_argument("--seed", type=int, default=0)
     twin.add_argument("--validation-fraction", type=float, default=0.1)
     twin.add_argument("--test-fraction", type=float, default=0.1)

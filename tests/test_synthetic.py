@@ -156,7 +156,8 @@ def test_sessions_follow_the_schema(twin):
         assert set(s.neuron_meta["selectivity"]) <= set(SELECTIVITY_TYPES)
         assert (s.neuron_meta["rf_x"] > 0).all() and (s.neuron_meta["rf_x"] < SIZE).all()
     # Sessions see different images.
-    assert not {im.tobytes() for im in sessions[0].images} & {im.tobytes() for im in sessions[1].images}
+    first = {im.tobytes() for im in sessions[0].images}
+    assert not first & {im.tobytes() for im in sessions[1].images}
 
 
 def test_tiers_have_the_requested_fractions(twin):
