@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from encoders.datasets.datamodule import RecordedDataModule  # noqa: E402
-from encoders.datasets.twin import ground_truth_columns, load_ground_truth  # noqa: E402
+from encoders.datasets.twin import ground_truth_columns, has_ground_truth, load_ground_truth  # noqa: E402
 from encoders.ensemble import Ensemble, load_checkpoint  # noqa: E402
 from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation  # noqa: E402
 from encoders.synthesis.gradient_ascent import GASettings, optimize_images  # noqa: E402
@@ -38,7 +38,9 @@ from encoders.synthesis.targets import all_targets, model_space_images, top_k_ta
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", nargs="+", required=True, help="one checkpoint, or several for an ensemble")
-    parser.add_argument("--data", required=True, help="twin dataset file (with ground truth)")
+    parser.add_argument("--data", required=True, help="dataset file: a twin (scored on ground truth) or real data")
+    parser.add_argument("--score-on", nargs="+", default=None,
+                        help="for real data: held-out checkpoint(s) whose rates stand in for the true neurons")
     parser.add_argument("--neurons", type=int, default=20, help="number of neurons")
     parser.add_argument("--select", choices=("top", "first"), default="top",
                         help="top: best predicted on validation; first: model order")
@@ -72,10 +74,17 @@ def main(argv: list[str] | None = None) -> None:
         targets = all_targets(model)[: args.neurons]
     n = len(targets)
     seeds = [args.seed + i for i in range(n)]
-    truth = load_ground_truth(args.data)
-    columns = {s: ground_truth_columns(args.data, s) for s in dict.fromkeys(s for s, _ in targets)}
-    true_columns = torch.stack([columns[s][model.neuron_ids(s).index(i)] for s, i in targets])
-    twin = GroundTruthActivation(truth, true_columns, transform, (truth.image_size, truth.image_size))
+    if has_ground_truth(args.data):
+        truth = load_ground_truth(args.data)
+        columns = {s: ground_truth_columns(args.data, s) for s in dict.fromkeys(s for s, _ in targets)}
+        true_columns = torch.stack([columns[s][model.neuron_ids(s).index(i)] for s, i in targets])
+        twin = GroundTruthActivation(truth, true_columns, transform, (truth.image_size, truth.image_size))
+    elif args.score_on:
+        # real data has no ground truth: a held-out model (other architecture or seeds) plays the brain
+        held_out = load_checkpoint(args.score_on[0]) if len(args.score_on) == 1 else Ensemble.from_checkpoints(args.score_on)
+        twin = NeuronActivation(held_out, targets)
+    else:
+        raise SystemExit(f"{args.data} has no ground truth: name held-out checkpoints with --score-on")
     energy = NeuronActivation(model, targets)
     settings = GASettings(steps=args.ga_steps)
     norm, pixel_range = settings.image_norm(shape), settings.pixel_range(transform)
@@ -104,23 +113,25 @@ def main(argv: list[str] | None = None) -> None:
         "GA": lambda: ga(energy),
         "EGG": lambda: egg(ModelSpace.of(model), None),
         "EGG @ GA norm": lambda: egg(ModelSpace.of(model, norm), norm),
-        "true MEI (GA on twin)": lambda: ga(twin),
+        "true MEI (GA on twin)" if has_ground_truth(args.data) else "GA on held-out": lambda: ga(twin),
     }
     print(f"{n} neurons ({args.select}), model input {shape}, GA: {settings.steps} steps, norm {norm:.2f}; "
           f"EGG: {args.egg_steps} steps, energy_scale {args.energy_scale}, prior {prior.image_shape}")
-    header = f"{'method':<22} {'model rate':>11} {'true rate':>10} {'true/trueMEI':>13} {'RMS contrast':>13} {'seconds':>8}"
+    scored = "true" if has_ground_truth(args.data) else "held-out"
+    header = f"{'method':<22} {'model rate':>11} {scored + ' rate':>14} {'ratio to its MEI':>17} {'RMS contrast':>13} {'seconds':>8}"
     rows = {}
     for name, make in methods.items():
         images, seconds = timed(make)
         with torch.no_grad():
             rows[name] = (energy.activation(images), twin.activation(images), images.flatten(1).std(1), seconds)
-    reference = rows["true MEI (GA on twin)"][1]
+    reference = rows[list(methods)[-1]][1]
     print(header)
     print("-" * len(header))
     for name, (model_rate, true_rate, contrast, seconds) in rows.items():
-        print(f"{name:<22} {model_rate.mean():>11.2f} {true_rate.mean():>10.2f} {(true_rate / reference).median():>13.2f} "
+        print(f"{name:<22} {model_rate.mean():>11.2f} {true_rate.mean():>14.2f} {(true_rate / reference).median():>17.2f} "
               f"{contrast.mean():>13.2f} {seconds:>8.1f}")
-    print("rates: mean over neurons (spikes per bin); true/trueMEI: median over neurons; contrast: per-pixel std, z units")
+    print(f"rates: mean over neurons (spikes per bin); ratio: {scored} rate / {scored} rate of the last row's MEI, "
+          "median over neurons; contrast: per-pixel std, z units")
 
 
 if __name__ == "__main__":
