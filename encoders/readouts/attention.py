@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from encoders.readouts.gaussian import check_readout_args, initial_bias
+from encoders.readouts.common import check_readout_args, initial_bias
 from encoders.readouts.positional import sinusoidal_2d
 
 
@@ -38,7 +38,7 @@ class AttentionReadout(nn.Module):
                 positional encoding can be added.
             n_neurons: neurons of this recording session.
             mean_activity: (n_neurons,) mean training response, used to initialise the bias
-                (see ``encoders.readouts.gaussian.initial_bias``).
+                (see ``encoders.readouts.common.initial_bias``).
             embed_dim: size of keys, values and queries; must be divisible by heads.
             heads: number of attention heads.
             temperature: divides the attention logits; > 1 gives broader attention.
