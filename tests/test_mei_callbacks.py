@@ -150,8 +150,12 @@ def test_ground_truth_scores_on_a_tiny_twin(tmp_path):
     targets = [("twin0", "twin0-n002"), ("twin0", "twin0-n000")]
     write_meis([], model, tmp_path / "out", settings, targets, None, datamodule)
     with xr.open_dataset(tmp_path / "out" / "mei_ga.nc") as meis:
-        for name in ("ground_truth_activation", "ground_truth_relative_activation", "true_mei_correlation"):
+        for name in ("ground_truth_activation", "ground_truth_relative_activation", "true_mei_correlation",
+                     "true_mei_feature_correlation"):
             assert meis[name].dims == ("method", "neuron", "seed") and np.isfinite(meis[name]).all()
+        for name in ("true_mei_self_correlation", "true_mei_self_feature_correlation"):
+            assert meis[name].dims == ("neuron",) and (np.abs(meis[name]) <= 1).all()
+        assert (np.abs(meis.true_mei_feature_correlation) <= 1 + 1e-6).all()
         assert meis.true_mei.dims == ("neuron", "channel", "y", "x") and meis.true_mei.shape == (2, 1, 16, 16)
         assert (meis.ground_truth_activation > 0).all()
         relative = meis.ground_truth_relative_activation.values

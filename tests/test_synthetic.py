@@ -121,6 +121,20 @@ def test_responses_tolerate_small_shifts(twin, probe, probe_rates):
     assert np.mean(_column_corr(probe_rates, shift4)) > 0.55
 
 
+def test_neuron_maps_are_what_each_neuron_pools(twin, probe):
+    """neuron_maps(image b, column b) is the RF-weighted map neuron b pools into its rate."""
+    model = twin[1]
+    images, columns = probe[:40], torch.arange(40) % model.n_neurons
+    with torch.no_grad():
+        maps = model.neuron_maps(images, columns)
+        every = model.mixed_maps(model.feature_maps(model.feature_drive(model.channels(images))), model.mix)
+        expected = every[columns, :, torch.arange(40)] * model.rf_envelope()[columns]
+    assert maps.shape == (40, model.grid ** 2) and (maps >= 0).all()
+    torch.testing.assert_close(maps, expected)
+    # every neuron finds something of its own in every natural image
+    assert (maps.sum(1) > 0).all()
+
+
 def test_twin_is_not_a_linear_filter(twin, probe, probe_rates):
     model = twin[1]
     with torch.no_grad():

@@ -221,8 +221,14 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     clamp in model space), by ascending the ground truth through `to_pixels` (and a resize to the
     stored size). Per neuron the seed with the strongest true response is THE true MEI:
     ground_truth_relative_activation = true rate of the model's MEI / true rate of the true MEI;
-    true_mei_correlation = pixel correlation of each model MEI with the true MEI (MEIs of
-    position-tolerant neurons are not unique, so a good model can score low here).
+    true_mei_correlation = pixel correlation of each model MEI with the true MEI;
+    true_mei_feature_correlation = the same in the true neuron's own view (`neuron_maps`: its
+    feature mixture at each position of its receptive field).
+
+    Pixels are a poor yardstick here: the twin's neurons pool phase-invariant energies over
+    positions, so their MEIs are not unique — the true MEIs of different seeds correlate with each
+    other about as little as with the model's (`true_mei_self_correlation`, the mean over seed
+    pairs, is the ceiling for pixels; `true_mei_self_feature_correlation` the one for features).
     """
     targets = list(zip(results.session.values.tolist(), results.neuron_id.values.tolist()))
     columns = twin_columns(path, model, targets)
@@ -257,12 +263,22 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     model_pixels = torch.as_tensor(ours.image_pixels.values)
     true_pixels = transform.to_pixels(true_mei)
     similarity = correlation(model_pixels.flatten(2), true_pixels.flatten(1)[:, None].expand(-1, s, -1), dim=2)
+    view = GroundTruthActivation(truth, pair_columns, transform, size)
+    with torch.no_grad():
+        model_maps = truth.neuron_maps(view.pixels(images.to(device)), pair_columns).cpu().view(n, s, -1)
+        found_maps = truth.neuron_maps(view.pixels(found.images.to(device)), pair_columns).cpu().view(n, s, -1)
+    true_maps = found_maps[torch.arange(n), best]
+    feature_similarity = correlation(model_maps, true_maps[:, None].expand(-1, s, -1), dim=2)
+    found_pixels = transform.to_pixels(found.images).view(n, s, -1)
 
     out = results.copy()
     cells = ("method", "neuron", "seed")
     out["ground_truth_activation"] = (cells, true_rate[None].numpy())
     out["ground_truth_relative_activation"] = (cells, (true_rate / reference[:, None])[None].numpy())
     out["true_mei_correlation"] = (cells, similarity[None].numpy())
+    out["true_mei_feature_correlation"] = (cells, feature_similarity[None].numpy())
+    out["true_mei_self_correlation"] = ("neuron", _mean_pair_correlation(found_pixels).numpy())
+    out["true_mei_self_feature_correlation"] = ("neuron", _mean_pair_correlation(found_maps).numpy())
     out["true_mei"] = (("neuron", "channel", "y", "x"), true_mei.numpy())
     out["true_mei_pixels"] = (("neuron", "channel", "y", "x"), true_pixels.numpy())
     out["true_mei_activation"] = ("neuron", reference.numpy())
@@ -270,6 +286,16 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     out["ground_truth_activation"].attrs["units"] = "true rate (spikes per bin)"
     out.attrs["ground_truth"] = str(path)
     return out
+
+
+def _mean_pair_correlation(x: torch.Tensor) -> torch.Tensor:
+    """Mean correlation over the distinct pairs of x's seeds, (neurons, seeds, features) -> (neurons,); NaN for one seed."""
+    n, s, _ = x.shape
+    if s < 2:
+        return torch.full((n,), float("nan"))
+    z = (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True).clamp_min(1e-12)
+    pairs = torch.einsum("nap,nbp->nab", z, z) / (x.shape[-1] - 1)
+    return (pairs.sum((1, 2)) - pairs.diagonal(dim1=1, dim2=2).sum(1)) / (s * (s - 1))
 
 
 def write_meis(

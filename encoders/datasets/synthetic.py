@@ -298,13 +298,37 @@ class GroundTruthV4(nn.Module):
     def pooled(self, maps: torch.Tensor) -> torch.Tensor:
         """Each neuron's rectified mixture of feature maps, weighted by its receptive field and
         pooled with a soft maximum over positions, (B, N)."""
-        m, g2, b = maps.shape
-        mixed = (self.mix @ maps.reshape(m, g2 * b)).view(self.n_neurons, g2, b)
-        mixed = F.softplus(mixed, beta=MAP_SHARPNESS)
+        mixed = self.mixed_maps(maps, self.mix)
+        g2 = mixed.shape[1]
         tau = self.pool_tau.view(-1, 1)
         factor = self.rf_envelope() / tau
         lse = torch.logsumexp(mixed * factor[..., None], dim=1) - math.log(g2)
         return (tau * lse).t()
+
+    @staticmethod
+    def mixed_maps(maps: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+        """Rectified mixtures `mix` (N, M) of feature maps (M, grid^2, B) -> (N, grid^2, B)."""
+        m, g2, b = maps.shape
+        mixed = (mix @ maps.reshape(m, g2 * b)).view(mix.shape[0], g2, b)
+        return F.softplus(mixed, beta=MAP_SHARPNESS)
+
+    def neuron_maps(self, images: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """Neuron `columns[b]`'s own view of image b: its feature mixture at every grid position,
+        weighted by its receptive field, (B, grid^2), before the soft-max pooling.
+
+        Invariant to what the neuron ignores (phase of its V1 energy inputs, pixels outside its
+        features), so two images that drive it the same way have similar maps even when their
+        pixels differ; used to compare MEIs whose pixels are not unique.
+        """
+        columns = torch.as_tensor(columns, dtype=torch.long, device=images.device)
+        if images.ndim != 4 or len(columns) != len(images):
+            raise ValueError(f"need one column per image, got {len(columns)} for {tuple(images.shape)}")
+        out = []
+        for chunk, cols in zip(images.to(self.v1_kernels.dtype).split(CHUNK), columns.split(CHUNK)):
+            maps = self.feature_maps(self.feature_drive(self.channels(chunk)))  # (M, grid^2, b)
+            mixed = F.softplus(torch.einsum("bm,mgb->bg", self.mix[cols], maps), beta=MAP_SHARPNESS)
+            out.append(mixed * self.rf_envelope()[cols])
+        return torch.cat(out) if out else images.new_zeros(0, self.grid * self.grid)
 
     def rates(self, pooled: torch.Tensor) -> torch.Tensor:
         """Output nonlinearity: pooled drive to spikes per bin, (B, N).
