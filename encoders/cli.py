@@ -70,6 +70,36 @@ def _ga_settings(args: argparse.Namespace):
     )
 
 
+def _egg_arguments(parser: argparse.ArgumentParser) -> None:
+    """Energy-guided diffusion options (used with --method egg; see encoders.synthesis.methods.EGGSynthesis)."""
+    parser.add_argument("--method", choices=["ga", "egg"], default="ga",
+                        help="gradient ascent on pixels, or energy-guided diffusion from --prior")
+    parser.add_argument("--prior", default=None, help="local diffusers folder of the diffusion prior (--method egg)")
+    parser.add_argument("--egg-steps", type=int, default=50, help="respaced diffusion steps")
+    parser.add_argument("--energy-scale", type=float, default=None,
+                        help="guidance step length per diffusion step (default 2; 0.5 for --meni)")
+    parser.add_argument("--egg-contrast", type=float, default=None,
+                        help="rescale EGG images to this per-pixel RMS (MEIs default to --contrast; else the prior's own)")
+
+
+def _synthesis(args: argparse.Namespace, egg_contrast: float | None, energy_scale: float = 2.0):
+    """GA settings, or an EGG synthesis when --method egg (GA-only flags are then rejected)."""
+    settings = _ga_settings(args)
+    if args.method == "ga":
+        given = [flag for flag, value in (("--prior", args.prior), ("--egg-contrast", args.egg_contrast),
+                                          ("--energy-scale", args.energy_scale)) if value is not None]
+        if given:
+            raise EncodersError(f"{', '.join(given)} only apply to --method egg")
+        return settings
+    from encoders.synthesis.methods import EGGSynthesis
+
+    if args.prior is None:
+        raise EncodersError("--method egg needs --prior (a local diffusers folder, e.g. data/priors/natural32)")
+    contrast = args.egg_contrast if args.egg_contrast is not None else egg_contrast
+    return EGGSynthesis.load(args.prior, seeds=settings.seeds, num_steps=args.egg_steps, energy_scale=args.energy_scale if args.energy_scale is not None else energy_scale,
+                             contrast=contrast, batch_size=settings.batch_size)
+
+
 def _data_for(model, path: str):
     """The data file as a data module with the model's image geometry (its images are mapped to model space)."""
     from encoders.datasets.datamodule import RecordedDataModule
@@ -88,7 +118,10 @@ def _mei(args: argparse.Namespace) -> int:
     from encoders.callbacks.mei import load_models, write_meis
     from encoders.synthesis.targets import check_choice, resolve_targets
 
-    settings = _ga_settings(args)
+    if args.meni and args.method != "egg":
+        raise EncodersError("--meni needs --method egg")
+    # EGG MEIs are rescaled to the GA norm rule for a fair comparison; MENIs keep the prior's contrast
+    method = _synthesis(args, None if args.meni else args.contrast, energy_scale=0.5 if args.meni else 2.0)
     targets = check_choice(args.neurons, args.top_k)
     if targets is None and args.data is None:
         raise EncodersError("--top-k needs --data to rank neurons by validation correlation")
@@ -97,11 +130,13 @@ def _mei(args: argparse.Namespace) -> int:
         resolve_targets(model, targets)  # unknown ids fail here, before data are read or anything is written
     model = model.to(args.device)
     datamodule = _data_for(model, args.data) if args.data else None
+    product = "meni" if args.meni else "mei"
     made = write_meis(
-        [Path(p) for p in args.checkpoints], model, Path(args.out), settings, targets, args.top_k, datamodule,
-        minimize=args.minimize, ground_truth=not args.no_ground_truth,
+        [Path(p) for p in args.checkpoints], model, Path(args.out), method, targets, args.top_k, datamodule,
+        minimize=args.minimize, ground_truth=not args.no_ground_truth, product=product,
     )
-    print(f"{Path(args.out) / 'mei_ga.nc'}" + ("" if made else " (exists for these checkpoints and settings: kept)"))
+    nc = Path(args.out) / f"{product}_{args.method}.nc"
+    print(f"{nc}" + ("" if made else " (exists for these checkpoints and settings: kept)"))
     return 0
 
 
@@ -112,16 +147,16 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from encoders.callbacks.reconstruction import write_reconstructions
     from encoders.synthesis.targets import check_sessions
 
-    settings = _ga_settings(args)
+    method = _synthesis(args, None)
     model = load_models(args.checkpoints)
     check_sessions(model, [args.session])
     model = model.to(args.device)
     datamodule = _data_for(model, args.data)
     made = write_reconstructions(
-        [Path(p) for p in args.checkpoints], model, Path(args.out), settings, datamodule, args.images,
+        [Path(p) for p in args.checkpoints], model, Path(args.out), method, datamodule, args.images,
         [args.session], args.target, args.metric,
     )
-    print(f"{Path(args.out) / 'reconstruction_ga.nc'}" + ("" if made else " (exists for these checkpoints and settings: kept)"))
+    print(f"{Path(args.out) / f'reconstruction_{args.method}.nc'}" + ("" if made else " (exists for these checkpoints and settings: kept)"))
     return 0
 
 
@@ -163,19 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(optimize)
     optimize.set_defaults(run=run)
 
-    mei = commands.add_parser("mei", help="MEIs by gradient ascent of trained checkpoints (several = an ensemble)")
+    mei = commands.add_parser("mei", help="MEIs (GA or EGG) of trained checkpoints (several = an ensemble)")
     mei.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
     choice = mei.add_mutually_exclusive_group(required=True)
     choice.add_argument("--neurons", nargs="+", metavar="SESSION/ID", help="neurons by session and neuron id")
     choice.add_argument("--top-k", type=int, help="the K neurons best predicted on the validation tier of --data")
     mei.add_argument("--data", default=None, help="dataset file: needed by --top-k; a twin adds ground-truth scores")
-    mei.add_argument("--out", required=True, help="output folder (mei_ga.nc, mei_ga.png)")
+    mei.add_argument("--out", required=True, help="output folder (mei_<method>.nc and .png)")
+    mei.add_argument("--meni", action="store_true", help="most exciting naturalistic images (EGG with weak guidance)")
     mei.add_argument("--minimize", action="store_true", help="inhibitory images (lowest response) instead")
     mei.add_argument("--no-ground-truth", action="store_true", help="skip scoring on a twin's true neurons")
     _ga_arguments(mei, contrast=0.25)
+    _egg_arguments(mei)
     mei.set_defaults(run=_mei)
 
-    reconstruct = commands.add_parser("reconstruct", help="reconstruct test images from their responses by gradient ascent")
+    reconstruct = commands.add_parser("reconstruct", help="reconstruct test images from their responses (GA or EGG)")
     reconstruct.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
     reconstruct.add_argument("--data", required=True, help="dataset file with the test images")
     reconstruct.add_argument("--session", required=True)
@@ -183,9 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("--target", choices=["recorded", "predicted"], default="recorded",
                              help="recorded responses, or the model's predictions for the image")
     reconstruct.add_argument("--metric", choices=["mse", "correlation"], default="mse")
-    reconstruct.add_argument("--out", required=True, help="output folder (reconstruction_ga.nc, .png)")
+    reconstruct.add_argument("--out", required=True, help="output folder (reconstruction_<method>.nc and .png)")
     _ga_arguments(reconstruct, contrast=1.0)
+    _egg_arguments(reconstruct)
     reconstruct.set_defaults(run=_reconstruct)
+
+    compare = commands.add_parser("compare", help="train architectures x seeds; compare accuracy, GA vs EGG MEI transfer, similarity")
+    from encoders.compare.command import add_arguments as compare_arguments, run as run_compare
+
+    compare_arguments(compare)
+    compare.set_defaults(run=run_compare)
 
     info = commands.add_parser("info", help="validate a dataset file and summarise its sessions")
     info.add_argument("path")

@@ -28,7 +28,8 @@ def test_egg_products_for_best_and_last(tmp_path):
     data = tmp_path / "twin.h5"
     write_dataset(data, sessions, ground_truth=truth.state_arrays())
     pl.seed_everything(0)
-    egg = EGGCallback(prior=PRIOR, top_k=2, seeds=[0, 1], num_steps=4, energy_scale=2.0, meni_energy_scale=0.5)
+    egg = EGGCallback(prior=PRIOR, top_k=2, seeds=[0, 1], num_steps=4, energy_scale=2.0, meni_energy_scale=0.5,
+                      reconstruct=2, target="predicted")
     trainer = pl.Trainer(
         max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
         callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, monitor="val/correlation", mode="max"), egg],
@@ -44,6 +45,9 @@ def test_egg_products_for_best_and_last(tmp_path):
                 assert np.isfinite(ds.activation).all() and (ds.activation > 0).all()
                 assert np.isfinite(ds.ground_truth_activation).all() and "true_mei" in ds
             assert (folder / f"{product}_egg.png").stat().st_size > 1000
+        with xr.open_dataset(folder / "reconstruction_egg.nc") as recon:
+            assert recon.method.values.tolist() == ["egg"] and recon.reconstruction.shape == (1, 2, 2, 1, 24, 24)
+            assert recon.attrs["target"] == "predicted" and np.isfinite(recon.correlation).all()
         with xr.open_dataset(folder / "mei_egg.nc") as mei:
             norms = np.sqrt((mei.image.values ** 2).sum(axis=(-3, -2, -1)))
             np.testing.assert_allclose(norms, 0.25 * 24, rtol=1e-4)  # the GA norm rule: fair comparison

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ torch.set_num_threads(1)
 CORE = {"type": "stacked", "hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3}
 READOUT = {"type": "attention", "embed_dim": 4, "heads": 1, "dropout": 0.0}
 GA = {"steps": 4, "seeds": [0, 1], "batch_size": 3}
+PRIOR = str(Path(__file__).resolve().parents[1] / "data" / "priors" / "natural32")
 
 
 def fit(root, data, callbacks) -> pl.Trainer:
@@ -119,7 +121,34 @@ def test_cli_mei_and_reconstruct(run, data, tmp_path, capsys):
         assert recon.sizes["image"] == 3 and recon.attrs["target"] == "predicted"
 
 
+def test_cli_egg_meis_menis_and_reconstructions_sit_beside_ga(run, data, tmp_path):
+    _, trainer, _ = run
+    last = trainer.checkpoint_callback.last_model_path
+    out = tmp_path / "egg"
+    egg = ["--method", "egg", "--prior", PRIOR, "--egg-steps", "3", "--seeds", "0", "1"]
+    assert main(["mei", last, "--neurons", "s0/s0-n1", "s1/s1-n0", "--out", str(out), *egg]) == 0
+    assert main(["mei", last, "--neurons", "s0/s0-n1", "--out", str(out), "--meni", *egg]) == 0
+    assert main(["reconstruct", last, "--data", str(data), "--session", "s1", "--images", "2", "--out", str(out), *egg]) == 0
+    with xr.open_dataset(out / "mei_egg.nc") as meis:
+        assert meis.method.values.tolist() == ["egg"] and meis.image.shape == (1, 2, 2, 1, 16, 16)
+        assert meis.attrs["egg_num_steps"] == 3 and meis.attrs["egg_energy_scale"] == 2.0
+        norms = np.sqrt((meis.image.values ** 2).sum(axis=(-3, -2, -1)))
+        np.testing.assert_allclose(norms, 0.25 * 16, rtol=1e-4)  # rescaled to the GA norm rule
+    with xr.open_dataset(out / "meni_egg.nc") as menis:
+        assert menis.attrs["product"] == "most exciting naturalistic images" and menis.attrs["egg_energy_scale"] == 0.5
+        assert np.isnan(menis.attrs["egg_norm"])  # the prior's own contrast
+    with xr.open_dataset(out / "reconstruction_egg.nc") as recon:
+        assert recon.method.values.tolist() == ["egg"] and recon.reconstruction.shape == (1, 2, 2, 1, 16, 16)
+        assert recon.sizes["step"] == 3 and np.isfinite(recon.correlation).all()
+    for name in ("mei_egg.png", "meni_egg.png", "reconstruction_egg.png"):
+        assert (out / name).stat().st_size > 1000
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "--method", "egg"], "--method egg needs --prior"),
+    (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "--prior", PRIOR], "--prior only apply to --method egg"),
+    (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "--meni"], "--meni needs --method egg"),
+    (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "--method", "egg", "--prior", "{data}"], "diffusion prior folder not found"),
     (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "s0/bogus"], "unknown neuron id 'bogus' in session 's0'"),
     (["mei", "{ckpt}", "--neurons", "s7/s0-n0"], "unknown session 's7'; the model has sessions [s0, s1]"),
     (["mei", "{ckpt}", "--top-k", "2"], "--top-k needs --data"),

@@ -15,6 +15,8 @@ MAX_ROWS = 48  # a grid of every neuron of a large model would be unreadable; th
 CELL_INCHES = 1.3
 
 
+METHOD_NAMES = {"ga": "gradient ascent", "egg": "energy-guided diffusion"}
+
 def _show(ax, pixels: np.ndarray) -> None:
     """One (C, H, W) pixel-space image: grey for one channel, RGB for three."""
     pixels = np.clip(np.nan_to_num(pixels), 0, 255)
@@ -61,7 +63,7 @@ def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
     legend = "r = predicted rate"
     if has_truth:
         legend += "; rel = true rate / true rate of the true MEI"
-    figure.suptitle(f"{kind} by gradient ascent{shown}\n{legend}", fontsize=8)
+    figure.suptitle(f"{kind} by {METHOD_NAMES.get(method, method)}{shown}\n{legend}", fontsize=8)
     return figure
 
 
@@ -83,5 +85,5 @@ def reconstruction_figure(results: xr.Dataset, method: str = "ga") -> Figure:
             title = f"resp. r={float(cell.correlation):.2f}"
             axes[row, col].set_title(f"seed {seed}\n{title}" if row == 0 else title, fontsize=6)
     shown = "" if n_rows == results.sizes["image"] else f" (first {n_rows} of {results.sizes['image']})"
-    figure.suptitle(f"reconstructions by gradient ascent{shown}; r = correlation of responses", fontsize=8)
+    figure.suptitle(f"reconstructions by {METHOD_NAMES.get(method, method)}{shown}; r = correlation of responses", fontsize=8)
     return figure

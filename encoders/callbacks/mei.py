@@ -31,11 +31,12 @@ from encoders.metrics import correlation
 from encoders.outputs import save_figure, write_netcdf
 from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation
 from encoders.synthesis.gradient_ascent import GASettings, optimize_in_batches
+from encoders.synthesis.methods import Synthesis, as_synthesis
 from encoders.synthesis.targets import Target, check_choice, resolve_targets, top_k_targets
 
 CHECKPOINT_CHOICES = ("best_and_last", "all")
 METHOD = "ga"
-MEI_FILE = "mei_ga.nc"
+PRODUCTS = {"mei": "most exciting images", "meni": "most exciting naturalistic images"}
 
 
 # ---- shared by the product callbacks ------------------------------------------------------------
@@ -143,9 +144,11 @@ class CheckpointProducts(pl.Callback):
 
 # ---- MEIs ------------------------------------------------------------------------------------------
 def compute_meis(
-    model: nn.Module, targets: Sequence[Target], settings: GASettings, minimize: bool = False,
+    model: nn.Module, targets: Sequence[Target], method: GASettings | Synthesis, minimize: bool = False,
 ) -> xr.Dataset:
-    """MEIs of `targets` (one per seed) by batched gradient ascent, as a labelled Dataset.
+    """MEIs of `targets` (one per seed), batched over neurons and seeds, as a labelled Dataset.
+
+    method: GA settings (gradient ascent) or a Synthesis (GASynthesis / EGGSynthesis).
 
     Dims: method, neuron (coords session, neuron_id), seed, channel, y, x, step. Variables: image
     (model space), image_pixels (pixel space), activation (final predicted rate), trace (rate at
@@ -153,17 +156,17 @@ def compute_meis(
     """
     resolve_targets(model, targets)  # every id checked before the first step
     model.eval()
-    shape = model.input_shape
+    synthesis = as_synthesis(method)
     transform = model.image_transform
-    seeds = list(settings.seeds)
+    seeds = list(synthesis.seeds)
     pairs = [(target, seed) for target in targets for seed in seeds]
-    result = optimize_in_batches(
+    result = synthesis.run(
         lambda index: NeuronActivation(model, [pairs[i][0] for i in index], minimize=minimize),
-        [seed for _, seed in pairs], shape, settings, settings.pixel_range(transform), model_device(model),
+        [seed for _, seed in pairs], model,
     )
     sign = 1.0 if minimize else -1.0  # energy = -rate, or +rate for inhibitory images
-    data = mei_dataset(METHOD, targets, seeds, result.images, sign * result.energy, sign * result.trace, transform)
-    data.attrs.update({f"ga_{k}": v for k, v in settings.attrs(shape).items()})
+    data = mei_dataset(synthesis.method, targets, seeds, result.images, sign * result.energy, sign * result.trace, transform)
+    data.attrs.update(synthesis.attrs(model.input_shape))
     data.attrs["product"] = "inhibitory images" if minimize else "most exciting images"
     data.attrs["minimize"] = int(minimize)
     return data
@@ -299,25 +302,30 @@ def _mean_pair_correlation(x: torch.Tensor) -> torch.Tensor:
 
 
 def write_meis(
-    paths: Sequence[Path], model: nn.Module, folder: Path, settings: GASettings, neurons: Sequence[Target] | None,
-    top_k: int | None, datamodule=None, minimize: bool = False, ground_truth: bool = True,
+    paths: Sequence[Path], model: nn.Module, folder: Path, method: GASettings | Synthesis, neurons: Sequence[Target] | None,
+    top_k: int | None, datamodule=None, minimize: bool = False, ground_truth: bool = True, product: str = "mei",
 ) -> list[Path]:
-    """Make `folder/mei_ga.nc` and `mei_ga.png` for a model (from `paths`) unless they exist; return new PNGs.
+    """Make `folder/<product>_<method>.nc` (e.g. mei_ga.nc, meni_egg.nc) and its PNG unless they exist; return new PNGs.
 
-    Neurons: the explicit list, or the top_k best predicted on the datamodule's validation tier.
-    Ground-truth scores are added when the datamodule's file is a twin and `ground_truth` is on.
+    method: GA settings or a Synthesis (GASynthesis / EGGSynthesis). Neurons: the explicit list, or
+    the top_k best predicted on the datamodule's validation tier. Ground-truth scores are added
+    when the datamodule's file is a twin and `ground_truth` is on.
     """
+    synthesis = as_synthesis(method)
+    if product not in PRODUCTS:
+        raise EncodersError(f"product must be one of {list(PRODUCTS)}, got {product!r}")
     if neurons is not None:
         resolve_targets(model, neurons)
     elif datamodule is None:
         raise EncodersError("top_k needs data (a data module or --data) to rank neurons by validation correlation")
     scored = ground_truth and datamodule is not None and has_ground_truth(datamodule.path)
     request = {
-        "settings": settings.attrs(model.input_shape), "neurons": neurons, "top_k": top_k, "minimize": minimize,
-        "ground_truth": scored,
+        "settings": synthesis.attrs(model.input_shape), "neurons": neurons, "top_k": top_k, "minimize": minimize,
+        "ground_truth": scored, "product": product,
     }
     key = fingerprint(paths, request)
-    nc, png = folder / MEI_FILE, folder / MEI_FILE.replace(".nc", ".png")
+    nc = folder / f"{product}_{synthesis.method}.nc"
+    png = nc.with_suffix(".png")
     results = existing(nc, key)
     made = results is None
     if made:
@@ -328,16 +336,18 @@ def write_meis(
             targets, scores = list(neurons), None
         if scored:
             twin_columns(datamodule.path, model, targets)  # a mismatched twin fails before the work
-        results = compute_meis(model, targets, settings, minimize)
+        results = compute_meis(model, targets, synthesis, minimize)
+        if product != "mei":
+            results.attrs["product"] = PRODUCTS[product]
         if scores is not None:
             results["validation_correlation"] = ("neuron", np.asarray(scores))
         if scored:
-            results = score_on_ground_truth(results, model, datamodule.path, settings)
+            results = score_on_ground_truth(results, model, datamodule.path, synthesis.truth_settings)
         results.attrs.update({"checkpoint": "; ".join(str(p) for p in paths), "fingerprint": key})
         write_netcdf(results, nc)
-        rank_zero_info(f"MEIs of {results.sizes['neuron']} neurons -> {nc}")
+        rank_zero_info(f"{product.upper()}s ({synthesis.method}) of {results.sizes['neuron']} neurons -> {nc}")
     if made or not png.is_file():
-        save_figure(mei_figure(results), png)
+        save_figure(mei_figure(results, method=synthesis.method), png)
         return [png]
     return []
 

@@ -16,15 +16,16 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from encoders.callbacks.figures import reconstruction_figure
-from encoders.callbacks.mei import METHOD, CheckpointProducts, existing, fingerprint, model_device
+from encoders.callbacks.mei import CheckpointProducts, existing, fingerprint, model_device
 from encoders.errors import EncodersError
 from encoders.metrics import correlation
 from encoders.outputs import save_figure, write_netcdf
 from encoders.synthesis.energies import METRICS, ResponseDistance
-from encoders.synthesis.gradient_ascent import GASettings, optimize_in_batches
+from encoders.synthesis.gradient_ascent import GASettings
+from encoders.synthesis.methods import Synthesis, as_synthesis
 from encoders.synthesis.targets import check_sessions, model_space_images
 
-RECONSTRUCTION_FILE = "reconstruction_ga.nc"
+PREDICT_BATCH = 256  # images per forward pass when scoring reconstructions (memory bound only)
 TARGETS = ("recorded", "predicted")
 RECONSTRUCTION_CONTRAST = 1.0  # z-scored natural images have unit RMS on average: reconstructions match it
 
@@ -61,10 +62,11 @@ def choose_test_images(
 
 
 def compute_reconstructions(
-    model: nn.Module, datamodule, chosen: Mapping[str, Sequence[int]], settings: GASettings, target: str = "recorded",
-    metric: str = "mse",
+    model: nn.Module, datamodule, chosen: Mapping[str, Sequence[int]], method: GASettings | Synthesis,
+    target: str = "recorded", metric: str = "mse",
 ) -> xr.Dataset:
-    """Reconstruct the chosen test images of each session from their responses (one per seed).
+    """Reconstruct the chosen test images of each session from their responses (one per seed),
+    by gradient ascent (GA settings or GASynthesis) or energy-guided diffusion (EGGSynthesis).
 
     target: "recorded" (the data's repeat-averaged responses) or "predicted" (the model's own
     predictions for the image). Dims: method, image (coords session, image_id, test_index), seed,
@@ -77,9 +79,10 @@ def compute_reconstructions(
         raise EncodersError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     model.eval()
     device = model_device(model)
+    synthesis = as_synthesis(method)
     shape = model.input_shape
     transform = model.image_transform
-    seeds = list(settings.seeds)
+    seeds = list(synthesis.seeds)
     s = len(seeds)
     neurons = [(session, n) for session in chosen for n in model.neuron_ids(session)]
     neuron_session = np.asarray([session for session, _ in neurons])
@@ -92,12 +95,12 @@ def compute_reconstructions(
         with torch.no_grad():
             responses = model(images.to(device), session).cpu() if target == "predicted" else data["responses"][position]
         wanted = responses.repeat_interleave(s, dim=0)  # image i = test image i // s, seed i % s
-        result = optimize_in_batches(
+        result = synthesis.run(
             lambda rows_: ResponseDistance(model, session, wanted[rows_], metric),
-            [seeds[i % s] for i in range(len(wanted))], shape, settings, settings.pixel_range(transform), device,
+            [seeds[i % s] for i in range(len(wanted))], model,
         )
         with torch.no_grad():
-            predicted = torch.cat([model(x.to(device), session).cpu() for x in result.images.split(settings.batch_size)])
+            predicted = torch.cat([model(x.to(device), session).cpu() for x in result.images.split(PREDICT_BATCH)])
         k = len(index)
         columns = neuron_session == session
         rows["session"] += [session] * k
@@ -127,20 +130,20 @@ def compute_reconstructions(
             "trace": (("method", "step", "image", "seed"), torch.cat(rows["trace"], dim=1)[None].numpy()),
         },
         coords={
-            "method": [METHOD],
+            "method": [synthesis.method],
             "session": ("image", rows["session"]),
             "image_id": ("image", np.asarray(rows["image_id"], dtype=np.int64)),
             "test_index": ("image", np.asarray(rows["test_index"], dtype=np.int64)),
             "seed": seeds,
             "neuron_session": ("neuron", neuron_session),
             "neuron_id": ("neuron", [n for _, n in neurons]),
-            "step": np.arange(settings.steps),
+            "step": np.arange(rows["trace"][0].shape[0]),
         },
     )
     results["correlation"].attrs["meaning"] = "Pearson r over the session's neurons: predicted (reconstruction) vs target responses"
     results["image_correlation"].attrs["meaning"] = "Pearson r over pixels: reconstruction vs target image"
     results["trace"].attrs["meaning"] = f"energy ({metric} between predicted and target responses) at the start of each step"
-    results.attrs.update({f"ga_{k}": v for k, v in settings.attrs(shape).items()})
+    results.attrs.update(synthesis.attrs(shape))
     results.attrs.update({"product": "reconstructions", "target": target, "metric": metric})
     return results
 
@@ -153,25 +156,27 @@ def _spread(values: torch.Tensor, columns: np.ndarray) -> torch.Tensor:
 
 
 def write_reconstructions(
-    paths: Sequence[Path], model: nn.Module, folder: Path, settings: GASettings, datamodule,
+    paths: Sequence[Path], model: nn.Module, folder: Path, method: GASettings | Synthesis, datamodule,
     images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None, target: str, metric: str,
 ) -> list[Path]:
-    """Make `folder/reconstruction_ga.nc` and its PNG unless they exist for the same request; return new PNGs."""
+    """Make `folder/reconstruction_<method>.nc` and its PNG unless they exist for the same request; return new PNGs."""
+    synthesis = as_synthesis(method)
     if datamodule is None:
         raise EncodersError("reconstructions need data: the test images and their responses")
     chosen = choose_test_images(model, datamodule, images, sessions)
-    request = {"settings": settings.attrs(model.input_shape), "images": chosen, "target": target, "metric": metric}
+    request = {"settings": synthesis.attrs(model.input_shape), "images": chosen, "target": target, "metric": metric}
     key = fingerprint(paths, request)
-    nc, png = folder / RECONSTRUCTION_FILE, folder / RECONSTRUCTION_FILE.replace(".nc", ".png")
+    nc = folder / f"reconstruction_{synthesis.method}.nc"
+    png = nc.with_suffix(".png")
     results = existing(nc, key)
     made = results is None
     if made:
-        results = compute_reconstructions(model, datamodule, chosen, settings, target, metric)
+        results = compute_reconstructions(model, datamodule, chosen, synthesis, target, metric)
         results.attrs.update({"checkpoint": "; ".join(str(p) for p in paths), "fingerprint": key})
         write_netcdf(results, nc)
-        rank_zero_info(f"reconstructions of {results.sizes['image']} test images -> {nc}")
+        rank_zero_info(f"reconstructions ({synthesis.method}) of {results.sizes['image']} test images -> {nc}")
     if made or not png.is_file():
-        save_figure(reconstruction_figure(results), png)
+        save_figure(reconstruction_figure(results, method=synthesis.method), png)
         return [png]
     return []
 

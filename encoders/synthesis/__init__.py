@@ -1,4 +1,4 @@
-"""Image synthesis from trained models: energies, and gradient descent on pixels that minimises them."""
+"""Image synthesis from trained models: energies, and the methods that minimise them (GA on pixels, EGG)."""
 
 from encoders.synthesis.blur import gaussian_blur
 from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation, ResponseDistance
@@ -10,9 +10,14 @@ from encoders.synthesis.gradient_ascent import (
     optimize_images,
     optimize_in_batches,
 )
+from encoders.synthesis.methods import EGGSynthesis, GASynthesis, SynthesisResult, as_synthesis
 from encoders.synthesis.targets import all_targets, parse_target, resolve_targets, top_k_targets
 
 __all__ = [
+    "EGGSynthesis",
+    "GASynthesis",
+    "SynthesisResult",
+    "as_synthesis",
     "GASettings",
     "GradientAscentResult",
     "GroundTruthActivation",
