@@ -1,0 +1,280 @@
+"""The comparison's YAML file, read and checked before any work: every key is known or it is an error.
+
+Layout (see experiments/compare_*.yaml):
+
+    out: runs/NAME                 folder of every output (models/, meis/, scores/, report.md, figures/)
+    device: cpu                    where MEIs, scores and similarities are computed (training: trainer.accelerator)
+    data: {...}                    RecordedDataModule arguments (its `seed` is each model's seed)
+    architectures:                 name -> {core: {...}, readout: {...}, optional: bool, EncodingModel arguments}
+    seeds: {generating: [...], held_out: [...]}
+    trainer: {...}                 pytorch_lightning.Trainer arguments (not callbacks/logger/default_root_dir)
+    early_stopping: {...} | null   EarlyStopping arguments (monitor is val/correlation)
+    meis: {top_k, seeds}           neurons well predicted by every architecture; one MEI per neuron and seed
+    ga: {...}                      GASettings (gradient ascent), without seeds
+    egg: {...}                     energy-guided diffusion settings
+    scoring: {natural_tiers, ground_truth}
+    similarity: {...} | null       measures between the architectures' representations
+    wandb: {project, name} | null  offline W&B runs (training curves, report tables and figures)
+
+An unknown key anywhere raises EncodersError naming the file and the key's full path.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import yaml
+from pytorch_lightning.callbacks import EarlyStopping
+
+from encoders.datasets.datamodule import RecordedDataModule
+from encoders.errors import EncodersError
+from encoders.model import CORES, READOUTS, EncodingModel
+from encoders.similarity import MEASURES
+from encoders.synthesis.gradient_ascent import GASettings
+
+SET_BY_COMPARE = {
+    "trainer": {"callbacks", "logger", "default_root_dir", "enable_checkpointing"},
+    "data": {"seed"},
+    "early_stopping": {"monitor", "mode"},
+    "model": {"core", "readout", "sessions", "input_shape", "transform"},
+}
+# filled from the data when a model is built, so a config may not set them
+DATA_DERIVED = {"core": set(), "readout": {"in_shape", "n_neurons", "mean_activity"}}
+TIERS = ("train", "validation", "test")
+
+
+def _parameters(callable_: Any) -> set[str]:
+    return {name for name in inspect.signature(callable_).parameters if name not in ("self", "kwargs", "args")}
+
+
+class _Reader:
+    """Checks one file's mapping section by section; every error names the file and the key path."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where: str, problem: str) -> EncodersError:
+        return EncodersError(f"{self.path}: {where}: {problem}")
+
+    def mapping(self, value: Any, where: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(where, f"must be a mapping, got {type(value).__name__}")
+        return dict(value)
+
+    def keys(self, values: dict, allowed: set[str], where: str, reserved: set[str] = frozenset()) -> None:
+        clash = sorted(set(values) & set(reserved))
+        if clash:
+            raise self.fail(where, f"{clash} are set by `encoders compare`, not the config")
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            paths = [f"{where}.{k}" if where else k for k in unknown]
+            raise self.fail(where or "top level", f"unknown key(s) {paths}; allowed: {sorted(set(allowed) - set(reserved))}")
+
+    def seeds(self, value: Any, where: str) -> list[int]:
+        if not isinstance(value, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+            raise self.fail(where, f"must be a list of integers, got {value!r}")
+        if len(set(value)) != len(value):
+            raise self.fail(where, f"has duplicates: {value}")
+        return list(value)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One encoding-model architecture: core and readout configs plus other EncodingModel arguments."""
+
+    name: str
+    core: dict
+    readout: dict
+    model: dict = field(default_factory=dict)
+    optional: bool = False
+
+    def model_arguments(self) -> dict:
+        """Keyword arguments of EncodingModel for this architecture."""
+        return {"core": dict(self.core), "readout": dict(self.readout), **self.model}
+
+
+@dataclass(frozen=True)
+class EGGConfig:
+    """Energy-guided diffusion MEIs: prior folder, respaced steps, guidance length, images per batch.
+
+    guide_at_final_norm: the guidance sees each image rescaled to the GA norm (what is scored),
+    rather than the prior's own contrast.
+    """
+
+    prior: str
+    num_steps: int = 50
+    energy_scale: float = 2.0
+    batch_size: int = 64
+    guide_at_final_norm: bool = True
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """Measures between the models' predicted test responses and core features (encoders.similarity)."""
+
+    measures: tuple[str, ...] = ("cka_linear", "procrustes_angular_score")
+    max_features: int = 256
+    pool_size: int = 4
+    tier: str = "test"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A validated comparison config; `source` is the YAML it came from."""
+
+    source: Path
+    out: Path
+    device: str
+    data: dict
+    architectures: dict[str, Architecture]
+    generating_seeds: tuple[int, ...]
+    held_out_seeds: tuple[int, ...]
+    trainer: dict
+    early_stopping: dict | None
+    top_k: int
+    mei_seeds: tuple[int, ...]
+    ga: GASettings
+    egg: EGGConfig
+    natural_tiers: tuple[str, ...]
+    ground_truth: bool
+    similarity: SimilarityConfig | None
+    wandb: dict | None
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """Every trained seed of every architecture: generating first, then held out."""
+        return self.generating_seeds + self.held_out_seeds
+
+    @property
+    def name(self) -> str:
+        return self.out.name
+
+
+def _architecture(reader: _Reader, name: str, value: Any) -> Architecture:
+    where = f"architectures.{name}"
+    values = reader.mapping(value, where)
+    model_keys = _parameters(EncodingModel.__init__) - SET_BY_COMPARE["model"]
+    reader.keys(values, {"core", "readout", "optional"} | model_keys | SET_BY_COMPARE["model"], where,
+                reserved=SET_BY_COMPARE["model"] - {"core", "readout"})
+    parts = {}
+    for part, registry in (("core", CORES), ("readout", READOUTS)):
+        config = reader.mapping(values.get(part), f"{where}.{part}")
+        kind = config.get("type")
+        if kind not in registry:
+            raise reader.fail(f"{where}.{part}.type", f"must be one of {sorted(registry)}, got {kind!r}")
+        reader.keys({k: v for k, v in config.items() if k != "type"}, _parameters(registry[kind].__init__),
+                    f"{where}.{part}", reserved=DATA_DERIVED[part])
+        parts[part] = config
+    optional = values.get("optional", False)
+    if not isinstance(optional, bool):
+        raise reader.fail(f"{where}.optional", f"must be true or false, got {optional!r}")
+    model = {k: v for k, v in values.items() if k in model_keys}
+    return Architecture(name=name, core=parts["core"], readout=parts["readout"], model=model, optional=optional)
+
+
+def _dataclass_from(reader: _Reader, cls: type, values: dict, where: str, exclude: set[str] = frozenset(), **given: Any):
+    reader.keys(values, {f.name for f in fields(cls)} - set(given), where, reserved=exclude)
+    try:
+        return cls(**values, **given)
+    except (TypeError, ValueError, EncodersError) as error:
+        raise reader.fail(where, str(error)) from None
+
+
+def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfig:
+    """Read and check a comparison YAML; `out` overrides its output folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise EncodersError(f"{path}: cannot read config: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise EncodersError(f"{path}: not valid YAML ({error})") from None
+    reader = _Reader(path)
+    top = reader.mapping(raw, "top level")
+    sections = {"out", "device", "data", "architectures", "seeds", "trainer", "early_stopping", "meis", "ga", "egg",
+                "scoring", "similarity", "wandb"}
+    reader.keys(top, sections, "")
+    for required in ("out", "data", "architectures", "seeds", "egg"):
+        if required not in top:
+            raise reader.fail(required, "is required")
+
+    data = reader.mapping(top["data"], "data")
+    reader.keys(data, _parameters(RecordedDataModule.__init__), "data", reserved=SET_BY_COMPARE["data"])
+    if "path" not in data:
+        raise reader.fail("data.path", "is required")
+
+    architectures = reader.mapping(top["architectures"], "architectures")
+    if not architectures:
+        raise reader.fail("architectures", "name at least one architecture")
+    archs = {str(name): _architecture(reader, str(name), value) for name, value in architectures.items()}
+
+    seeds = reader.mapping(top["seeds"], "seeds")
+    reader.keys(seeds, {"generating", "held_out"}, "seeds")
+    generating = reader.seeds(seeds.get("generating"), "seeds.generating")
+    held_out = reader.seeds(seeds.get("held_out", []), "seeds.held_out")
+    if not generating:
+        raise reader.fail("seeds.generating", "needs at least one seed (the generating ensemble)")
+    if set(generating) & set(held_out):
+        raise reader.fail("seeds", f"a seed cannot both generate MEIs and be held out: {sorted(set(generating) & set(held_out))}")
+
+    trainer = reader.mapping(top.get("trainer"), "trainer")
+    reader.keys(trainer, _parameters(pl.Trainer.__init__), "trainer", reserved=SET_BY_COMPARE["trainer"])
+    early = top.get("early_stopping", {})
+    if early is not None:
+        early = reader.mapping(early, "early_stopping")
+        reader.keys(early, _parameters(EarlyStopping.__init__), "early_stopping", reserved=SET_BY_COMPARE["early_stopping"])
+
+    meis = reader.mapping(top.get("meis"), "meis")
+    reader.keys(meis, {"top_k", "seeds"}, "meis")
+    top_k = meis.get("top_k", 12)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise reader.fail("meis.top_k", f"must be a positive integer, got {top_k!r}")
+    mei_seeds = reader.seeds(meis.get("seeds", [0]), "meis.seeds")
+    if not mei_seeds:
+        raise reader.fail("meis.seeds", "needs at least one seed")
+    ga = _dataclass_from(reader, GASettings, reader.mapping(top.get("ga"), "ga"), "ga", seeds=tuple(mei_seeds))
+    egg = _dataclass_from(reader, EGGConfig, reader.mapping(top["egg"], "egg"), "egg")
+    if not Path(egg.prior).is_dir():
+        raise reader.fail("egg.prior", f"{egg.prior}: diffusion prior folder not found")
+    if egg.num_steps < 1 or egg.energy_scale < 0 or egg.batch_size < 1:
+        raise reader.fail("egg", "num_steps and batch_size must be positive, energy_scale non-negative")
+
+    scoring = reader.mapping(top.get("scoring"), "scoring")
+    reader.keys(scoring, {"natural_tiers", "ground_truth"}, "scoring")
+    natural = list(scoring.get("natural_tiers", ["validation", "test"]))
+    if not natural or any(t not in TIERS for t in natural):
+        raise reader.fail("scoring.natural_tiers", f"must be a list of {list(TIERS)}, got {natural!r}")
+    ground_truth = scoring.get("ground_truth", True)
+    if not isinstance(ground_truth, bool):
+        raise reader.fail("scoring.ground_truth", f"must be true or false, got {ground_truth!r}")
+
+    similarity = None
+    if top.get("similarity", {}) is not None:
+        values = reader.mapping(top.get("similarity"), "similarity")
+        if "measures" in values:
+            values["measures"] = tuple(values["measures"])
+        similarity = _dataclass_from(reader, SimilarityConfig, values, "similarity")
+        unknown = [m for m in similarity.measures if m not in MEASURES]
+        if unknown or not similarity.measures:
+            raise reader.fail("similarity.measures", f"unknown {unknown}; known: {sorted(MEASURES)}")
+        if similarity.tier not in TIERS:
+            raise reader.fail("similarity.tier", f"must be one of {list(TIERS)}")
+
+    wandb = top.get("wandb")
+    if wandb is not None:
+        wandb = reader.mapping(wandb, "wandb")
+        reader.keys(wandb, {"project", "name"}, "wandb")
+
+    return CompareConfig(
+        source=path, out=Path(out if out is not None else top["out"]), device=str(top.get("device", "cpu")),
+        data=data, architectures=archs, generating_seeds=tuple(generating), held_out_seeds=tuple(held_out),
+        trainer=trainer, early_stopping=early, top_k=top_k, mei_seeds=tuple(mei_seeds), ga=ga, egg=egg,
+        natural_tiers=tuple(natural), ground_truth=ground_truth, similarity=similarity, wandb=wandb,
+    )

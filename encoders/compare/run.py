@@ -1,0 +1,47 @@
+"""`encoders compare EXPERIMENT.yaml`: train the grid, make and score MEIs, measure similarity, write the report.
+
+Each stage writes its outputs atomically and skips what exists for the same inputs, so a killed
+comparison run again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from encoders.compare.accuracy import accuracy_table, agreed_top_k
+from encoders.compare.config import CompareConfig, load_config
+from encoders.compare.generalisation import run_generalisation
+from encoders.compare.grid import available_architectures, train_grid, unavailable
+from encoders.compare.report import write_report
+from encoders.compare.similarity import model_similarity
+from encoders.datasets.datamodule import RecordedDataModule
+from encoders.outputs import write_netcdf
+
+
+def run_compare(config: CompareConfig) -> Path:
+    """The whole comparison; returns the report's path."""
+    os.environ.setdefault("WANDB_MODE", "offline")  # nothing may reach the network unasked
+    architectures = available_architectures(config)
+    skipped = {name: unavailable(a) for name, a in config.architectures.items() if name not in architectures}
+    config.out.mkdir(parents=True, exist_ok=True)
+    trained = train_grid(config, architectures)
+
+    accuracy = accuracy_table(trained)
+    write_netcdf(accuracy, config.out / "accuracy.nc")
+    targets, agreed = agreed_top_k(accuracy, config.top_k)
+
+    # one data module for every evaluation: same data config, so the same normalisation as training
+    datamodule = RecordedDataModule(**config.data)
+    datamodule.setup("test")
+    result, meis = run_generalisation(config, list(architectures), trained, targets, datamodule)
+    similarity = None
+    if config.similarity is not None:
+        similarity = model_similarity(trained, datamodule, config.similarity, torch.device(config.device),
+                                      config.out / "similarity.nc")
+    report = write_report(config, accuracy, result, meis, similarity, skipped, agreed)
+    print(f"compare: report -> {report}")
+    return report
+
