@@ -101,17 +101,13 @@ class Architecture:
 
 @dataclass(frozen=True)
 class EGGConfig:
-    """Energy-guided diffusion MEIs: prior folder, respaced steps, guidance length, images per batch.
-
-    guide_at_final_norm: the guidance sees each image rescaled to the GA norm (what is scored),
-    rather than the prior's own contrast.
-    """
+    """Energy-guided diffusion MEIs (encoders.synthesis.methods.EGGSynthesis): prior folder, respaced
+    steps, guidance length, images per batch. Final images take GA's image norm."""
 
     prior: str
     num_steps: int = 50
     energy_scale: float = 2.0
     batch_size: int = 64
-    guide_at_final_norm: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ the settings, so a re-run reuses it and a retrained member or a changed setting 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -17,14 +18,12 @@ import torch
 import xarray as xr
 from torch import nn
 
-from encoders.callbacks.mei import compute_meis, existing, fingerprint, mei_dataset, model_device
+from encoders.callbacks.mei import compute_meis, existing, fingerprint, model_device
 from encoders.compare.config import EGGConfig
 from encoders.errors import EncodersError
 from encoders.outputs import write_netcdf
-from encoders.synthesis.energies import NeuronActivation
 from encoders.synthesis.gradient_ascent import GASettings
-from encoders.synthesis.guided_diffusion import egg_sample
-from encoders.synthesis.prior import DiffusionPrior, ModelSpace
+from encoders.synthesis.methods import EGGSynthesis
 from encoders.synthesis.targets import Target
 
 METHODS = ("ga", "egg")
@@ -34,32 +33,11 @@ def mei_path(out: Path, architecture: str, method: str) -> Path:
     return out / "meis" / architecture / f"mei_{method}.nc"
 
 
-def egg_meis(model: nn.Module, targets: Sequence[Target], ga: GASettings, egg: EGGConfig, prior: DiffusionPrior) -> xr.Dataset:
-    """EGG MEIs of `targets` (one per seed in ga.seeds), rescaled to the GA norm so both methods compare fairly.
-
-    Pairs (neuron, seed) are sampled egg.batch_size at a time; sample b depends only on its own seed
-    and energy term, so chunking does not change the result.
-    """
-    model.eval()
-    seeds = list(ga.seeds)
-    pairs = [(target, seed) for target in targets for seed in seeds]
-    norm = ga.image_norm(model.input_shape)
-    adapter = ModelSpace.of(model, norm if egg.guide_at_final_norm else None)
-    images, energy, trace = [], [], []
-    for start in range(0, len(pairs), egg.batch_size):
-        chunk = pairs[start : start + egg.batch_size]
-        result = egg_sample(
-            prior, NeuronActivation(model, [t for t, _ in chunk]), len(chunk), num_steps=egg.num_steps,
-            energy_scale=egg.energy_scale, seeds=[s for _, s in chunk], norm=norm, adapter=adapter,
-        )
-        images.append(result.images)
-        energy.append(result.energy)
-        trace.append(result.trace)
-    data = mei_dataset("egg", targets, seeds, torch.cat(images), -torch.cat(energy), -torch.cat(trace, dim=1),
-                       model.image_transform)
-    data.attrs.update({f"egg_{k}": (int(v) if isinstance(v, bool) else v) for k, v in asdict(egg).items()})
-    data.attrs.update({"egg_norm": norm, "product": "most exciting images", "minimize": 0})
-    return data
+def egg_synthesis(egg: EGGConfig, ga: GASettings, shape: Sequence[int]) -> EGGSynthesis:
+    """EGG with the same seeds as GA and final images rescaled to GA's image norm, so both compare fairly."""
+    contrast = ga.image_norm(shape) / math.sqrt(math.prod(int(s) for s in shape))  # the norm as a per-pixel RMS
+    return EGGSynthesis.load(egg.prior, seeds=tuple(ga.seeds), num_steps=egg.num_steps, energy_scale=egg.energy_scale,
+                             contrast=contrast, batch_size=egg.batch_size)
 
 
 def make_mei_set(
@@ -76,11 +54,12 @@ def make_mei_set(
     if found is not None:
         print(f"compare: {path} exists for these checkpoints and settings: kept")
         return found
-    if method == "egg":
-        prior = DiffusionPrior.load(egg.prior, device=model_device(model))  # loading is not part of the method's time
+    synthesis = ga if method == "ga" else egg_synthesis(egg, ga, model.input_shape)  # loading the prior is not timed
     start = time.perf_counter()
-    data = compute_meis(model, targets, ga) if method == "ga" else egg_meis(model, targets, ga, egg, prior)
+    data = compute_meis(model, targets, synthesis)
     seconds = time.perf_counter() - start
+    if method == "egg":
+        data.attrs["egg_batch_size"] = egg.batch_size
     data["wall_seconds"] = ("method", [seconds])
     data["wall_seconds"].attrs["units"] = "s, the whole set on this machine"
     data.attrs.update({"fingerprint": key, "checkpoint": "; ".join(str(p) for p in checkpoints),
