@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export WANDB_MODE ?= offline
 
-.PHONY: install run test cowley benchmarks clean
+.PHONY: install run test cowley compare-twin compare-cowley benchmarks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: $(STAMP)
 cowley: $(STAMP) data/cowley2023_v4.h5
 	$(BIN)/python train.py fit --config experiments/cowley_attention.yaml
 	$(BIN)/python train.py fit --config experiments/cowley_gaussian.yaml
+
+# Architecture comparisons (encoders compare): GA vs EGG MEI transfer, accuracy, similarity; report in runs/<name>/report.md
+compare-twin: $(STAMP) data/synthetic_v4.h5
+	$(BIN)/encoders compare experiments/compare_twin.yaml
+
+compare-cowley: $(STAMP) data/cowley2023_v4.h5
+	$(BIN)/encoders compare experiments/compare_cowley.yaml
 
 clean:
 	rm -rf runs wandb lightning_logs data/*.h5

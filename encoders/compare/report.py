@@ -189,7 +189,7 @@ def log_wandb(config: CompareConfig, accuracy: xr.Dataset, result: xr.Dataset, s
 
     name = config.wandb.get("name", config.name)
     run = wandb.init(project=config.wandb.get("project", "encoders"), name=f"{name}/report", group=name,
-                     dir=str(config.out), mode="offline", config={"config": str(config.source)}, reinit=True)
+                     dir=str(config.out), mode="offline", config={"config": str(config.source)})
     try:
         run.log({f"figures/{key}": wandb.Image(str(path)) for key, path in figures.items()})
         run.log({"tables/accuracy": wandb.Table(dataframe=accuracy.correlation.to_dataframe().reset_index()),
