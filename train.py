@@ -3,11 +3,16 @@
 A LightningCLI over `EncodingModel` and `RecordedDataModule`; every experiment lives in a YAML file
 in experiments/. After `fit`, the best checkpoint is tested, which writes the per-neuron metrics
 table and runs the post-training callbacks configured in the YAML.
+
+User errors (a bad data file, a misspelt model option, a broken checkpoint) print one line naming
+what is wrong and where, and exit with status 2, without a traceback; jsonargparse does the same
+for unknown or ill-typed keys.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 # Offline unless the user chose otherwise: with an API key and no mode, wandb may hang for minutes.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -15,6 +20,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 from pytorch_lightning.cli import LightningCLI  # noqa: E402
 
 from encoders.datasets.datamodule import RecordedDataModule  # noqa: E402
+from encoders.ensemble import read_checkpoint  # noqa: E402
+from encoders.errors import EncodersError  # noqa: E402
 from encoders.model import EncodingModel  # noqa: E402
 
 
@@ -22,18 +29,32 @@ class EncodersCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
 
+    def _check_checkpoint(self) -> None:
+        """Refuse a missing, broken or unsafe --ckpt_path before the trainer starts or writes anything."""
+        path = self.config[self.subcommand].get("ckpt_path")
+        # Lightning's keywords name checkpoints it finds itself ("last" may not exist yet: it then starts fresh)
+        if path is None or str(path) in ("last", "best", "hpc") or str(path).startswith("registry"):
+            return
+        read_checkpoint(path)
+
+    before_fit = before_validate = before_test = before_predict = _check_checkpoint
+
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit", True):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
 
 
 def main(args: list[str] | None = None) -> EncodersCLI:
-    return EncodersCLI(
-        EncodingModel,
-        RecordedDataModule,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        return EncodersCLI(
+            EncodingModel,
+            RecordedDataModule,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except EncodersError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

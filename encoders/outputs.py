@@ -1,4 +1,8 @@
-"""Writing products: labelled NetCDF and PNG files, atomically (temporary file, then rename)."""
+"""Writing products: labelled NetCDF and PNG files, atomically (temporary file, then rename).
+
+A process killed while writing leaves only a hidden temporary (`.NAME.tmp-PID`), never a
+half-written product; the next successful write of the same product removes such leftovers.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ def write_netcdf(data: xr.Dataset | xr.DataArray, path: str | Path) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _remove_stale_temporaries(path, f".{path.name}.tmp-")
     return path
 
 
@@ -37,4 +42,23 @@ def save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
         raise
     finally:
         plt.close(figure)
+    _remove_stale_temporaries(path, f".{path.stem}.tmp-")
     return path
+
+
+def _remove_stale_temporaries(path: Path, prefix: str) -> None:
+    """Delete temporaries of `path` left by processes that died mid-write (not ones still writing)."""
+    for leftover in path.parent.glob(f"{prefix}*"):
+        pid = leftover.name[len(prefix):].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -10,6 +10,7 @@ Two paths, chosen by `in_memory` (or automatically by size):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,27 +121,44 @@ class SessionBatchSampler(Sampler[list[int]]):
     """Batches that each hold one session's images; the order of batches mixes sessions.
 
     Deterministic given (seed, epoch). With several processes (DDP) each rank takes every
-    world_size-th batch, truncated to the same count so no rank waits on another.
+    world_size-th batch and all ranks get the same number of batches, so no rank waits on another
+    in a collective: `balance="drop"` (training) drops the few batches left over, `balance="pad"`
+    (evaluation) repeats one of the rank's batches instead, so no image is left out; the model
+    drops repeated images by index when it gathers every rank's predictions.
+
+    `resume(epoch, done)` makes the next pass over `epoch` skip the `done` batches that were
+    already trained on (resuming a checkpoint saved mid-epoch).
     """
 
     def __init__(
         self, groups: list[np.ndarray], batch_size: int, shuffle: bool, seed: int = 0,
-        rank: int = 0, world_size: int = 1,
+        rank: int = 0, world_size: int = 1, balance: str = "drop",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+        if balance not in ("drop", "pad"):
+            raise ValueError(f"balance must be 'drop' or 'pad', got {balance!r}")
         self.groups = [g for g in groups if len(g)]
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.balance = balance
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> list[list[int]]:
+    def resume(self, epoch: int, done: int) -> None:
+        """The next pass is `epoch` without its first `done` batches (of this rank)."""
+        self.epoch = epoch
+        self._resume = (epoch, done)
+
+    def _all_batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         batches = []
         for group in self.groups:
@@ -148,16 +166,110 @@ class SessionBatchSampler(Sampler[list[int]]):
             batches += [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
-        return batches[self.rank :: self.world_size][:per_rank]
+        return batches
+
+    def _batches(self) -> list[list[int]]:
+        batches = self._all_batches()
+        if self.world_size == 1:
+            return batches
+        mine = batches[self.rank :: self.world_size]
+        if self.balance == "drop":
+            return mine[: len(self)]
+        # pad: a rank short of batches repeats one (its own, else the first); duplicates are dropped later
+        filler = mine[-1] if mine else batches[0]
+        return mine + [filler] * (len(self) - len(mine))
 
     def __iter__(self):
-        # Lightning calls set_epoch before every epoch; outside Lightning, call it yourself.
-        yield from self._batches()
+        batches = self._batches()
+        skip = 0
+        if self._resume is not None:
+            epoch, skip = self._resume
+            self._resume = None
+            if epoch != self.epoch:  # the trainer moved on to another epoch: nothing to skip
+                skip = 0
+        yield from batches[skip:]
 
     def __len__(self) -> int:
         n = sum(-(-len(g) // self.batch_size) for g in self.groups)
-        return n // self.world_size if self.world_size > 1 else n
+        if self.world_size == 1:
+            return n
+        return n // self.world_size if self.balance == "drop" else -(-n // self.world_size)
+
+
+class SessionLoader:
+    """One tier's batches: a DataLoader over a SessionBatchSampler, for Lightning or plain loops.
+
+    Deliberately not a DataLoader subclass: Lightning rebuilds DataLoaders to inject its own
+    samplers (a DistributedSampler under DDP unless `use_distributed_sampler=False`, index tracking
+    when predicting), which a custom batch sampler does not survive; any other iterable is used as
+    it is. The batch sampler shards by rank itself.
+
+    `epoch`, when given (the trainer's epoch counter), is read each time iteration starts: Lightning
+    calls `set_epoch` only on `sampler`/`batch_sampler.sampler` attributes, and on a resumed fit it
+    starts iterating before it does so, so it cannot be relied on to order epochs.
+    """
+
+    def __init__(
+        self, dataset: Dataset, batch_sampler: SessionBatchSampler, num_workers: int, seed: int,
+        epoch: Callable[[], int] | None = None,
+    ):
+        self.dataset = dataset
+        self.batch_sampler = batch_sampler
+        self._epoch = epoch
+        # a private generator: creating an iterator draws a base seed from it, and drawing from the
+        # global one would shift dropout noise between a resumed and an uninterrupted run
+        self.loader = DataLoader(
+            dataset, batch_sampler=batch_sampler, collate_fn=_identity, num_workers=num_workers,
+            persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+        )
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[dict]:
+        # a generator: nothing runs until the first batch is asked for, when the epoch is known
+        if self._epoch is not None:
+            epoch = self._epoch()
+            if epoch != self.batch_sampler.epoch:
+                self.batch_sampler.set_epoch(epoch)
+        yield from self.loader
+
+
+class ResumableSessionLoader(SessionLoader):
+    """The training loader: saves its place in the epoch in checkpoints, so a fit resumed from a
+    checkpoint written mid-epoch trains on exactly the batches it had not seen yet.
+
+    Implements Lightning's `state_dict`/`load_state_dict` protocol for dataloaders: Lightning stores
+    `state_dict()` in every checkpoint and calls `load_state_dict` only when it restarts an unfinished
+    epoch, before iterating. The position is the trainer's count of batches started this epoch, not
+    a count of batches fetched, because Lightning fetches one batch ahead.
+    """
+
+    def __init__(
+        self, dataset: Dataset, batch_sampler: SessionBatchSampler, num_workers: int, seed: int,
+        epoch: Callable[[], int], done: Callable[[], int],
+    ):
+        super().__init__(dataset, batch_sampler, num_workers, seed, epoch)
+        self._done = done
+
+    def state_dict(self) -> dict:
+        sampler = self.batch_sampler
+        return {
+            "epoch": int(self._epoch()), "batches_done": int(self._done()), "seed": sampler.seed,
+            "batch_size": sampler.batch_size, "world_size": sampler.world_size, "batches": len(sampler),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        sampler = self.batch_sampler
+        now = {"seed": sampler.seed, "batch_size": sampler.batch_size, "world_size": sampler.world_size, "batches": len(sampler)}
+        changed = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
+        if changed:
+            # another order of batches: skipping "the batches already seen" would skip other ones
+            raise DatasetError(
+                self.dataset.images.path,
+                f"cannot resume mid-epoch: the training batches changed since the checkpoint (checkpoint, now): {changed}",
+            )
+        sampler.resume(int(state["epoch"]), int(state["batches_done"]))
 
 
 class RecordedDataModule(pl.LightningDataModule):
@@ -319,25 +431,33 @@ class RecordedDataModule(pl.LightningDataModule):
         return out
 
     # ---- loaders -----------------------------------------------------------------------------
-    def _loader(self, tier: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, tier: str, batch_size: int, shuffle: bool) -> SessionLoader:
         dataset = TierDataset(self.images, tier)
-        rank, world = 0, 1
-        if self.trainer is not None and shuffle:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-        sampler = SessionBatchSampler(dataset.groups(), batch_size, shuffle, self.seed, rank, world)
-        return DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=_identity, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        # training drops a rank's extra batches (an epoch is a little shorter), evaluation pads
+        # instead (the model drops repeated images), so every rank runs the same number of steps
+        sampler = SessionBatchSampler(
+            dataset.groups(), batch_size, shuffle, self.seed, rank, world, balance="drop" if shuffle else "pad",
+        )
+        if not shuffle or trainer is None:
+            return SessionLoader(dataset, sampler, self.num_workers, self.seed)
+        fit_loop = trainer.fit_loop
+        return ResumableSessionLoader(
+            dataset, sampler, self.num_workers, self.seed,
+            # the epoch Lightning itself passes to set_epoch, and the batches it has started this epoch
+            epoch=lambda: fit_loop.epoch_progress.current.processed,
+            done=lambda: fit_loop.epoch_loop.batch_progress.current.ready,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> SessionLoader:
         return self._loader("train", self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> SessionLoader:
         return self._loader("validation", self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> SessionLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> SessionLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
