@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -16,13 +17,26 @@ from encoders.datasets.twin import write_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A test callback for killing a fit at a known point: at the end of optimizer step `step` it writes
-# `flag` and sleeps, so the test can SIGKILL a real process mid-epoch at a reproducible place.
-PAUSE_MODULE = '''
+# Test callbacks, importable by the runs as `fit_helpers.X` (see `environment`). PauseAt: at the end
+# of optimizer step `step` write `flag` and sleep, so the test can SIGKILL a real process mid-epoch
+# at a reproducible place. RecordValidation: append every validation's metrics to a JSON-lines file.
+HELPERS_MODULE = '''
+import json
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+
+
+class RecordValidation(pl.Callback):
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(metrics) + "\\n")
 
 
 class PauseAt(pl.Callback):
@@ -76,14 +90,24 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def pause_callback(step: int, flag: Path) -> dict:
-    return {"class_path": "pause_helper.PauseAt", "init_args": {"step": step, "flag": str(flag)}}
+    return {"class_path": "fit_helpers.PauseAt", "init_args": {"step": step, "flag": str(flag)}}
+
+
+def record_callback(path: Path) -> dict:
+    return {"class_path": "fit_helpers.RecordValidation", "init_args": {"path": str(path)}}
+
+
+def write_helpers(folder: Path) -> Path:
+    """Write the helper callbacks as `folder/fit_helpers.py`; put `folder` on the path of the runs."""
+    (folder / "fit_helpers.py").write_text(HELPERS_MODULE)
+    return folder
 
 
 def environment(helpers: Path | None = None) -> dict[str, str]:
     """One thread (as the test process uses: other test modules set it), offline W&B, helper modules importable."""
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
     if helpers is not None:
-        (helpers / "pause_helper.py").write_text(PAUSE_MODULE)
+        write_helpers(helpers)
         env["PYTHONPATH"] = os.pathsep.join([str(helpers), env.get("PYTHONPATH", "")])
     return env
 
@@ -91,6 +115,14 @@ def environment(helpers: Path | None = None) -> dict[str, str]:
 def train(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """`python train.py ARGS` in the repository, to completion."""
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_in_process(args: list[str]):
+    """train.py's main(ARGS) in this process (no second start of torch and Lightning); returns the CLI."""
+    spec = importlib.util.spec_from_file_location("encoders_train_script", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args)
 
 
 def wait_for(flag: Path, process: subprocess.Popen, timeout: float = 120) -> None:
