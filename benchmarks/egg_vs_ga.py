@@ -12,6 +12,9 @@ neuron with each method and scores it on the trained model and on the twin's gro
 
     python benchmarks/egg_vs_ga.py --checkpoint runs/quickstart/checkpoints/last.ckpt \\
         --data data/synthetic_v4.h5 --neurons 20 --prior data/priors/natural32
+
+One model (or ensemble) at a time; `encoders compare` runs the same comparison over a grid of
+architectures x seeds and scores every MEI on held-out seeds, other architectures and the truth.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from encoders.datasets.datamodule import RecordedDataModule  # noqa: E402
-from encoders.datasets.twin import ground_truth_columns, has_ground_truth, load_ground_truth  # noqa: E402
+from encoders.callbacks.mei import twin_columns  # noqa: E402
+from encoders.datasets.twin import has_ground_truth, load_ground_truth  # noqa: E402
 from encoders.ensemble import Ensemble, load_checkpoint  # noqa: E402
 from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation  # noqa: E402
 from encoders.synthesis.gradient_ascent import GASettings, optimize_images  # noqa: E402
@@ -76,9 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [args.seed + i for i in range(n)]
     if has_ground_truth(args.data):
         truth = load_ground_truth(args.data)
-        columns = {s: ground_truth_columns(args.data, s) for s in dict.fromkeys(s for s, _ in targets)}
-        true_columns = torch.stack([columns[s][model.neuron_ids(s).index(i)] for s, i in targets])
-        twin = GroundTruthActivation(truth, true_columns, transform, (truth.image_size, truth.image_size))
+        twin = GroundTruthActivation(truth, twin_columns(args.data, model, targets), transform, (truth.image_size, truth.image_size))
     elif args.score_on:
         # real data has no ground truth: a held-out model (other architecture or seeds) plays the brain
         held_out = load_checkpoint(args.score_on[0]) if len(args.score_on) == 1 else Ensemble.from_checkpoints(args.score_on)

@@ -87,6 +87,10 @@ def test_labels_and_bookkeeping(compared):
             with xr.open_dataset(out / "meis" / architecture / f"mei_{method}.nc") as meis:
                 makers = meis.attrs["checkpoint"].split("; ")
                 assert meis.image.shape[:3] == (1, 3, 2) and meis.wall_seconds.item() > 0
+                norms = np.sqrt((meis.image.values ** 2).sum(axis=(-3, -2, -1)))
+                assert (norms <= 0.25 * 16 * (1 + 1e-4)).all()  # GA's norm for both methods (GA clamps below it)
+                if method == "egg":
+                    assert meis.attrs["egg_guide_at_norm"] == 1
             for scorer, kind in zip(result.scorer.values.tolist(), result.relation.sel(architecture=architecture).values):
                 if scorer == "ground_truth":
                     continue

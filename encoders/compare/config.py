@@ -102,12 +102,14 @@ class Architecture:
 @dataclass(frozen=True)
 class EGGConfig:
     """Energy-guided diffusion MEIs (encoders.synthesis.methods.EGGSynthesis): prior folder, respaced
-    steps, guidance length, images per batch. Final images take GA's image norm."""
+    steps, guidance length, images per batch. Final images take GA's image norm; with
+    guide_at_norm the guidance already sees them at that norm (what is scored)."""
 
     prior: str
     num_steps: int = 50
     energy_scale: float = 2.0
     batch_size: int = 64
+    guide_at_norm: bool = True
 
 
 @dataclass(frozen=True)

@@ -173,34 +173,41 @@ def relation_summary(result: xr.Dataset) -> xr.DataArray:
 
 
 
+def unit_scores(result: xr.Dataset, relation_name: str, method: str) -> np.ndarray:
+    """Normalised activation per (generating architecture, neuron), averaged over that relation's scorers and seeds."""
+    units = []
+    for a in range(result.sizes["architecture"]):
+        chosen = np.flatnonzero((result.relation.isel(architecture=a) == relation_name).values)
+        if len(chosen):
+            block = result.normalised_activation.isel(architecture=a, scorer=chosen).sel({"method": method})
+            units.append(block.mean(("scorer", "seed")).values)
+    return np.concatenate(units) if units else np.array([])
+
+
 def paired_comparison(result: xr.Dataset, relation_name: str, first: str = "egg", second: str = "ga") -> dict[str, float]:
     """`first` vs `second` method on the scorers of one relation, paired per (generating architecture, neuron).
 
     Each unit is one neuron's MEIs from one architecture, averaged over that relation's scorers and
     the seeds. Returns both means, the mean difference, its standard error, the fraction of units
-    where `first` wins, a two-sided Wilcoxon signed-rank p-value and the number of units.
+    where `first` wins, a two-sided Wilcoxon signed-rank p-value, the number of units, and for each
+    method the fraction of its score on the generating models it keeps here (`kept_<method>`, the
+    mean over units of this relation's score / the generating score: 1 = no loss in transfer).
     """
     from scipy.stats import wilcoxon
 
-    units = {first: [], second: []}
-    for a in range(result.sizes["architecture"]):
-        chosen = np.flatnonzero((result.relation.isel(architecture=a) == relation_name).values)
-        if not len(chosen):
-            continue
-        block = result.normalised_activation.isel(architecture=a, scorer=chosen).mean(("scorer", "seed"))
-        for method in units:
-            units[method].append(block.sel({"method": method}).values)
-    if not units[first]:
+    x, y = unit_scores(result, relation_name, first), unit_scores(result, relation_name, second)
+    if not len(x):
         return {}
-    x, y = np.concatenate(units[first]), np.concatenate(units[second])
+    own = {m: unit_scores(result, "generating", m) for m in (first, second)}
     keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    difference = x - y
+    difference = x[keep] - y[keep]
     n = len(difference)
-    p = float(wilcoxon(x, y).pvalue) if n >= 5 and np.any(difference != 0) else np.nan
+    p = float(wilcoxon(x[keep], y[keep]).pvalue) if n >= 5 and np.any(difference != 0) else np.nan
     return {
-        f"mean_{first}": float(x.mean()) if n else np.nan, f"mean_{second}": float(y.mean()) if n else np.nan,
+        f"mean_{first}": float(x[keep].mean()) if n else np.nan, f"mean_{second}": float(y[keep].mean()) if n else np.nan,
         "difference": float(difference.mean()) if n else np.nan,
         "standard_error": float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
         "fraction_first_better": float((difference > 0).mean()) if n else np.nan, "wilcoxon_p": p, "units": n,
+        f"kept_{first}": float(np.nanmean(x / own[first])) if len(own[first]) else np.nan,
+        f"kept_{second}": float(np.nanmean(y / own[second])) if len(own[second]) else np.nan,
     }

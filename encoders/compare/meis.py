@@ -37,7 +37,7 @@ def egg_synthesis(egg: EGGConfig, ga: GASettings, shape: Sequence[int]) -> EGGSy
     """EGG with the same seeds as GA and final images rescaled to GA's image norm, so both compare fairly."""
     contrast = ga.image_norm(shape) / math.sqrt(math.prod(int(s) for s in shape))  # the norm as a per-pixel RMS
     return EGGSynthesis.load(egg.prior, seeds=tuple(ga.seeds), num_steps=egg.num_steps, energy_scale=egg.energy_scale,
-                             contrast=contrast, batch_size=egg.batch_size)
+                             contrast=contrast, batch_size=egg.batch_size, guide_at_norm=egg.guide_at_norm)
 
 
 def make_mei_set(

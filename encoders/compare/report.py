@@ -65,9 +65,11 @@ def generalisation_lines(result: xr.Dataset) -> list[str]:
 def comparison_lines(result: xr.Dataset) -> tuple[list[str], dict[str, dict]]:
     """EGG vs GA paired per (architecture, neuron), for every relation present."""
     stats = {r: paired_comparison(result, r) for r in RELATIONS if (result.relation == r).any()}
-    header = ["scored on", "GA", "EGG", "EGG − GA (± s.e.)", "EGG better for", "Wilcoxon p", "units"]
+    header = ["scored on", "GA", "EGG", "EGG − GA (± s.e.)", "EGG better for", "Wilcoxon p", "units",
+              "GA kept", "EGG kept"]
     rows = [[r, _fmt(s["mean_ga"]), _fmt(s["mean_egg"]), f"{_fmt(s['difference'])} ± {_fmt(s['standard_error'])}",
-             f"{100 * s['fraction_first_better']:.0f}%", _fmt(s["wilcoxon_p"], 4), str(s["units"])]
+             f"{100 * s['fraction_first_better']:.0f}%", _fmt(s["wilcoxon_p"], 4), str(s["units"]),
+             _fmt(s["kept_ga"], 2), _fmt(s["kept_egg"], 2)]
             for r, s in stats.items() if s]
     return _table(header, rows), stats
 
@@ -93,7 +95,8 @@ def answer_lines(stats: dict[str, dict], twin: bool) -> list[str]:
         f"**{question} {verdict}.** On {where}, EGG MEIs reach {_fmt(s['mean_egg'])} and GA MEIs {_fmt(s['mean_ga'])} "
         f"of each neuron's best natural-image response (mean over {s['units']} architecture × neuron units); "
         f"EGG − GA = {_fmt(s['difference'])} ± {_fmt(s['standard_error'])} (s.e.), EGG better for "
-        f"{100 * s['fraction_first_better']:.0f}% of units, Wilcoxon p = {_fmt(s['wilcoxon_p'], 4)}.",
+        f"{100 * s['fraction_first_better']:.0f}% of units, Wilcoxon p = {_fmt(s['wilcoxon_p'], 4)}. Relative to their "
+        f"score on the models that made them, EGG MEIs keep {_fmt(s['kept_egg'], 2)} and GA MEIs {_fmt(s['kept_ga'], 2)}.",
         "",
     ]
 
@@ -160,7 +163,9 @@ def write_report(
         "*cross* = models of the other architectures" + (", *ground_truth* = the twin's true neurons" if twin else "") + ".",
         "",
     ]
-    lines += generalisation_lines(result) + ["EGG vs GA, paired per (generating architecture, neuron):", ""]
+    lines += generalisation_lines(result) + [
+        "EGG vs GA, paired per (generating architecture, neuron); *kept* = score here / score on the generating "
+        "models, per unit (1 = the MEI loses nothing in transfer, whatever its strength):", ""]
     lines += comparison + answer_lines(stats, twin) + [image("generalisation"), "", image("meis"), ""]
     lines += ["## Compute time", "", "Wall time of making each MEI set on the generating ensemble "
               f"(device {config.device}):", ""] + time_lines(result) + [image("time"), ""]
