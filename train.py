@@ -29,15 +29,15 @@ class EncodersCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
 
-    def _check_checkpoint(self) -> None:
-        """Refuse a missing, broken or unsafe --ckpt_path before the trainer starts or writes anything."""
-        path = self.config[self.subcommand].get("ckpt_path")
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Right after parsing, Lightning loads --ckpt_path to read its hyperparameters: a missing,
+        # broken or unsafe file must fail here first, in one line, before anything is written.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
         # Lightning's keywords name checkpoints it finds itself ("last" may not exist yet: it then starts fresh)
-        if path is None or str(path) in ("last", "best", "hpc") or str(path).startswith("registry"):
-            return
-        read_checkpoint(path)
-
-    before_fit = before_validate = before_test = before_predict = _check_checkpoint
+        if path is not None and str(path) not in ("last", "best", "hpc") and not str(path).startswith("registry"):
+            read_checkpoint(path)
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit", True):

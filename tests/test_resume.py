@@ -53,7 +53,8 @@ def runs(tmp_path_factory):
             "reference": fit_runs.read_checkpoint_state(folder / "reference" / "checkpoints" / "last.ckpt")}
 
 
-def _kill_then_resume(runs, name: str, every_n_steps: int | None):
+def _kill_then_resume(runs, name: str, every_n_steps: int | None, by_keyword: bool):
+    """Kill a fit at KILL_STEP, then resume it with `--ckpt_path last` (or the file's path)."""
     folder, env = runs["folder"], runs["env"]
     flag = folder / f"{name}.flag"
     config = fit_runs.tiny_config(folder / name, runs["data"], last_every_n_train_steps=every_n_steps,
@@ -65,7 +66,7 @@ def _kill_then_resume(runs, name: str, every_n_steps: int | None):
 
     config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]  # the same run, without the pause
     resumed = fit_runs.write_config(folder / f"{name}_resumed.yaml", config)
-    result = fit_runs.train(["fit", "--config", str(resumed), "--ckpt_path", "last"], env)
+    result = fit_runs.train(["fit", "--config", str(resumed), "--ckpt_path", "last" if by_keyword else str(last)], env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Restored all states from the checkpoint" in result.stderr
     assert "dataloader is not resumable" not in result.stderr
@@ -73,7 +74,7 @@ def _kill_then_resume(runs, name: str, every_n_steps: int | None):
 
 
 def test_killed_mid_epoch_resumes_from_a_mid_epoch_checkpoint_exactly(runs):
-    interrupted, resumed = _kill_then_resume(runs, "steps", every_n_steps=3)
+    interrupted, resumed = _kill_then_resume(runs, "steps", every_n_steps=3, by_keyword=True)
     # the newest last.ckpt was written mid-epoch: epoch 1 after step 15, 5 of its 10 batches done
     assert (interrupted["epoch"], interrupted["global_step"]) == (1, 15)
     [loader] = interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"]
@@ -83,7 +84,7 @@ def test_killed_mid_epoch_resumes_from_a_mid_epoch_checkpoint_exactly(runs):
 
 
 def test_killed_mid_epoch_resumes_from_the_epoch_end_checkpoint_exactly(runs):
-    interrupted, resumed = _kill_then_resume(runs, "epochs", every_n_steps=None)
+    interrupted, resumed = _kill_then_resume(runs, "epochs", every_n_steps=None, by_keyword=False)
     assert (interrupted["epoch"], interrupted["global_step"]) == (0, 10)  # the end of epoch 0
     fit_runs.assert_same_run(runs["reference"], resumed)
 
