@@ -241,8 +241,8 @@ class ResumableSessionLoader(SessionLoader):
 
     Implements Lightning's `state_dict`/`load_state_dict` protocol for dataloaders: Lightning stores
     `state_dict()` in every checkpoint and calls `load_state_dict` only when it restarts an unfinished
-    epoch, before iterating. The position is the trainer's count of batches started this epoch, not
-    a count of batches fetched, because Lightning fetches one batch ahead.
+    epoch, before iterating. The position is the trainer's count of batches processed this epoch
+    (what Lightning counts as done when it restarts), not of batches fetched: it fetches one ahead.
     """
 
     def __init__(
@@ -261,15 +261,20 @@ class ResumableSessionLoader(SessionLoader):
 
     def load_state_dict(self, state: dict) -> None:
         sampler = self.batch_sampler
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= int(state["batches"]):  # saved after the epoch's last batch: nothing of it is left
+            sampler.resume(epoch, len(sampler))
+            return
         now = {"seed": sampler.seed, "batch_size": sampler.batch_size, "world_size": sampler.world_size, "batches": len(sampler)}
         changed = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
         if changed:
             # another order of batches: skipping "the batches already seen" would skip other ones
             raise DatasetError(
                 self.dataset.images.path,
-                f"cannot resume mid-epoch: the training batches changed since the checkpoint (checkpoint, now): {changed}",
+                f"cannot resume mid-epoch: the training batches changed since the checkpoint (then, now): {changed}; "
+                "resume with the same data settings and number of processes, or from an end-of-epoch checkpoint",
             )
-        sampler.resume(int(state["epoch"]), int(state["batches_done"]))
+        sampler.resume(epoch, done)
 
 
 class RecordedDataModule(pl.LightningDataModule):
@@ -445,9 +450,9 @@ class RecordedDataModule(pl.LightningDataModule):
         fit_loop = trainer.fit_loop
         return ResumableSessionLoader(
             dataset, sampler, self.num_workers, self.seed,
-            # the epoch Lightning itself passes to set_epoch, and the batches it has started this epoch
+            # the epoch Lightning itself passes to set_epoch, and the batches of it processed so far
             epoch=lambda: fit_loop.epoch_progress.current.processed,
-            done=lambda: fit_loop.epoch_loop.batch_progress.current.ready,
+            done=lambda: fit_loop.epoch_loop.batch_progress.current.processed,
         )
 
     def train_dataloader(self) -> SessionLoader:
