@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 # Offline unless the user chose otherwise: with an API key and no mode, wandb may hang for minutes.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -31,17 +32,30 @@ class EncodersCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        # say it rather than rely on torch's default: checkpoints are never unpickled
+        if self.config[subcommand].get("weights_only") is None:
+            self.config[subcommand]["weights_only"] = True
         # Right after parsing, Lightning loads --ckpt_path to read its hyperparameters: a missing,
         # broken or unsafe file must fail here first, in one line, before anything is written.
-        subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        path = self.config[subcommand].get("ckpt_path")
         # Lightning's keywords name checkpoints it finds itself ("last" may not exist yet: it then starts fresh)
         if path is not None and str(path) not in ("last", "best", "hpc") and not str(path).startswith("registry"):
             read_checkpoint(path)
 
+    def before_fit(self) -> None:
+        # `--ckpt_path last` resumes from the newest last*.ckpt of the checkpoint folders: check those too
+        if self.config["fit"].get("ckpt_path") == "last":
+            for callback in self.trainer.checkpoint_callbacks:
+                folder = getattr(callback, "dirpath", None)
+                for path in sorted(Path(folder).glob("last*.ckpt")) if folder else []:
+                    read_checkpoint(path)
+
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit", True):
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best", weights_only=True)
 
 
 def main(args: list[str] | None = None) -> EncodersCLI:

@@ -5,7 +5,7 @@ no Python traceback, and leaves no output behind.
 Kinds: dataset files (missing, not HDF5, missing field, wrong shape, unknown session), configs
 (unknown YAML key for train.py and for `encoders prepare synthetic --config`, misspelt core option,
 misspelt readout type, ill-typed option), checkpoints (missing, truncated, not a checkpoint, a
-pickled object, both for products and for resuming a fit), neuron ids (unknown session, unknown id),
+pickled object, for products and for resuming a fit by path or with `--ckpt_path last`), neuron ids (unknown session, unknown id),
 diffusion priors (missing folder, corrupt weights) and command-line values (not a number, not a
 choice, out of range, a flag of another method).
 """
@@ -71,11 +71,13 @@ class Inputs:
             edit(f)
         return path
 
-    def train(self, model: dict | None = None, data: dict | None = None) -> list[str]:
+    def train(self, model: dict | None = None, data: dict | None = None, checkpoints: Path | None = None) -> list[str]:
         """`fit --config` of the tiny experiment, writing into `out`, with parts of it replaced."""
         config = fit_runs.tiny_config(self.out, self.good["data"], max_epochs=1)
         config["model"].update(model or {})
         config["data"].update(data or {})
+        if checkpoints is not None:
+            config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(checkpoints)
         return ["fit", "--config", str(fit_runs.write_config(self.tmp / "experiment.yaml", config))]
 
     def mei(self, checkpoint: Path | None = None, *args: str) -> list[str]:
@@ -115,6 +117,14 @@ def _pickled(i: Inputs) -> Path:
     checkpoint = torch.load(i.good["checkpoint"], map_location="cpu", weights_only=True)
     checkpoint["hyper_parameters"]["note"] = Payload(i.tmp / MARKER)
     return i.checkpoint("evil.ckpt", checkpoint)
+
+
+def _poisoned_last(i: Inputs) -> list[str]:
+    """A checkpoint folder whose last.ckpt holds a pickled object, for `--ckpt_path last`."""
+    folder = i.tmp / "checkpoints"
+    folder.mkdir()
+    _pickled(i).rename(folder / "last.ckpt")
+    return [*i.train(checkpoints=folder), "--ckpt_path", "last"]
 
 
 def _corrupt_prior(i: Inputs) -> Path:
@@ -157,6 +167,7 @@ CASES: list[tuple[str, str, Callable[[Inputs], list[str]], list[str]]] = [
     ("checkpoint_pickled_object", "encoders", lambda i: i.mei(_pickled(i)), ["evil.ckpt", "refused", "pickled Python object"]),
     ("resume_pickled_object", "train", lambda i: [*i.train(), "--ckpt_path", str(_pickled(i))],
      ["evil.ckpt", "refused", "pickled Python object"]),
+    ("resume_last_pickled_object", "train", _poisoned_last, ["checkpoints/last.ckpt", "refused", "pickled Python object"]),
     ("resume_truncated", "train", lambda i: [*i.train(), "--ckpt_path", str(_truncated(i))],
      ["cut.ckpt", "not a readable encoders checkpoint"]),
     # neuron ids
