@@ -119,3 +119,56 @@ def test_one_epoch_over_cowley(cowley_h5):
     info = dm.session_info()
     assert sum(len(v["neuron_ids"]) for v in info.values()) == 421
     assert next(iter(dm.test_dataloader()))["images"].shape[1:] == (1, 40, 40)
+
+
+def test_each_epoch_of_a_fit_has_its_own_order(tiny_file):
+    """Under a Trainer the loader reads the epoch from the trainer (Lightning never calls set_epoch on
+    a batch sampler), so epoch e gets exactly SessionBatchSampler's order for (seed, e)."""
+    import pytorch_lightning as pl
+
+    from encoders.model import EncodingModel
+
+    class Record(pl.Callback):
+        def __init__(self):
+            self.epochs: dict[int, list[list[int]]] = {}
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.epochs.setdefault(trainer.current_epoch, []).append(batch["image_index"].tolist())
+
+    dm = RecordedDataModule(str(tiny_file), batch_size=8, seed=5)
+    model = EncodingModel(core={"type": "stacked", "hidden_channels": 2, "layers": 1, "input_kernel": 3, "hidden_kernel": 3},
+                          readout={"type": "gaussian"})
+    record = Record()
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[record], num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    assert record.epochs[0] != record.epochs[1]
+    alone = RecordedDataModule(str(tiny_file), batch_size=8, seed=5)  # no trainer: set_epoch by hand
+    alone.setup("fit")
+    for epoch in (0, 1):
+        expected = _epoch(alone, epoch)
+        assert record.epochs[epoch] == [b["image_index"].tolist() for b in expected]
+
+
+def test_resuming_mid_epoch_skips_the_batches_done_and_refuses_other_batches(tiny_file):
+    from encoders.datasets.datamodule import ResumableSessionLoader, TierDataset
+
+    dm = RecordedDataModule(str(tiny_file), batch_size=8, in_memory=True)
+    dm.setup("fit")
+    dataset = TierDataset(dm.images, "train")
+
+    def loader(world_size=1):
+        sampler = SessionBatchSampler(dataset.groups(), 8, True, seed=0, world_size=world_size)
+        return ResumableSessionLoader(dataset, sampler, 0, 0, epoch=lambda: 3, done=lambda: 4)
+
+    full = [b["image_index"].tolist() for b in loader()]
+    state = loader().state_dict()
+    assert state["epoch"] == 3 and state["batches_done"] == 4 and state["batches"] == len(full)
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert [b["image_index"].tolist() for b in resumed] == full[4:]
+    assert len(resumed) == len(full)  # Lightning counts the epoch's batches from the full length
+    assert [b["image_index"].tolist() for b in resumed] == full  # only the first pass after a resume skips
+
+    with pytest.raises(DatasetError, match=r"cannot resume mid-epoch: the training batches changed .*'world_size': \(1, 2\)"):
+        loader(world_size=2).load_state_dict(state)
