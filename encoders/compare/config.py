@@ -4,6 +4,7 @@ Layout (see experiments/compare_*.yaml):
 
     out: runs/NAME                 folder of every output (models/, meis/, scores/, report.md, figures/)
     device: cpu                    where MEIs, scores and similarities are computed (training: trainer.accelerator)
+    threads: 1 | null              torch CPU threads of the whole run; null = torch's default (one per core)
     data: {...}                    RecordedDataModule arguments (its `seed` is each model's seed)
     architectures:                 name -> {core: {...}, readout: {...}, optional: bool, EncodingModel arguments}
     seeds: {generating: [...], held_out: [...]}
@@ -130,6 +131,7 @@ class CompareConfig:
     source: Path
     out: Path
     device: str
+    threads: int | None
     data: dict
     architectures: dict[str, Architecture]
     generating_seeds: tuple[int, ...]
@@ -196,7 +198,7 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
         raise EncodersError(f"{path}: not valid YAML ({error})") from None
     reader = _Reader(path)
     top = reader.mapping(raw, "top level")
-    sections = {"out", "device", "data", "architectures", "seeds", "trainer", "early_stopping", "meis", "ga", "egg",
+    sections = {"out", "device", "threads", "data", "architectures", "seeds", "trainer", "early_stopping", "meis", "ga", "egg",
                 "scoring", "similarity", "wandb"}
     reader.keys(top, sections, "")
     for required in ("out", "data", "architectures", "seeds", "egg"):
@@ -265,13 +267,17 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
         if similarity.tier not in TIERS:
             raise reader.fail("similarity.tier", f"must be one of {list(TIERS)}")
 
+    threads = top.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise reader.fail("threads", f"must be a positive integer or null, got {threads!r}")
+
     wandb = top.get("wandb")
     if wandb is not None:
         wandb = reader.mapping(wandb, "wandb")
         reader.keys(wandb, {"project", "name"}, "wandb")
 
     return CompareConfig(
-        source=path, out=Path(out if out is not None else top["out"]), device=str(top.get("device", "cpu")),
+        source=path, out=Path(out if out is not None else top["out"]), device=str(top.get("device", "cpu")), threads=threads,
         data=data, architectures=archs, generating_seeds=tuple(generating), held_out_seeds=tuple(held_out),
         trainer=trainer, early_stopping=early, top_k=top_k, mei_seeds=tuple(mei_seeds), ga=ga, egg=egg,
         natural_tiers=tuple(natural), ground_truth=ground_truth, similarity=similarity, wandb=wandb,
