@@ -140,7 +140,8 @@ def mei_grid_figure(meis: dict[tuple[str, str], xr.Dataset], result: xr.Dataset)
     columns = list(meis)
     n_rows = min(result.sizes["neuron"], MAX_MEI_ROWS)
     target = "ground_truth" if (result.relation == "ground_truth").any() else "cross"
-    figure, axes = plt.subplots(n_rows, len(columns), figsize=(1.35 * len(columns), 1.35 * n_rows + 0.6), squeeze=False)
+    figure, axes = plt.subplots(n_rows, len(columns), figsize=(1.35 * len(columns), 1.35 * n_rows + 0.6), squeeze=False,
+                                layout="constrained")
     for c, (architecture, method) in enumerate(columns):
         data = meis[(architecture, method)].isel(method=0, seed=0)
         relation = result.relation.sel(architecture=architecture).values
