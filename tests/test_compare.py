@@ -162,3 +162,12 @@ def test_relation_never_calls_a_generating_member_within():
     assert relation("a", "a", 2, [0, 1]) == "within"
     assert relation("a", "b", 0, [0, 1]) == "cross"
     assert relation("a", None, None, [0, 1]) == "ground_truth"
+
+
+def test_egg_guided_at_norm_needs_a_norm():
+    from encoders.synthesis.methods import EGGSynthesis
+
+    with pytest.raises(EncodersError, match="guide_at_norm needs a contrast"):
+        EGGSynthesis.load(PRIOR, guide_at_norm=True)
+    assert "egg_guide_at_norm" not in EGGSynthesis.load(PRIOR, contrast=0.25).attrs((1, 16, 16))  # old fingerprints kept
+    assert EGGSynthesis.load(PRIOR, contrast=0.25, guide_at_norm=True).attrs((1, 16, 16))["egg_guide_at_norm"] == 1

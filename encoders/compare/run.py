@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from encoders.compare.accuracy import accuracy_table, agreed_top_k
-from encoders.compare.config import CompareConfig, load_config
+from encoders.compare.config import CompareConfig
 from encoders.compare.generalisation import run_generalisation
 from encoders.compare.grid import available_architectures, train_grid, unavailable
 from encoders.compare.report import write_report
