@@ -80,6 +80,8 @@ def _egg_arguments(parser: argparse.ArgumentParser) -> None:
                         help="guidance step length per diffusion step (default 2; 0.5 for --meni)")
     parser.add_argument("--egg-contrast", type=float, default=None,
                         help="rescale EGG images to this per-pixel RMS (MEIs default to --contrast; else the prior's own)")
+    parser.add_argument("--egg-rescale-after", action="store_true",
+                        help="guide at the prior's contrast and rescale only the final image (default: guide at the final norm)")
 
 
 def _synthesis(args: argparse.Namespace, egg_contrast: float | None, energy_scale: float = 2.0):
@@ -87,7 +89,8 @@ def _synthesis(args: argparse.Namespace, egg_contrast: float | None, energy_scal
     settings = _ga_settings(args)
     if args.method == "ga":
         given = [flag for flag, value in (("--prior", args.prior), ("--egg-contrast", args.egg_contrast),
-                                          ("--energy-scale", args.energy_scale)) if value is not None]
+                                          ("--energy-scale", args.energy_scale),
+                                          ("--egg-rescale-after", args.egg_rescale_after or None)) if value is not None]
         if given:
             raise EncodersError(f"{', '.join(given)} only apply to --method egg")
         return settings
@@ -97,7 +100,8 @@ def _synthesis(args: argparse.Namespace, egg_contrast: float | None, energy_scal
         raise EncodersError("--method egg needs --prior (a local diffusers folder, e.g. data/priors/natural32)")
     contrast = args.egg_contrast if args.egg_contrast is not None else egg_contrast
     return EGGSynthesis.load(args.prior, seeds=settings.seeds, num_steps=args.egg_steps, energy_scale=args.energy_scale if args.energy_scale is not None else energy_scale,
-                             contrast=contrast, batch_size=settings.batch_size)
+                             contrast=contrast, batch_size=settings.batch_size,
+                             guide_at_norm=contrast is not None and not args.egg_rescale_after)
 
 
 def _data_for(model, path: str):

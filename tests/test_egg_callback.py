@@ -51,6 +51,7 @@ def test_egg_products_for_best_and_last(tmp_path):
         with xr.open_dataset(folder / "mei_egg.nc") as mei:
             norms = np.sqrt((mei.image.values ** 2).sum(axis=(-3, -2, -1)))
             np.testing.assert_allclose(norms, 0.25 * 24, rtol=1e-4)  # the GA norm rule: fair comparison
+            assert mei.attrs["egg_guide_at_norm"] == 1
     before = (folders[-1] / "mei_egg.nc").stat().st_mtime_ns
     egg.on_fit_end(trainer, trainer.lightning_module)  # a re-run skips finished products
     assert (folders[-1] / "mei_egg.nc").stat().st_mtime_ns == before

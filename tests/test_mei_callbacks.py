@@ -132,11 +132,12 @@ def test_cli_egg_meis_menis_and_reconstructions_sit_beside_ga(run, data, tmp_pat
     with xr.open_dataset(out / "mei_egg.nc") as meis:
         assert meis.method.values.tolist() == ["egg"] and meis.image.shape == (1, 2, 2, 1, 16, 16)
         assert meis.attrs["egg_num_steps"] == 3 and meis.attrs["egg_energy_scale"] == 2.0
+        assert meis.attrs["egg_guide_at_norm"] == 1  # guided at the norm it is kept at
         norms = np.sqrt((meis.image.values ** 2).sum(axis=(-3, -2, -1)))
         np.testing.assert_allclose(norms, 0.25 * 16, rtol=1e-4)  # rescaled to the GA norm rule
     with xr.open_dataset(out / "meni_egg.nc") as menis:
         assert menis.attrs["product"] == "most exciting naturalistic images" and menis.attrs["egg_energy_scale"] == 0.5
-        assert np.isnan(menis.attrs["egg_norm"])  # the prior's own contrast
+        assert np.isnan(menis.attrs["egg_norm"]) and "egg_guide_at_norm" not in menis.attrs  # the prior's own contrast
     with xr.open_dataset(out / "reconstruction_egg.nc") as recon:
         assert recon.method.values.tolist() == ["egg"] and recon.reconstruction.shape == (1, 2, 2, 1, 16, 16)
         assert recon.sizes["step"] == 3 and np.isfinite(recon.correlation).all()
@@ -148,6 +149,7 @@ def test_cli_egg_meis_menis_and_reconstructions_sit_beside_ga(run, data, tmp_pat
     (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "--method", "egg"], "--method egg needs --prior"),
     (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "--prior", PRIOR], "--prior only apply to --method egg"),
     (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "--meni"], "--meni needs --method egg"),
+    (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "--egg-rescale-after"], "--egg-rescale-after only apply to --method egg"),
     (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "--method", "egg", "--prior", "{data}"], "diffusion prior folder not found"),
     (["mei", "{ckpt}", "--neurons", "s0/s0-n0", "s0/bogus"], "unknown neuron id 'bogus' in session 's0'"),
     (["mei", "{ckpt}", "--neurons", "s7/s0-n0"], "unknown session 's7'; the model has sessions [s0, s1]"),

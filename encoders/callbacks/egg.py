@@ -33,6 +33,8 @@ class EGGCallback(CheckpointProducts):
         num_steps: respaced diffusion steps.
         energy_scale: guidance step for MEIs; meni_energy_scale: weaker guidance for MENIs (None = no MENIs).
         contrast: per-pixel RMS of MEIs in model space (the GA norm rule), so GA and EGG compare fairly.
+        guide_at_norm: guide MEIs with each x0 estimate already at that contrast (the image finally
+            kept); False guides at the prior's contrast and rescales at the end (much weaker MEIs).
         reconstruct: test images per session to reconstruct (or a mapping session -> test positions,
             as in ReconstructionCallback); None = no reconstructions.
         reconstruction_energy_scale, target, metric, sessions: the reconstructions' guidance step,
@@ -54,6 +56,7 @@ class EGGCallback(CheckpointProducts):
         energy_scale: float = 2.0,
         meni_energy_scale: float | None = 0.5,
         contrast: float = 0.25,
+        guide_at_norm: bool = True,
         reconstruct: int | dict[str, list[int]] | None = None,
         reconstruction_energy_scale: float = 2.0,
         target: str = "recorded",
@@ -81,6 +84,7 @@ class EGGCallback(CheckpointProducts):
         if meni_energy_scale is not None:
             self.scales["meni"] = meni_energy_scale
         self.contrast = contrast
+        self.guide_at_norm = guide_at_norm
         self.reconstruct = reconstruct
         self.reconstruction_energy_scale = reconstruction_energy_scale
         self.target = target
@@ -104,7 +108,8 @@ class EGGCallback(CheckpointProducts):
         if self._prior is None:
             self._prior = DiffusionPrior.load(self.prior_path)
         return EGGSynthesis(prior=self._prior, prior_path=self.prior_path, seeds=self.seeds, num_steps=self.num_steps,
-                            energy_scale=energy_scale, contrast=contrast)
+                            energy_scale=energy_scale, contrast=contrast,
+                            guide_at_norm=self.guide_at_norm and contrast is not None)
 
     def produce(self, paths: list[Path], model: nn.Module, datamodule, folder: Path) -> list[Path]:
         figures = []
