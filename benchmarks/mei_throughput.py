@@ -5,7 +5,7 @@ experiments/cowley_attention.yaml, random weights by default. Batched: every neu
 (`--batch-size` images at a time). Loop: `--loop-neurons` neurons one by one, extrapolated to all.
 Both use seed 0, so the loop's MEIs must equal the batched MEIs of the same neurons.
 
-    python benchmarks/mei_throughput.py [--size 40] [--steps 50] [--threads 1]
+    python benchmarks/mei_throughput.py [--size 40] [--steps 50] [--threads 1] [--device cuda]
     python benchmarks/mei_throughput.py --data data/cowley2023_v4.h5 --checkpoint runs/.../last.ckpt
 """
 
@@ -57,11 +57,14 @@ def build_model(config: Path, size: int, data: str | None, checkpoint: str | Non
 
 def run(model: EncodingModel, targets: list, settings: GASettings) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Seconds, final activations and images of one batched run over `targets` (all seed 0)."""
+    device = next(model.parameters()).device
     start = time.perf_counter()
     result = optimize_in_batches(
         lambda index: NeuronActivation(model, [targets[i] for i in index]), [settings.seeds[0]] * len(targets),
-        model.input_shape, settings, settings.pixel_range(model.image_transform),
+        model.input_shape, settings, settings.pixel_range(model.image_transform), device,
     )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start, -result.energy, result.images
 
 
@@ -75,10 +78,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512, help="images per batched run (all 421 by default)")
     parser.add_argument("--loop-neurons", type=int, default=20, help="neurons timed one at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (same for both)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = build_model(args.config, args.size, args.data, args.checkpoint)
+    model = build_model(args.config, args.size, args.data, args.checkpoint).to(args.device)
     targets = all_targets(model)
     settings = GASettings(steps=args.steps, batch_size=args.batch_size)
     run(model, targets[:2], GASettings(steps=2))  # warm-up: allocator, kernels
@@ -97,7 +101,7 @@ def main() -> None:
     n = len(targets)
     batched_rate, loop_rate = n / batched_s, len(subset) / loop_s
     print(f"MEI throughput: {len(model.sessions)} sessions, {n} neurons, input {tuple(model.input_shape)}, "
-          f"{args.steps} SGD steps, {args.threads} CPU thread(s), {'trained' if args.checkpoint else 'random'} weights")
+          f"{args.steps} SGD steps, {args.threads} CPU thread(s), device {args.device}, {'trained' if args.checkpoint else 'random'} weights")
     print(f"{'mode':<22}{'neurons':>8}{'seconds':>10}{'neurons/s':>11}{'mean act (all)':>16}{'mean act (subset)':>19}")
     print(f"{'batched (all at once)':<22}{n:>8}{batched_s:>10.2f}{batched_rate:>11.2f}{batched_act.mean():>16.4f}"
           f"{batched_act[subset].mean():>19.4f}")
