@@ -202,3 +202,16 @@ def test_ground_truth_scores_on_a_tiny_twin(tmp_path):
         with torch.no_grad():
             noise_rates = GroundTruthActivation(truth, torch.tensor([2] * 8), model.image_transform, (16, 16)).activation(noise)
         assert meis.true_mei_activation.values[0] > noise_rates.max().item()
+
+
+def test_kept_checkpoints_choices(run):
+    from encoders.callbacks.mei import kept_checkpoints
+
+    _, trainer, _ = run
+    best, last = Path(trainer.checkpoint_callback.best_model_path), Path(trainer.checkpoint_callback.last_model_path)
+    assert kept_checkpoints(trainer, "best") == [best]
+    assert kept_checkpoints(trainer, "last") == [last]
+    assert kept_checkpoints(trainer, "best_and_last") == [best, last]
+    assert kept_checkpoints(trainer, "all") == [best, last]  # one epoch: one top-k file, then last
+    with pytest.raises(EncodersError, match="checkpoints must be one of"):
+        kept_checkpoints(trainer, "every")

@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 
 from encoders.callbacks import ModelCheckpoint, SimilarityCallback
+from encoders.errors import EncodersError
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
 from encoders.datasets.synthetic import make_twin
@@ -99,13 +100,13 @@ def test_rerun_keeps_existing_products(fitted):
     path = products["last"]
     with xr.open_dataset(path, engine="h5netcdf") as stored:
         stale = stored.load()
-    stale.attrs["checkpoint_sha256"] = "0" * 64
+    stale.attrs["fingerprint"] = "0" * 64
     stale.to_netcdf(path, engine="h5netcdf")
     stale_time = path.stat().st_mtime_ns
     similarity.on_fit_end(trainer, trainer.lightning_module)
     assert path.stat().st_mtime_ns != stale_time
     with xr.open_dataset(path, engine="h5netcdf") as remade:
-        assert remade.attrs["checkpoint_sha256"] != "0" * 64
+        assert remade.attrs["fingerprint"] != "0" * 64
 
 
 def test_split_half_ceiling_tracks_the_noise():
@@ -144,11 +145,11 @@ def test_reduce_features_is_fixed_and_bounded():
 
 
 def test_callback_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="checkpoints must be one of"):
-        SimilarityCallback(checkpoints="all")
-    with pytest.raises(ValueError, match="unknown \\['cka'\\]"):
+    with pytest.raises(EncodersError, match="checkpoints must be one of"):
+        SimilarityCallback(checkpoints="every")
+    with pytest.raises(EncodersError, match="unknown \\['cka'\\]"):
         SimilarityCallback(measures=["cka"])
-    with pytest.raises(ValueError, match="max_features"):
+    with pytest.raises(EncodersError, match="max_features"):
         SimilarityCallback(max_features=0)
 
 

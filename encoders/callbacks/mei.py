@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import xarray as xr
+from matplotlib.figure import Figure
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
@@ -34,25 +35,26 @@ from encoders.synthesis.gradient_ascent import GASettings, optimize_in_batches
 from encoders.synthesis.methods import Synthesis, as_synthesis
 from encoders.synthesis.targets import Target, check_choice, resolve_targets, top_k_targets
 
-CHECKPOINT_CHOICES = ("best_and_last", "all")
+CHECKPOINT_CHOICES = ("best_and_last", "best", "last", "all")
 METHOD = "ga"
 PRODUCTS = {"mei": "most exciting images", "meni": "most exciting naturalistic images"}
 
 
 # ---- shared by the product callbacks ------------------------------------------------------------
 def kept_checkpoints(trainer: pl.Trainer, which: str) -> list[Path]:
-    """Checkpoint files the trainer's ModelCheckpoint kept: best and last, or all (best first)."""
+    """Checkpoint files the trainer's ModelCheckpoint kept: best and/or last, or all (best first), existing ones only."""
     if which not in CHECKPOINT_CHOICES:
         raise EncodersError(f"checkpoints must be one of {list(CHECKPOINT_CHOICES)}, got {which!r}")
     callback = trainer.checkpoint_callback
     if callback is None:
         return []
-    if which == "best_and_last":
-        paths = [callback.best_model_path]
-    else:
+    if which == "all":
         reverse = callback.mode == "max"
         paths = sorted(callback.best_k_models, key=lambda p: float(callback.best_k_models[p]), reverse=reverse)
-    paths.append(callback.last_model_path)
+    else:
+        paths = [callback.best_model_path] if which != "last" else []
+    if which != "best":
+        paths.append(callback.last_model_path)
     unique: dict[Path, None] = {}
     for path in paths:
         if path and Path(path).is_file():
@@ -90,6 +92,30 @@ def existing(path: Path, key: str) -> xr.Dataset | None:
         return None
 
 
+def write_product(
+    paths: Sequence[Path], nc: Path, request: dict, compute: Callable[[], xr.Dataset],
+    draw: Callable[[xr.Dataset], Figure], describe: Callable[[xr.Dataset], str],
+) -> list[Path]:
+    """`nc` and its PNG for a request on checkpoints `paths`, unless they exist for the same fingerprint.
+
+    compute() makes the labelled results, draw(results) the figure, describe(results) the log line.
+    A missing PNG is redrawn from the stored NetCDF. Returns the PNGs written (for W&B).
+    """
+    key = fingerprint(paths, request)
+    png = nc.with_suffix(".png")
+    results = existing(nc, key)
+    made = results is None
+    if made:
+        results = compute()
+        results.attrs.update({"checkpoint": "; ".join(str(p) for p in paths), "fingerprint": key})
+        write_netcdf(results, nc)
+        rank_zero_info(f"{describe(results)} -> {nc}")
+    if made or not png.is_file():  # also redone when a run stopped between the two writes
+        save_figure(draw(results), png)
+        return [png]
+    return []
+
+
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -107,7 +133,7 @@ class CheckpointProducts(pl.Callback):
     """Base of the product callbacks: after fit (rank 0), make products for each kept checkpoint.
 
     Subclasses implement `check` (validate ids before training starts) and `produce` (write one
-    checkpoint's products into a folder, return the PNGs for W&B).
+    checkpoint's products into a folder, usually with `write_product`; return the PNGs for W&B).
     """
 
     name = "product"
@@ -138,8 +164,12 @@ class CheckpointProducts(pl.Callback):
             folder = Path(trainer.default_root_dir) / "products" / path.stem
             model = load_checkpoint(path).to(pl_module.device)
             figures = self.produce([path], model, trainer.datamodule, folder)
-            if figures:
-                log_wandb_images(trainer, f"products/{path.stem}/{self.name}", figures)
+            self.log_products(trainer, path.stem, folder, figures)
+
+    def log_products(self, trainer: pl.Trainer, stem: str, folder: Path, figures: list[Path]) -> None:
+        """Send one checkpoint's new figures to W&B; subclasses may log more (tables)."""
+        if figures:
+            log_wandb_images(trainer, f"products/{stem}/{self.name}", figures)
 
 
 # ---- MEIs ------------------------------------------------------------------------------------------
@@ -323,12 +353,8 @@ def write_meis(
         "settings": synthesis.attrs(model.input_shape), "neurons": neurons, "top_k": top_k, "minimize": minimize,
         "ground_truth": scored, "product": product,
     }
-    key = fingerprint(paths, request)
-    nc = folder / f"{product}_{synthesis.method}.nc"
-    png = nc.with_suffix(".png")
-    results = existing(nc, key)
-    made = results is None
-    if made:
+
+    def compute() -> xr.Dataset:
         model.eval()
         if neurons is None:
             targets, scores = top_k_targets(model, datamodule, top_k)
@@ -343,13 +369,13 @@ def write_meis(
             results["validation_correlation"] = ("neuron", np.asarray(scores))
         if scored:
             results = score_on_ground_truth(results, model, datamodule.path, synthesis.truth_settings)
-        results.attrs.update({"checkpoint": "; ".join(str(p) for p in paths), "fingerprint": key})
-        write_netcdf(results, nc)
-        rank_zero_info(f"{product.upper()}s ({synthesis.method}) of {results.sizes['neuron']} neurons -> {nc}")
-    if made or not png.is_file():
-        save_figure(mei_figure(results, method=synthesis.method), png)
-        return [png]
-    return []
+        return results
+
+    return write_product(
+        paths, folder / f"{product}_{synthesis.method}.nc", request, compute,
+        lambda results: mei_figure(results, method=synthesis.method),
+        lambda results: f"{product.upper()}s ({synthesis.method}) of {results.sizes['neuron']} neurons",
+    )
 
 
 class MEICallback(CheckpointProducts):

@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import xarray as xr
-from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from encoders.callbacks.figures import reconstruction_figure
-from encoders.callbacks.mei import CheckpointProducts, existing, fingerprint, model_device
+from encoders.callbacks.mei import CheckpointProducts, model_device, write_product
 from encoders.errors import EncodersError
 from encoders.metrics import correlation
-from encoders.outputs import save_figure, write_netcdf
 from encoders.synthesis.energies import METRICS, ResponseDistance
 from encoders.synthesis.gradient_ascent import GASettings
 from encoders.synthesis.methods import Synthesis, as_synthesis
@@ -165,20 +163,12 @@ def write_reconstructions(
         raise EncodersError("reconstructions need data: the test images and their responses")
     chosen = choose_test_images(model, datamodule, images, sessions)
     request = {"settings": synthesis.attrs(model.input_shape), "images": chosen, "target": target, "metric": metric}
-    key = fingerprint(paths, request)
-    nc = folder / f"reconstruction_{synthesis.method}.nc"
-    png = nc.with_suffix(".png")
-    results = existing(nc, key)
-    made = results is None
-    if made:
-        results = compute_reconstructions(model, datamodule, chosen, synthesis, target, metric)
-        results.attrs.update({"checkpoint": "; ".join(str(p) for p in paths), "fingerprint": key})
-        write_netcdf(results, nc)
-        rank_zero_info(f"reconstructions ({synthesis.method}) of {results.sizes['image']} test images -> {nc}")
-    if made or not png.is_file():
-        save_figure(reconstruction_figure(results, method=synthesis.method), png)
-        return [png]
-    return []
+    return write_product(
+        paths, folder / f"reconstruction_{synthesis.method}.nc", request,
+        lambda: compute_reconstructions(model, datamodule, chosen, synthesis, target, metric),
+        lambda results: reconstruction_figure(results, method=synthesis.method),
+        lambda results: f"reconstructions ({synthesis.method}) of {results.sizes['image']} test images",
+    )
 
 
 class ReconstructionCallback(CheckpointProducts):

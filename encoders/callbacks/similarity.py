@@ -7,7 +7,6 @@ For the best and/or last checkpoint of the trainer's ModelCheckpoint, writes
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,28 +14,15 @@ from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
+from torch import nn
 import xarray as xr
-from pytorch_lightning.utilities import rank_zero_warn
 from rich.console import Console
 from rich.table import Table
 
-from encoders.ensemble import load_checkpoint
+from encoders.callbacks.mei import CheckpointProducts, write_product
 from encoders.errors import EncodersError
-from encoders.outputs import save_figure, write_netcdf
 from encoders.similarity import MEASURES
 from encoders.similarity.diagnostics import DEFAULT_MEASURES, similarity_diagnostics
-
-CHECKPOINT_CHOICES = ("best_and_last", "best", "last")
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plot_similarity(scores: xr.Dataset, title: str = ""):
@@ -72,21 +58,23 @@ def plot_similarity(scores: xr.Dataset, title: str = ""):
     return figure
 
 
-class SimilarityCallback(pl.Callback):
+class SimilarityCallback(CheckpointProducts):
     """Scores each kept checkpoint with similarity measures against the recorded test responses.
 
-    Runs once in `on_fit_end`, on rank 0. A product whose NetCDF already exists for the same
-    checkpoint file (same SHA-256) is not recomputed, so a rerun after an interruption only does
-    what is missing; one made from another file of the same name (a later run in the same folder)
-    is replaced.
+    Runs once after fit, on rank 0, like the other product callbacks: a product that exists for
+    the same checkpoint bytes and settings is not recomputed, so a rerun after an interruption only
+    does what is missing; one made from another file of the same name, or with other settings, is
+    replaced.
 
     Args:
         measures: names in :data:`encoders.similarity.MEASURES`.
         layers: also score each core layer's features, not only the predicted rates.
         seed: seeds random_init, the shuffle, the split-half ceiling and the feature projection.
         max_features: core-layer features are pooled, then randomly projected to at most this many.
-        checkpoints: "best_and_last", "best" or "last" of the trainer's checkpoint callback.
+        checkpoints: "best_and_last", "best", "last" or "all" kept by the trainer's ModelCheckpoint.
     """
+
+    name = "similarity"
 
     def __init__(
         self,
@@ -94,83 +82,47 @@ class SimilarityCallback(pl.Callback):
         layers: bool = True,
         seed: int = 0,
         max_features: int = 256,
-        checkpoints: Literal["best_and_last", "best", "last"] = "best_and_last",
+        checkpoints: Literal["best_and_last", "best", "last", "all"] = "best_and_last",
     ):
+        super().__init__(checkpoints)
         unknown = [m for m in measures if m not in MEASURES]
         if unknown or not measures:
-            raise ValueError(f"measures must be a non-empty list of {sorted(MEASURES)}, got unknown {unknown}")
-        if checkpoints not in CHECKPOINT_CHOICES:
-            raise ValueError(f"checkpoints must be one of {CHECKPOINT_CHOICES}, got {checkpoints!r}")
+            raise EncodersError(f"measures must be a non-empty list of {sorted(MEASURES)}, got unknown {unknown}")
         if max_features < 1:
-            raise ValueError(f"max_features must be >= 1, got {max_features}")
+            raise EncodersError(f"max_features must be >= 1, got {max_features}")
         self.measures = list(measures)
         self.layers = layers
         self.seed = seed
         self.max_features = max_features
-        self.checkpoints = checkpoints
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def check(self, model: nn.Module, datamodule) -> None:
         # fail before training, not after it, when the scores could not be made
-        if stage == "fit" and not hasattr(trainer.datamodule, "tier_data"):
+        if not hasattr(datamodule, "tier_data"):
             raise EncodersError("SimilarityCallback needs a RecordedDataModule (trainer.fit(model, datamodule=...))")
 
-    def checkpoint_paths(self, trainer: pl.Trainer) -> list[Path]:
-        """The kept checkpoints chosen by `checkpoints`, existing files only, without duplicates."""
-        callback = trainer.checkpoint_callback
-        if callback is None:
-            return []
-        wanted = {"best_and_last": ["best_model_path", "last_model_path"], "best": ["best_model_path"],
-                  "last": ["last_model_path"]}[self.checkpoints]
-        paths = [Path(getattr(callback, name, "") or "") for name in wanted]
-        unique = {p.resolve(): p for p in paths if str(p) not in ("", ".") and p.is_file()}
-        return list(unique.values())
+    def produce(self, paths: list[Path], model: nn.Module, datamodule, folder: Path) -> list[Path]:
+        request = {"measures": self.measures, "layers": self.layers, "seed": self.seed, "max_features": self.max_features}
+        stem = paths[0].stem
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        paths = self.checkpoint_paths(trainer)
-        if not paths:
-            rank_zero_warn(f"SimilarityCallback: no {self.checkpoints} checkpoint to score (is a ModelCheckpoint attached?)")
-            return
-        for path in paths:
-            self.run(path, trainer.datamodule, Path(trainer.default_root_dir), trainer, pl_module.device)
+        def compute() -> xr.Dataset:
+            return similarity_diagnostics(model, datamodule, self.measures, self.layers, self.seed, self.max_features)
 
-    def run(self, checkpoint: Path, datamodule, root: Path, trainer: pl.Trainer | None = None,
-            device: torch.device | None = None) -> Path:
-        """Make (or reuse) the products of one checkpoint; returns the NetCDF path."""
-        out_dir = root / "products" / checkpoint.stem
-        nc_path = out_dir / "similarity.nc"
-        digest = file_digest(checkpoint)
-        scores = self._existing(nc_path, digest)
-        if scores is None:
-            model = load_checkpoint(checkpoint)
-            if device is not None:
-                model = model.to(device)
-            scores = similarity_diagnostics(model, datamodule, self.measures, self.layers, self.seed, self.max_features)
-            scores.attrs["checkpoint"] = str(checkpoint)
-            scores.attrs["checkpoint_sha256"] = digest
-            write_netcdf(scores, nc_path)
-            self._print(scores, nc_path)
-        png_path = out_dir / "similarity.png"
-        if not png_path.exists():  # also redone when a run stopped between the two writes
-            save_figure(plot_similarity(scores, f"{checkpoint.name}: similarity with test responses"), png_path)
-        if trainer is not None:
-            self._log_wandb(trainer, scores, checkpoint.stem)
-        return nc_path
+        def describe(scores: xr.Dataset) -> str:
+            self._print(scores)
+            return f"similarity of {stem}"
+
+        return write_product(paths, folder / "similarity.nc", request, compute,
+                             lambda scores: plot_similarity(scores, f"{stem}: similarity with test responses"), describe)
+
+    def log_products(self, trainer: pl.Trainer, stem: str, folder: Path, figures: list[Path]) -> None:
+        super().log_products(trainer, stem, folder, figures)
+        with xr.open_dataset(folder / "similarity.nc", engine="h5netcdf") as scores:
+            self._log_wandb(trainer, scores.load(), stem)
 
     @staticmethod
-    def _existing(path: Path, digest: str) -> xr.Dataset | None:
-        if not path.exists():
-            return None
-        with xr.open_dataset(path, engine="h5netcdf") as stored:
-            if stored.attrs.get("checkpoint_sha256") == digest:
-                return stored.load()
-        return None
-
-    @staticmethod
-    def _print(scores: xr.Dataset, path: Path) -> None:
+    def _print(scores: xr.Dataset) -> None:
         output = scores["score"].sel(layer="output")
-        table = Table(title=f"similarity of predictions with test responses (mean over sessions) → {path}")
+        table = Table(title="similarity of predictions with test responses (mean over sessions)")
         table.add_column("measure")
         for baseline in output.baseline.values:
             table.add_column(str(baseline), justify="right")
