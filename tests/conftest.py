@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -62,3 +63,12 @@ def cowley_h5(tmp_path_factory, cowley_source) -> Path:
     out = tmp_path_factory.mktemp("cowley") / "cowley2023_v4.h5"
     convert_cowley2023(cowley_source, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a test module: small problems are dominated by thread start-up on 2 shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -36,13 +36,7 @@ from encoders.similarity.rsa import rank_average
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small linear algebra is dominated by thread start-up on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: thread start-up dominates on 2 shared cores
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:

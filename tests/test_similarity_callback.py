@@ -24,13 +24,7 @@ READOUT = {"type": "gaussian", "gauss_type": "isotropic", "gamma_features": 0.00
 MEASURES = ["cka_linear", "nbs", "ridge_r2", "rsa_spearman", "procrustes_angular"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # a shared 2-core machine: thread start-up dominates these small problems
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: thread start-up dominates on 2 shared cores
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from encoders.similarity.optimize import (
 STEPS, LR = 100, 0.05
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny SVDs per step are dominated by thread start-up on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: thread start-up dominates on 2 shared cores
 
 
 @pytest.fixture(scope="module")

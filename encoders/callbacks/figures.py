@@ -17,7 +17,8 @@ CELL_INCHES = 1.3
 
 METHOD_NAMES = {"ga": "gradient ascent", "egg": "energy-guided diffusion"}
 
-def _show(ax, pixels: np.ndarray) -> None:
+
+def show_image(ax, pixels: np.ndarray) -> None:
     """One (C, H, W) pixel-space image: grey for one channel, RGB for three."""
     pixels = np.clip(np.nan_to_num(pixels), 0, 255)
     if pixels.shape[0] == 1:
@@ -47,7 +48,7 @@ def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
         for col, seed in enumerate(seeds):
             cell = neuron.sel(seed=seed)
             ax = axes[row, col]
-            _show(ax, cell.image_pixels.values)
+            show_image(ax, cell.image_pixels.values)
             title = f"r={float(cell.activation):.2f}"
             if "ground_truth_relative_activation" in cell:
                 title += f" rel={float(cell.ground_truth_relative_activation):.2f}"
@@ -56,7 +57,7 @@ def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
                 ax.set_title(f"seed {seed}\n{title}", fontsize=6)
         axes[row, 0].set_ylabel(f"{neuron.session.item()}\n{neuron.neuron_id.item()}", fontsize=6)
         if has_truth:
-            _show(axes[row, -1], neuron.true_mei_pixels.values)
+            show_image(axes[row, -1], neuron.true_mei_pixels.values)
             axes[row, -1].set_title(f"true MEI\ntrue rate={float(neuron.true_mei_activation):.1f}", fontsize=6)
     shown = "" if n_rows == results.sizes["neuron"] else f" (first {n_rows} of {results.sizes['neuron']})"
     kind = "inhibitory images" if results.attrs.get("minimize", 0) else "MEIs"
@@ -75,13 +76,13 @@ def reconstruction_figure(results: xr.Dataset, method: str = "ga") -> Figure:
     figure, axes = _grid(n_rows, 1 + len(seeds))
     for row in range(n_rows):
         image = data.isel(image=row)
-        _show(axes[row, 0], image.target_image_pixels.values)
+        show_image(axes[row, 0], image.target_image_pixels.values)
         axes[row, 0].set_ylabel(f"{image.session.item()}\nimage {image.image_id.item()}", fontsize=6)
         if row == 0:
             axes[row, 0].set_title("target", fontsize=6)
         for col, seed in enumerate(seeds, start=1):
             cell = image.sel(seed=seed)
-            _show(axes[row, col], cell.reconstruction_pixels.values)
+            show_image(axes[row, col], cell.reconstruction_pixels.values)
             title = f"resp. r={float(cell.correlation):.2f}"
             axes[row, col].set_title(f"seed {seed}\n{title}" if row == 0 else title, fontsize=6)
     shown = "" if n_rows == results.sizes["image"] else f" (first {n_rows} of {results.sizes['image']})"

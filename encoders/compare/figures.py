@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from encoders.callbacks.figures import show_image  # noqa: E402
 from encoders.compare.generalisation import RELATIONS  # noqa: E402
 
 METHOD_COLOURS = {"ga": "tab:blue", "egg": "tab:orange"}
@@ -121,16 +122,6 @@ def time_figure(result: xr.Dataset) -> Figure:
     return figure
 
 
-def _show(ax, pixels: np.ndarray) -> None:
-    pixels = np.clip(np.nan_to_num(pixels), 0, 255)
-    if pixels.shape[0] == 1:
-        ax.imshow(pixels[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    else:
-        ax.imshow(np.moveaxis(pixels, 0, -1) / 255.0, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 def mei_grid_figure(meis: dict[tuple[str, str], xr.Dataset], result: xr.Dataset) -> Figure:
     """Rows = MEI neurons (first seed), columns = architecture x method; titles give the transfer score.
 
@@ -150,7 +141,7 @@ def mei_grid_figure(meis: dict[tuple[str, str], xr.Dataset], result: xr.Dataset)
         transfer = transfer.mean("scorer").values if len(chosen) else np.full(result.sizes["neuron"], np.nan)
         for row in range(n_rows):
             ax = axes[row, c]
-            _show(ax, data.image_pixels.isel(neuron=row).values)
+            show_image(ax, data.image_pixels.isel(neuron=row).values)
             title = f"{transfer[row]:.2f}"
             ax.set_title(f"{architecture}\n{method.upper()}  {title}" if row == 0 else title, fontsize=6)
             if c == 0:
