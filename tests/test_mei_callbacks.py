@@ -182,11 +182,17 @@ def test_ground_truth_scores_on_a_tiny_twin(tmp_path):
     write_meis([], model, tmp_path / "out", settings, targets, None, datamodule)
     with xr.open_dataset(tmp_path / "out" / "mei_ga.nc") as meis:
         for name in ("ground_truth_activation", "ground_truth_relative_activation", "true_mei_correlation",
-                     "true_mei_feature_correlation"):
+                     "true_mei_feature_correlation", "same_seed_true_mei_correlation",
+                     "same_seed_true_mei_feature_correlation"):
             assert meis[name].dims == ("method", "neuron", "seed") and np.isfinite(meis[name]).all()
         for name in ("true_mei_self_correlation", "true_mei_self_feature_correlation"):
             assert meis[name].dims == ("neuron",) and (np.abs(meis[name]) <= 1).all()
         assert (np.abs(meis.true_mei_feature_correlation) <= 1 + 1e-6).all()
+        # at the seed THE true MEI was grown from, same-seed and best-true-MEI scores coincide
+        at_best = (meis.seed == meis.true_mei_seed).transpose("neuron", "seed").values
+        for kind in ("", "feature_"):
+            same_seed = meis[f"same_seed_true_mei_{kind}correlation"].isel(method=0).values
+            np.testing.assert_allclose(same_seed[at_best], meis[f"true_mei_{kind}correlation"].isel(method=0).values[at_best], atol=1e-5)
         assert meis.true_mei.dims == ("neuron", "channel", "y", "x") and meis.true_mei.shape == (2, 1, 16, 16)
         assert (meis.ground_truth_activation > 0).all()
         relative = meis.ground_truth_relative_activation.values

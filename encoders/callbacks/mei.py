@@ -258,10 +258,15 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     true_mei_feature_correlation = the same in the true neuron's own view (`neuron_maps`: its
     feature mixture at each position of its receptive field).
 
+    same_seed_true_mei_(feature_)correlation = the same against the true MEI grown from the same
+    initial noise as that model MEI (equal to the above at the seed of THE true MEI; for EGG,
+    which starts from diffusion noise, it is only another pairing of seeds).
+
     Pixels are a poor yardstick here: the twin's neurons pool phase-invariant energies over
     positions, so their MEIs are not unique — the true MEIs of different seeds correlate with each
     other about as little as with the model's (`true_mei_self_correlation`, the mean over seed
     pairs, is the ceiling for pixels; `true_mei_self_feature_correlation` the one for features).
+    Which of the equivalent optima GA reaches depends on the start, hence the same-seed scores.
     """
     targets = list(zip(results.session.values.tolist(), results.neuron_id.values.tolist()))
     columns = twin_columns(path, model, targets)
@@ -303,6 +308,8 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     true_maps = found_maps[torch.arange(n), best]
     feature_similarity = correlation(model_maps, true_maps[:, None].expand(-1, s, -1), dim=2)
     found_pixels = transform.to_pixels(found.images).view(n, s, -1)
+    paired = correlation(model_pixels.flatten(2), found_pixels, dim=2)
+    paired_features = correlation(model_maps, found_maps, dim=2)
 
     out = results.copy()
     cells = ("method", "neuron", "seed")
@@ -310,6 +317,8 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     out["ground_truth_relative_activation"] = (cells, (true_rate / reference[:, None])[None].numpy())
     out["true_mei_correlation"] = (cells, similarity[None].numpy())
     out["true_mei_feature_correlation"] = (cells, feature_similarity[None].numpy())
+    out["same_seed_true_mei_correlation"] = (cells, paired[None].numpy())
+    out["same_seed_true_mei_feature_correlation"] = (cells, paired_features[None].numpy())
     out["true_mei_self_correlation"] = ("neuron", _mean_pair_correlation(found_pixels).numpy())
     out["true_mei_self_feature_correlation"] = ("neuron", _mean_pair_correlation(found_maps).numpy())
     out["true_mei"] = (("neuron", "channel", "y", "x"), true_mei.numpy())
@@ -319,6 +328,20 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     out["ground_truth_activation"].attrs["units"] = "true rate (spikes per bin)"
     out.attrs["ground_truth"] = str(path)
     return out
+
+
+def ground_truth_summary(results: xr.Dataset) -> str:
+    """One line of means over neurons and seeds of the twin scores added by `score_on_ground_truth`."""
+    def mean(name: str) -> float:
+        return float(results[name].mean())
+
+    return (
+        f"{results.attrs.get('product', 'images')} ({results.method.values[0]}) on the twin's true neurons: rate {mean('ground_truth_relative_activation'):.2f} x the true MEI's; "
+        f"correlation with the true MEI in pixels {mean('true_mei_correlation'):.2f} (same seed {mean('same_seed_true_mei_correlation'):.2f}, "
+        f"true MEIs among themselves {mean('true_mei_self_correlation'):.2f}), in the true neuron's features "
+        f"{mean('true_mei_feature_correlation'):.2f} (same seed {mean('same_seed_true_mei_feature_correlation'):.2f}, "
+        f"among themselves {mean('true_mei_self_feature_correlation'):.2f})"
+    )
 
 
 def _mean_pair_correlation(x: torch.Tensor) -> torch.Tensor:
@@ -369,6 +392,7 @@ def write_meis(
             results["validation_correlation"] = ("neuron", np.asarray(scores))
         if scored:
             results = score_on_ground_truth(results, model, datamodule.path, synthesis.truth_settings)
+            rank_zero_info(ground_truth_summary(results))
         return results
 
     return write_product(
