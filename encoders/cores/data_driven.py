@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from encoders.cores.output_shape import dry_run_shape
 from encoders.cores.regularizers import laplace_l2_normalised
 
 
@@ -180,13 +181,5 @@ class StackedCore(nn.Module):
         return penalty
 
     def output_shape(self, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        """(C, h, w) of the output for a (C_in, H, W) input, from a dry run that leaves BatchNorm stats untouched."""
-        was_training = self.training
-        param = self.input_conv.weight
-        self.eval()
-        try:
-            with torch.no_grad():
-                out = self(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
-        finally:
-            self.train(was_training)
-        return tuple(out.shape[1:])  # type: ignore[return-value]
+        """(C, h, w) of the output for a (C_in, H, W) input (a dry run)."""
+        return dry_run_shape(self, input_shape)

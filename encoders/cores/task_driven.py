@@ -7,6 +7,8 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
+from encoders.cores.output_shape import dry_run_shape
+
 _INSTALL_HINT = (
     "TaskDrivenCore needs the optional torchvision dependency: pip install 'encoders[torchvision]' "
     "(use a torchvision build that matches the installed torch version and its CPU/CUDA variant)."
@@ -154,13 +156,5 @@ class TaskDrivenCore(nn.Module):
         return self.head[0].weight.new_zeros(())
 
     def output_shape(self, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        """(C, h, w) of the output for a (C_in, H, W) input, from a dry run that leaves BatchNorm stats untouched."""
-        was_training = self.training
-        param = self.head[0].weight
-        self.eval()
-        try:
-            with torch.no_grad():
-                out = self(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
-        finally:
-            self.train(was_training)
-        return tuple(out.shape[1:])  # type: ignore[return-value]
+        """(C, h, w) of the output for a (C_in, H, W) input (a dry run)."""
+        return dry_run_shape(self, input_shape)
