@@ -10,10 +10,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import xarray as xr
+from matplotlib.figure import Figure
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from encoders.callbacks import MEICallback, ReconstructionCallback
-from encoders.callbacks.mei import write_meis
+from encoders.callbacks.mei import model_digest, write_meis, write_product
 from encoders.cli import main
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
@@ -93,6 +94,38 @@ def test_rerun_skips_existing_products_and_redraws_missing_figures(run):
         callback.on_fit_end(trainer, trainer.lightning_module)
     assert (folder / "mei_ga.nc").stat().st_mtime_ns == stamp  # not recomputed
     assert (folder / "mei_ga.png").is_file()  # redrawn from the NetCDF
+
+
+def test_same_model_in_two_checkpoints_is_computed_once(run, tmp_path):
+    root, trainer, _ = run
+    best, last = Path(trainer.checkpoint_callback.best_model_path), Path(trainer.checkpoint_callback.last_model_path)
+    assert best != last and model_digest(best) == model_digest(last)  # one epoch: best is last
+    with xr.open_dataset(root / "products" / best.stem / "mei_ga.nc") as a, xr.open_dataset(root / "products" / "last" / "mei_ga.nc") as b:
+        np.testing.assert_array_equal(a.image.values, b.image.values)
+        assert b.attrs["checkpoint"] == str(last) and a.attrs["fingerprint"] == b.attrs["fingerprint"]
+
+    other = tmp_path / "other.ckpt"  # the same file with one weight changed is another model
+    checkpoint = torch.load(last, weights_only=True)
+    name = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][name] = checkpoint["state_dict"][name] + 1e-3
+    torch.save(checkpoint, other)
+    assert model_digest(other) != model_digest(last)
+
+    calls = []
+
+    def compute() -> xr.Dataset:
+        calls.append(1)
+        return xr.Dataset({"x": ("i", np.arange(3.0))})
+
+    def product(path: Path, folder: str, request: dict) -> list[Path]:
+        return write_product([path], tmp_path / "products" / folder / "p.nc", request, compute, lambda r: Figure(), lambda r: "p")
+
+    product(best, "best", {"a": 1})
+    product(last, "last", {"a": 1})  # copied from products/best
+    assert len(calls) == 1 and (tmp_path / "products" / "last" / "p.png").is_file()
+    product(other, "other", {"a": 1})  # other weights
+    product(last, "last2", {"a": 2})  # other request
+    assert len(calls) == 3
 
 
 def test_unknown_neuron_fails_before_training(tmp_path, data):

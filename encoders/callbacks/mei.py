@@ -26,7 +26,7 @@ from torch import nn
 from encoders.callbacks.figures import mei_figure
 from encoders.datasets.io import list_sessions, read_arrays
 from encoders.datasets.twin import ground_truth_columns, has_ground_truth, load_ground_truth
-from encoders.ensemble import Ensemble, load_checkpoint
+from encoders.ensemble import Ensemble, load_checkpoint, read_checkpoint
 from encoders.errors import EncodersError
 from encoders.metrics import correlation
 from encoders.outputs import save_figure, write_netcdf
@@ -70,12 +70,24 @@ def load_models(paths: Sequence[str | Path]) -> nn.Module:
 
 
 def fingerprint(paths: Sequence[str | Path], request: dict) -> str:
-    """sha256 of the checkpoint bytes and the request (settings, neuron choice): what a product depends on."""
+    """sha256 of the request (settings, neuron choice) and each checkpoint's model: what a product depends on."""
     digest = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode())
     for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(model_digest(path).encode())
+    return digest.hexdigest()
+
+
+def model_digest(path: str | Path) -> str:
+    """sha256 of a checkpoint's weights and hyperparameters, not of its file.
+
+    The file also holds optimizer, loop and callback state: the best and the last checkpoint of a
+    run that improved until its end hold the same model in different bytes, and must share products.
+    """
+    checkpoint = read_checkpoint(path)
+    digest = hashlib.sha256(json.dumps(checkpoint.get("hyper_parameters", {}), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(checkpoint["state_dict"].items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -92,6 +104,14 @@ def existing(path: Path, key: str) -> xr.Dataset | None:
         return None
 
 
+def same_product_nearby(nc: Path, key: str) -> tuple[Path, xr.Dataset] | None:
+    """A product of the same name and fingerprint in a sibling folder (e.g. products/best-… for products/last), loaded."""
+    for other in sorted(nc.parent.parent.glob(f"*/{nc.name}")):
+        if other != nc and (data := existing(other, key)) is not None:
+            return other, data
+    return None
+
+
 def write_product(
     paths: Sequence[Path], nc: Path, request: dict, compute: Callable[[], xr.Dataset],
     draw: Callable[[xr.Dataset], Figure], describe: Callable[[xr.Dataset], str],
@@ -99,17 +119,20 @@ def write_product(
     """`nc` and its PNG for a request on checkpoints `paths`, unless they exist for the same fingerprint.
 
     compute() makes the labelled results, draw(results) the figure, describe(results) the log line.
-    A missing PNG is redrawn from the stored NetCDF. Returns the PNGs written (for W&B).
+    A missing PNG is redrawn from the stored NetCDF. A sibling folder's product of the same
+    fingerprint (same weights and request) is copied instead of computed. Returns the PNGs written (for W&B).
     """
     key = fingerprint(paths, request)
     png = nc.with_suffix(".png")
     results = existing(nc, key)
     made = results is None
     if made:
-        results = compute()
+        nearby = same_product_nearby(nc, key)
+        results = nearby[1] if nearby is not None else compute()
         results.attrs.update({"checkpoint": "; ".join(str(p) for p in paths), "fingerprint": key})
         write_netcdf(results, nc)
-        rank_zero_info(f"{describe(results)} -> {nc}")
+        copied = f" (copied from {nearby[0].parent.name}: the same model)" if nearby is not None else ""
+        rank_zero_info(f"{describe(results)} -> {nc}{copied}")
     if made or not png.is_file():  # also redone when a run stopped between the two writes
         save_figure(draw(results), png)
         return [png]
