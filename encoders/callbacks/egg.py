@@ -11,6 +11,7 @@ On a synthetic twin MEIs and MENIs are scored on the true neurons exactly as the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -21,6 +22,9 @@ from encoders.synthesis.energies import METRICS
 from encoders.synthesis.methods import EGGSynthesis
 from encoders.synthesis.prior import DiffusionPrior
 from encoders.synthesis.targets import check_choice, resolve_targets
+
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
 
 
 class EGGCallback(CheckpointProducts):
@@ -93,7 +97,7 @@ class EGGCallback(CheckpointProducts):
         self.ground_truth = ground_truth
         self._prior: DiffusionPrior | None = None
 
-    def check(self, model: nn.Module, datamodule) -> None:
+    def check(self, model: nn.Module, datamodule: RecordedDataModule | None) -> None:
         if self.targets is not None:
             resolve_targets(model, self.targets)
         elif datamodule is None:
@@ -111,7 +115,7 @@ class EGGCallback(CheckpointProducts):
                             energy_scale=energy_scale, contrast=contrast,
                             guide_at_norm=self.guide_at_norm and contrast is not None)
 
-    def produce(self, paths: list[Path], model: nn.Module, datamodule, folder: Path) -> list[Path]:
+    def produce(self, paths: list[Path], model: nn.Module, datamodule: RecordedDataModule | None, folder: Path) -> list[Path]:
         figures = []
         for product, scale in self.scales.items():
             # MEIs at the GA norm (fair comparison); MENIs keep the prior's natural contrast

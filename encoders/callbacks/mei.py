@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytorch_lightning as pl
@@ -34,6 +35,9 @@ from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation
 from encoders.synthesis.gradient_ascent import GASettings, optimize_in_batches
 from encoders.synthesis.methods import Synthesis, as_synthesis
 from encoders.synthesis.targets import Target, check_choice, resolve_targets, top_k_targets
+
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
 
 CHECKPOINT_CHOICES = ("best_and_last", "best", "last", "all")
 METHOD = "ga"
@@ -166,10 +170,10 @@ class CheckpointProducts(pl.Callback):
             raise EncodersError(f"checkpoints must be one of {list(CHECKPOINT_CHOICES)}, got {checkpoints!r}")
         self.checkpoints = checkpoints
 
-    def check(self, model: nn.Module, datamodule) -> None:
+    def check(self, model: nn.Module, datamodule: RecordedDataModule | None) -> None:
         raise NotImplementedError
 
-    def produce(self, paths: list[Path], model: nn.Module, datamodule, folder: Path) -> list[Path]:
+    def produce(self, paths: list[Path], model: nn.Module, datamodule: RecordedDataModule | None, folder: Path) -> list[Path]:
         raise NotImplementedError
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -379,7 +383,7 @@ def _mean_pair_correlation(x: torch.Tensor) -> torch.Tensor:
 
 def write_meis(
     paths: Sequence[Path], model: nn.Module, folder: Path, method: GASettings | Synthesis, neurons: Sequence[Target] | None,
-    top_k: int | None, datamodule=None, minimize: bool = False, ground_truth: bool = True, product: str = "mei",
+    top_k: int | None, datamodule: RecordedDataModule | None = None, minimize: bool = False, ground_truth: bool = True, product: str = "mei",
 ) -> list[Path]:
     """Make `folder/<product>_<method>.nc` (e.g. mei_ga.nc, meni_egg.nc) and its PNG unless they exist; return new PNGs.
 
@@ -467,13 +471,13 @@ class MEICallback(CheckpointProducts):
         self.minimize = minimize
         self.ground_truth = ground_truth
 
-    def check(self, model: nn.Module, datamodule) -> None:
+    def check(self, model: nn.Module, datamodule: RecordedDataModule | None) -> None:
         if self.targets is not None:
             resolve_targets(model, self.targets)
         elif datamodule is None:
             raise EncodersError("MEICallback with top_k needs a data module to rank neurons")
 
-    def produce(self, paths: list[Path], model: nn.Module, datamodule, folder: Path) -> list[Path]:
+    def produce(self, paths: list[Path], model: nn.Module, datamodule: RecordedDataModule | None, folder: Path) -> list[Path]:
         return write_meis(
             paths, model, folder, self.settings, self.targets, self.top_k, datamodule, self.minimize, self.ground_truth,
         )

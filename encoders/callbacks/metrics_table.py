@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytorch_lightning as pl
@@ -16,8 +17,11 @@ from encoders.datasets.twin import ground_truth_columns, has_ground_truth, load_
 from encoders.metrics import correlation
 from encoders.outputs import write_netcdf
 
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
 
-def ground_truth_correlation(model: torch.nn.Module, datamodule, session: str, truth, tier: str = "test") -> torch.Tensor:
+
+def ground_truth_correlation(model: torch.nn.Module, datamodule: RecordedDataModule, session: str, truth, tier: str = "test") -> torch.Tensor:
     """Per-neuron correlation of the model's predictions with the twin's noiseless true rates."""
     data = datamodule.tier_data(session, tier)
     images = data["images"]

@@ -7,6 +7,7 @@ Attention readouts: the attention maps of a few neurons, averaged over validatio
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -17,6 +18,9 @@ import torch  # noqa: E402
 
 from encoders.outputs import save_figure  # noqa: E402
 from encoders.readouts import AttentionReadout, GaussianReadout  # noqa: E402
+
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
 
 
 class ReadoutFigures(pl.Callback):
@@ -57,7 +61,7 @@ class ReadoutFigures(pl.Callback):
         figure.suptitle("Gaussian readout positions (feature-grid coordinates)")
         return figure
 
-    def _attention(self, model, datamodule, sessions):
+    def _attention(self, model, datamodule: RecordedDataModule, sessions):
         k = self.neurons_per_session
         figure, axes = plt.subplots(len(sessions), k, figsize=(1.6 * k, 1.6 * len(sessions)), squeeze=False)
         for row, session in zip(axes, sessions):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,13 +24,16 @@ from encoders.synthesis.gradient_ascent import GASettings
 from encoders.synthesis.methods import Synthesis, as_synthesis
 from encoders.synthesis.targets import check_sessions, model_space_images
 
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
+
 PREDICT_BATCH = 256  # images per forward pass when scoring reconstructions (memory bound only)
 TARGETS = ("recorded", "predicted")
 RECONSTRUCTION_CONTRAST = 1.0  # z-scored natural images have unit RMS on average: reconstructions match it
 
 
 def choose_test_images(
-    model: nn.Module, datamodule, images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None,
+    model: nn.Module, datamodule: RecordedDataModule, images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None,
 ) -> dict[str, list[int]]:
     """Positions within each session's test tier: the first `images` of each session, or given lists.
 
@@ -60,7 +64,7 @@ def choose_test_images(
 
 
 def compute_reconstructions(
-    model: nn.Module, datamodule, chosen: Mapping[str, Sequence[int]], method: GASettings | Synthesis,
+    model: nn.Module, datamodule: RecordedDataModule, chosen: Mapping[str, Sequence[int]], method: GASettings | Synthesis,
     target: str = "recorded", metric: str = "mse",
 ) -> xr.Dataset:
     """Reconstruct the chosen test images of each session from their responses (one per seed),
@@ -154,7 +158,7 @@ def _spread(values: torch.Tensor, columns: np.ndarray) -> torch.Tensor:
 
 
 def write_reconstructions(
-    paths: Sequence[Path], model: nn.Module, folder: Path, method: GASettings | Synthesis, datamodule,
+    paths: Sequence[Path], model: nn.Module, folder: Path, method: GASettings | Synthesis, datamodule: RecordedDataModule,
     images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None, target: str, metric: str,
 ) -> list[Path]:
     """Make `folder/reconstruction_<method>.nc` and its PNG unless they exist for the same request; return new PNGs."""
@@ -219,12 +223,12 @@ class ReconstructionCallback(CheckpointProducts):
             normalize_gradient=normalize_gradient, blur_sigma=blur_sigma, contrast=contrast, norm=norm, clamp=clamp, batch_size=batch_size,
         )
 
-    def check(self, model: nn.Module, datamodule) -> None:
+    def check(self, model: nn.Module, datamodule: RecordedDataModule | None) -> None:
         if datamodule is None:
             raise EncodersError("ReconstructionCallback needs a data module (test images and responses)")
         choose_test_images(model, datamodule, self.images, self.sessions)
 
-    def produce(self, paths: list[Path], model: nn.Module, datamodule, folder: Path) -> list[Path]:
+    def produce(self, paths: list[Path], model: nn.Module, datamodule: RecordedDataModule | None, folder: Path) -> list[Path]:
         return write_reconstructions(
             paths, model, folder, self.settings, datamodule, self.images, self.sessions, self.target, self.metric,
         )

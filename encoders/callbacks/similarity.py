@@ -10,19 +10,22 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pytorch_lightning as pl
-from torch import nn
 import xarray as xr
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from encoders.callbacks.mei import CheckpointProducts, write_product
 from encoders.errors import EncodersError
 from encoders.similarity import MEASURES
 from encoders.similarity.diagnostics import DEFAULT_MEASURES, similarity_diagnostics
+
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
 
 
 def plot_similarity(scores: xr.Dataset, title: str = ""):
@@ -95,12 +98,12 @@ class SimilarityCallback(CheckpointProducts):
         self.seed = seed
         self.max_features = max_features
 
-    def check(self, model: nn.Module, datamodule) -> None:
+    def check(self, model: nn.Module, datamodule: RecordedDataModule | None) -> None:
         # fail before training, not after it, when the scores could not be made
         if not hasattr(datamodule, "tier_data"):
             raise EncodersError("SimilarityCallback needs a RecordedDataModule (trainer.fit(model, datamodule=...))")
 
-    def produce(self, paths: list[Path], model: nn.Module, datamodule, folder: Path) -> list[Path]:
+    def produce(self, paths: list[Path], model: nn.Module, datamodule: RecordedDataModule | None, folder: Path) -> list[Path]:
         request = {"measures": self.measures, "layers": self.layers, "seed": self.seed, "max_features": self.max_features}
         stem = paths[0].stem
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from encoders.datasets.twin import has_ground_truth
 from encoders.ensemble import Ensemble, load_checkpoint
 from encoders.outputs import write_netcdf
 from encoders.synthesis.targets import Target
+
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
 
 RELATIONS = ("generating", "within", "cross", "ground_truth")
 TRUTH = "ground_truth"
@@ -74,7 +78,7 @@ def _scores(meis: xr.Dataset, scorers: dict, targets: Sequence[Target]) -> np.nd
 
 def run_generalisation(
     config: CompareConfig, architectures: Sequence[str], trained: Sequence[TrainedModel], targets: Sequence[Target],
-    datamodule,
+    datamodule: RecordedDataModule,
 ) -> tuple[xr.Dataset, dict[tuple[str, str], xr.Dataset]]:
     """Make (or reuse) every MEI set and score table; returns the combined table and the MEI sets.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,13 @@ from encoders.datasets.twin import load_ground_truth
 from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation
 from encoders.synthesis.targets import Target, model_space_images
 
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
+
 BATCH = 256  # images per forward pass: bounds memory only
 
 
-def natural_pixels(datamodule, session: str, tiers: Sequence[str]) -> torch.Tensor:
+def natural_pixels(datamodule: RecordedDataModule, session: str, tiers: Sequence[str]) -> torch.Tensor:
     """The session's images of `tiers`, in pixel space after the data's geometry."""
     images = torch.cat([datamodule.tier_data(session, tier)["images"] for tier in tiers])
     return datamodule.transform.to_pixels(images)
@@ -54,7 +58,7 @@ class ModelScorer:
         return torch.cat(out)
 
     @torch.no_grad()
-    def natural_max(self, datamodule, targets: Sequence[Target], tiers: Sequence[str]) -> torch.Tensor:
+    def natural_max(self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str]) -> torch.Tensor:
         """(n_targets,) each neuron's highest predicted rate over the natural images of `tiers`."""
         best = torch.full((len(targets),), float("nan"))
         for session in dict.fromkeys(s for s, _ in targets):
@@ -89,7 +93,7 @@ class GroundTruthScorer:
         return torch.cat(out)
 
     @torch.no_grad()
-    def natural_max(self, datamodule, targets: Sequence[Target], tiers: Sequence[str]) -> torch.Tensor:
+    def natural_max(self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str]) -> torch.Tensor:
         """(n_targets,) each neuron's highest true rate over the natural images of `tiers`."""
         best = torch.full((len(targets),), float("nan"))
         columns = twin_columns(self.path, self.reference, targets)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,12 +30,15 @@ from encoders.similarity import HIGHER_IS_BETTER, get_measure
 from encoders.similarity.diagnostics import random_projection, reduce_features
 from encoders.synthesis.targets import model_space_images
 
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
+
 REPRESENTATIONS = ("responses", "core")
 BATCH = 256
 
 
 @torch.no_grad()
-def representations(model: nn.Module, datamodule, settings: SimilarityConfig, device: torch.device) -> dict[str, list[torch.Tensor]]:
+def representations(model: nn.Module, datamodule: RecordedDataModule, settings: SimilarityConfig, device: torch.device) -> dict[str, list[torch.Tensor]]:
     """{"responses": [per session (N_s, neurons_s)], "core": [(sum N_s, d)]}, float64 on CPU."""
     model = model.eval().to(device)
     responses, features = [], []
@@ -67,7 +71,7 @@ def _pair_score(measure: str, x: list[torch.Tensor], y: list[torch.Tensor]) -> f
 
 
 def model_similarity(
-    trained: Sequence[TrainedModel], datamodule, settings: SimilarityConfig, device: torch.device, path,
+    trained: Sequence[TrainedModel], datamodule: RecordedDataModule, settings: SimilarityConfig, device: torch.device, path,
 ) -> xr.Dataset:
     """score (measure, representation, model_a, model_b) for every ordered pair of distinct models; cached at `path`."""
     request = {"settings": asdict(settings), "models": [m.label for m in trained]}

@@ -24,9 +24,10 @@ Everything is computed in float64 on CPU (the features are extracted on the mode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import inspect
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ import xarray as xr
 from torch import Tensor, nn
 
 from encoders.similarity import HIGHER_IS_BETTER, get_measure
+
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
 
 DEFAULT_MEASURES: tuple[str, ...] = (
     "cka_linear",
@@ -169,7 +173,7 @@ def _score(name: str, X: Tensor, Y: Tensor, where: str, notes: dict[str, None]) 
 
 def similarity_diagnostics(
     model: nn.Module,
-    datamodule,
+    datamodule: RecordedDataModule,
     measures: Sequence[str] = DEFAULT_MEASURES,
     layers: bool = True,
     seed: int = 0,

@@ -7,6 +7,7 @@ A model here is anything with `sessions` and `neuron_ids(session)` (EncodingMode
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from torch import nn
 
 from encoders.errors import EncodersError
 from encoders.metrics import correlation
+
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
 
 Target = tuple[str, str]  # (session, neuron_id)
 
@@ -62,7 +66,7 @@ def all_targets(model: nn.Module) -> list[Target]:
     return [(session, neuron) for session in model.sessions for neuron in model.neuron_ids(session)]
 
 
-def model_space_images(model: nn.Module, datamodule, session: str, tier: str) -> dict[str, torch.Tensor]:
+def model_space_images(model: nn.Module, datamodule: RecordedDataModule, session: str, tier: str) -> dict[str, torch.Tensor]:
     """`datamodule.tier_data`, with images mapped into the MODEL's input space.
 
     A data module made outside training (CLI) computes its own normalisation statistics; going
@@ -75,7 +79,7 @@ def model_space_images(model: nn.Module, datamodule, session: str, tier: str) ->
 
 
 @torch.no_grad()
-def validation_correlations(model: nn.Module, datamodule, tier: str = "validation", batch_size: int = 256) -> dict[str, np.ndarray]:
+def validation_correlations(model: nn.Module, datamodule: RecordedDataModule, tier: str = "validation", batch_size: int = 256) -> dict[str, np.ndarray]:
     """Per session, the correlation of each neuron's prediction with its responses on `tier`."""
     out = {}
     for session in model.sessions:
@@ -87,7 +91,7 @@ def validation_correlations(model: nn.Module, datamodule, tier: str = "validatio
     return out
 
 
-def top_k_targets(model: nn.Module, datamodule, k: int, tier: str = "validation") -> tuple[list[Target], list[float]]:
+def top_k_targets(model: nn.Module, datamodule: RecordedDataModule, k: int, tier: str = "validation") -> tuple[list[Target], list[float]]:
     """The k neurons (over all sessions) best predicted on `tier`, best first, and their correlations.
 
     NaN correlations (constant responses) rank last.
