@@ -30,8 +30,9 @@ def show_image(ax, pixels: np.ndarray) -> None:
 
 
 def _grid(rows: int, columns: int) -> tuple[Figure, np.ndarray]:
+    # constrained layout keeps each cell's title clear of the image above it and of the suptitle
     figure, axes = plt.subplots(
-        rows, columns, figsize=(CELL_INCHES * columns, CELL_INCHES * rows + 0.4), squeeze=False
+        rows, columns, figsize=(CELL_INCHES * columns, CELL_INCHES * rows + 0.4), squeeze=False, layout="constrained"
     )
     return figure, axes
 
@@ -58,12 +59,13 @@ def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
         axes[row, 0].set_ylabel(f"{neuron.session.item()}\n{neuron.neuron_id.item()}", fontsize=6)
         if has_truth:
             show_image(axes[row, -1], neuron.true_mei_pixels.values)
-            axes[row, -1].set_title(f"true MEI\ntrue rate={float(neuron.true_mei_activation):.1f}", fontsize=6)
+            title = f"true r={float(neuron.true_mei_activation):.1f}"
+            axes[row, -1].set_title(f"true MEI\n{title}" if row == 0 else title, fontsize=6)
     shown = "" if n_rows == results.sizes["neuron"] else f" (first {n_rows} of {results.sizes['neuron']})"
     kind = "inhibitory images" if results.attrs.get("minimize", 0) else "MEIs"
     legend = "r = predicted rate"
     if has_truth:
-        legend += "; rel = true rate / true rate of the true MEI"
+        legend += "; rel = true rate / true rate of the true MEI (true r)"
     figure.suptitle(f"{kind} by {METHOD_NAMES.get(method, method)}{shown}\n{legend}", fontsize=8)
     return figure
 
