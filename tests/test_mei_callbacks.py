@@ -214,7 +214,7 @@ def test_ground_truth_scores_on_a_tiny_twin(tmp_path):
     targets = [("twin0", "twin0-n002"), ("twin0", "twin0-n000")]
     write_meis([], model, tmp_path / "out", settings, targets, None, datamodule)
     with xr.open_dataset(tmp_path / "out" / "mei_ga.nc") as meis:
-        for name in ("ground_truth_activation", "ground_truth_relative_activation", "true_mei_correlation",
+        for name in ("ground_truth_activation", "ground_truth_relative_activation", "ground_truth_relative_drive", "true_mei_correlation",
                      "true_mei_feature_correlation", "same_seed_true_mei_correlation",
                      "same_seed_true_mei_feature_correlation"):
             assert meis[name].dims == ("method", "neuron", "seed") and np.isfinite(meis[name]).all()

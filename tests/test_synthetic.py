@@ -138,6 +138,15 @@ def test_neuron_maps_are_what_each_neuron_pools(twin, probe):
     assert (maps.sum(1) > 0).all()
 
 
+def test_rates_are_the_output_nonlinearity_of_the_drive(twin, probe, probe_rates):
+    truth = twin[1]
+    with torch.no_grad():
+        drive = truth.drive(probe)
+        rates = truth.rates(drive * truth.drive_std + truth.drive_mean)
+    np.testing.assert_allclose(rates.numpy(), probe_rates, rtol=1e-5, atol=1e-5)
+    assert abs(drive.mean().item()) < 0.5  # z-scored over natural images
+
+
 def test_twin_is_not_a_linear_filter(twin, probe, probe_rates):
     model = twin[1]
     with torch.no_grad():

@@ -279,11 +279,14 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
 
     The true MEI is found the same way as the model's (same seeds, steps, optimiser, blur, norm and
     clamp in model space), by ascending the ground truth through `to_pixels` (and a resize to the
-    stored size). Per neuron the seed with the strongest true response is THE true MEI:
+    stored size). Per neuron the seed with the strongest true drive (the rate's tie-breaker) is THE true MEI:
     ground_truth_relative_activation = true rate of the model's MEI / true rate of the true MEI;
     true_mei_correlation = pixel correlation of each model MEI with the true MEI;
     true_mei_feature_correlation = the same in the true neuron's own view (`neuron_maps`: its
-    feature mixture at each position of its receptive field).
+    feature mixture at each position of its receptive field);
+    ground_truth_relative_drive = the relative activation in the true neuron's drive before its
+    saturating output (`GroundTruthV4.drive`, z-scored): rates near `rate_max` hide how far an
+    image is from the true optimum.
 
     same_seed_true_mei_(feature_)correlation = the same against the true MEI grown from the same
     initial noise as that model MEI (equal to the above at the seed of THE true MEI; for EGG,
@@ -322,16 +325,24 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
         pair_seeds, shape, settings, settings.pixel_range(transform), device,
     )
     found_rate = (found.energy if minimize else -found.energy).view(n, s)
-    best = found_rate.argmin(1) if minimize else found_rate.argmax(1)
+    view = GroundTruthActivation(truth, pair_columns, transform, size)  # view.pixels: model space -> the twin's input
+    chunk = settings.batch_size
+    with torch.no_grad():  # seeds ranked by drive, which breaks the ties of rates saturated at rate_max
+        found_drive = torch.cat([
+            truth.drive(view.pixels(found.images[i : i + chunk].to(device))).gather(1, pair_columns[i : i + chunk, None].to(device)).cpu()
+            for i in range(0, n * s, chunk)
+        ]).view(n, s)
+    best = found_drive.argmin(1) if minimize else found_drive.argmax(1)
     true_mei = found.images.view(n, s, *shape)[torch.arange(n), best]
     reference = found_rate[torch.arange(n), best]
+    true_drive = found_drive[torch.arange(n), best][:, None]
     model_pixels = torch.as_tensor(ours.image_pixels.values)
     true_pixels = transform.to_pixels(true_mei)
     similarity = correlation(model_pixels.flatten(2), true_pixels.flatten(1)[:, None].expand(-1, s, -1), dim=2)
-    view = GroundTruthActivation(truth, pair_columns, transform, size)
     with torch.no_grad():
         model_maps = truth.neuron_maps(view.pixels(images.to(device)), pair_columns).cpu().view(n, s, -1)
         found_maps = truth.neuron_maps(view.pixels(found.images.to(device)), pair_columns).cpu().view(n, s, -1)
+        model_drive = truth.drive(view.pixels(images.to(device))).gather(1, pair_columns.to(device)[:, None]).cpu().view(n, s)
     true_maps = found_maps[torch.arange(n), best]
     feature_similarity = correlation(model_maps, true_maps[:, None].expand(-1, s, -1), dim=2)
     found_pixels = transform.to_pixels(found.images).view(n, s, -1)
@@ -342,6 +353,7 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     cells = ("method", "neuron", "seed")
     out["ground_truth_activation"] = (cells, true_rate[None].numpy())
     out["ground_truth_relative_activation"] = (cells, (true_rate / reference[:, None])[None].numpy())
+    out["ground_truth_relative_drive"] = (cells, (model_drive / true_drive)[None].numpy())
     out["true_mei_correlation"] = (cells, similarity[None].numpy())
     out["true_mei_feature_correlation"] = (cells, feature_similarity[None].numpy())
     out["same_seed_true_mei_correlation"] = (cells, paired[None].numpy())
@@ -363,7 +375,8 @@ def ground_truth_summary(results: xr.Dataset) -> str:
         return float(results[name].mean())
 
     return (
-        f"{results.attrs.get('product', 'images')} ({results.method.values[0]}) on the twin's true neurons: rate {mean('ground_truth_relative_activation'):.2f} x the true MEI's; "
+        f"{results.attrs.get('product', 'images')} ({results.method.values[0]}) on the twin's true neurons: rate {mean('ground_truth_relative_activation'):.2f} x the true MEI's "
+        f"(drive before saturation {mean('ground_truth_relative_drive'):.2f} x); "
         f"correlation with the true MEI in pixels {mean('true_mei_correlation'):.2f} (same seed {mean('same_seed_true_mei_correlation'):.2f}, "
         f"true MEIs among themselves {mean('true_mei_self_correlation'):.2f}), in the true neuron's features "
         f"{mean('true_mei_feature_correlation'):.2f} (same seed {mean('same_seed_true_mei_feature_correlation'):.2f}, "

@@ -330,6 +330,17 @@ class GroundTruthV4(nn.Module):
             out.append(mixed * self.rf_envelope()[cols])
         return torch.cat(out) if out else images.new_zeros(0, self.grid * self.grid)
 
+    def drive(self, images: torch.Tensor) -> torch.Tensor:
+        """Each neuron's pooled drive before the saturating output, z-scored over natural images, (B, N).
+
+        The rate is a monotonic function of it, but flattens near ``rate_max``: two images that
+        both saturate a neuron have the same rate and can still differ here.
+        """
+        images = images.to(self.v1_kernels.dtype)
+        outs = [self.pooled(self.feature_maps(self.feature_drive(self.channels(c)))) for c in images.split(CHUNK)]
+        pooled = torch.cat(outs) if outs else images.new_zeros(0, self.n_neurons)
+        return (pooled - self.drive_mean) / self.drive_std
+
     def rates(self, pooled: torch.Tensor) -> torch.Tensor:
         """Output nonlinearity: pooled drive to spikes per bin, (B, N).
 
