@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from encoders.datasets.datamodule import RecordedDataModule  # noqa: E402
-from encoders.callbacks.mei import twin_columns  # noqa: E402
+from encoders.callbacks.twin_scores import twin_columns  # noqa: E402
 from encoders.datasets.twin import has_ground_truth, load_ground_truth  # noqa: E402
 from encoders.ensemble import Ensemble, load_checkpoint  # noqa: E402
 from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation  # noqa: E402

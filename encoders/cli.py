@@ -119,7 +119,8 @@ def _data_for(model, path: str):
 def _mei(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from encoders.callbacks.mei import load_models, write_meis
+    from encoders.callbacks.mei import write_meis
+    from encoders.callbacks.products import load_models
     from encoders.synthesis.targets import check_choice, resolve_targets
 
     if args.meni and args.method != "egg":
@@ -147,7 +148,7 @@ def _mei(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from encoders.callbacks.mei import load_models
+    from encoders.callbacks.products import load_models
     from encoders.callbacks.reconstruction import write_reconstructions
     from encoders.synthesis.targets import check_sessions
 

@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from encoders.callbacks import MEICallback, ReconstructionCallback
-from encoders.callbacks.mei import model_digest, write_meis, write_product
+from encoders.callbacks.mei import write_meis
+from encoders.callbacks.products import model_digest, write_product
 from encoders.cli import main
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
@@ -244,7 +245,7 @@ def test_ground_truth_scores_on_a_tiny_twin(tmp_path):
 
 
 def test_kept_checkpoints_choices(run):
-    from encoders.callbacks.mei import kept_checkpoints
+    from encoders.callbacks.products import kept_checkpoints
 
     _, trainer, _ = run
     best, last = Path(trainer.checkpoint_callback.best_model_path), Path(trainer.checkpoint_callback.last_model_path)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from encoders.callbacks.mei import CheckpointProducts, write_meis
+from encoders.callbacks.mei import write_meis
+from encoders.callbacks.products import CheckpointProducts
 from encoders.callbacks.reconstruction import TARGETS, choose_test_images, write_reconstructions
 from encoders.errors import EncodersError
 from encoders.synthesis.energies import METRICS

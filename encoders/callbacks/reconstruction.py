@@ -16,7 +16,7 @@ import xarray as xr
 from torch import nn
 
 from encoders.callbacks.figures import reconstruction_figure
-from encoders.callbacks.mei import CheckpointProducts, model_device, write_product
+from encoders.callbacks.products import CheckpointProducts, model_device, write_product
 from encoders.errors import EncodersError
 from encoders.metrics import correlation
 from encoders.synthesis.energies import METRICS, ResponseDistance

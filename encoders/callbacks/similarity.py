@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from encoders.callbacks.mei import CheckpointProducts, write_product
+from encoders.callbacks.products import CheckpointProducts, write_product
 from encoders.errors import EncodersError
 from encoders.similarity import MEASURES
 from encoders.similarity.diagnostics import DEFAULT_MEASURES, similarity_diagnostics

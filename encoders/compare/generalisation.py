@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from encoders.callbacks.mei import existing, fingerprint
+from encoders.callbacks.products import existing, fingerprint
 from encoders.compare.config import CompareConfig
 from encoders.compare.grid import TrainedModel
 from encoders.compare.meis import METHODS, make_mei_set, mei_path

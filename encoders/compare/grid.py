@@ -22,8 +22,8 @@ from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from encoders.callbacks.checkpoint import ModelCheckpoint
-from encoders.callbacks.mei import existing, fingerprint
 from encoders.callbacks.metrics_table import MetricsTable
+from encoders.callbacks.products import existing, fingerprint
 from encoders.compare.config import Architecture, CompareConfig
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.errors import EncodersError

@@ -18,7 +18,8 @@ import torch
 import xarray as xr
 from torch import nn
 
-from encoders.callbacks.mei import compute_meis, existing, fingerprint, model_device
+from encoders.callbacks.mei import compute_meis
+from encoders.callbacks.products import existing, fingerprint, model_device
 from encoders.compare.config import EGGConfig
 from encoders.errors import EncodersError
 from encoders.outputs import write_netcdf

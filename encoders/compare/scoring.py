@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.callbacks.mei import twin_columns
+from encoders.callbacks.twin_scores import twin_columns
 from encoders.datasets.transforms import ImageTransform
 from encoders.datasets.twin import load_ground_truth
 from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation

@@ -21,7 +21,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from encoders.callbacks.mei import existing, fingerprint
+from encoders.callbacks.products import existing, fingerprint
 from encoders.compare.config import SimilarityConfig
 from encoders.compare.grid import TrainedModel
 from encoders.ensemble import load_checkpoint
