@@ -255,3 +255,24 @@ def test_kept_checkpoints_choices(run):
     assert kept_checkpoints(trainer, "all") == [best, last]  # one epoch: one top-k file, then last
     with pytest.raises(EncodersError, match="checkpoints must be one of"):
         kept_checkpoints(trainer, "every")
+
+
+def test_products_reach_a_real_offline_wandb_run(tmp_path, data):
+    from pytorch_lightning.loggers import WandbLogger
+
+    pl.seed_everything(0)
+    logger = WandbLogger(project="encoders-test", save_dir=str(tmp_path), offline=True)
+    trainer = pl.Trainer(
+        max_epochs=1, logger=logger, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, monitor="val/correlation", mode="max"),
+                   MEICallback(top_k=2, seeds=[0], steps=2)],
+    )
+    trainer.fit(EncodingModel(core=CORE, readout=READOUT), RecordedDataModule(str(data), batch_size=16))
+    logger.experiment.finish()
+    run_dirs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    images = list((run_dirs[0] / "files" / "media" / "images").rglob("*.png"))
+    # one MEI grid per kept checkpoint; best = last here, so its copy is logged under both names
+    assert len(images) == 2 and all(p.stat().st_size > 1000 for p in images)
+    best = Path(trainer.checkpoint_callback.best_model_path).stem
+    assert {p.parent.name for p in images} == {best, "last"} and all(p.name.startswith("mei_ga") for p in images)
