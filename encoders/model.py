@@ -242,9 +242,6 @@ class EncodingModel(pl.LightningModule):
         if "trials" in batch:
             store["trials"].append(batch["trials"].float().cpu())
 
-    def _stage(self) -> str:
-        return "test" if self.trainer.testing else "val"
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._collect(batch)
 

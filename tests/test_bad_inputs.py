@@ -233,3 +233,14 @@ def test_user_errors_exit_cleanly_as_real_processes(good, tmp_path, program):
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert all(f in errors[0] for f in fragments), errors[0]
     assert not inputs.out.exists() and not (tmp_path / MARKER).exists()
+
+
+def test_keyword_passthroughs_reject_misspelt_arguments():
+    """ModelCheckpoint and EGGSynthesis.load forward keyword arguments: a typo must fail, not vanish."""
+    from encoders.callbacks import ModelCheckpoint
+    from encoders.synthesis.methods import EGGSynthesis
+
+    with pytest.raises(TypeError, match="dirpth"):
+        ModelCheckpoint(dirpth="runs/x")
+    with pytest.raises(TypeError, match="energy_scal"):
+        EGGSynthesis.load(str(SHIPPED_PRIOR), energy_scal=2.0)

@@ -202,7 +202,8 @@ def test_task_driven_core_rejects_bad_input_channels_before_importing(monkeypatc
 @pytest.mark.torchvision
 def test_task_driven_core_shapes_frozen_and_weights(tmp_path):
     models = pytest.importorskip(
-        "torchvision.models", reason="TaskDrivenCore needs the optional torchvision extra (encoders[torchvision])"
+        "torchvision.models", reason="TaskDrivenCore needs the optional torchvision extra (encoders[torchvision]); CI leaves it out because "
+        "PyPI's torchvision is a CUDA build that breaks the CPU torch install"
     )
     torch.manual_seed(0)
     reference = models.resnet50(weights=None)

@@ -22,7 +22,8 @@ from test_gradient_ascent import NORM, SHAPE, tiny_model
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; run on a GPU machine with `pytest -m gpu`"),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none; the same checks on CPU are in test_gradient_ascent.py and "
+           "test_mei_callbacks.py); run on a GPU machine with `pytest -m gpu`"),
 ]
 
 

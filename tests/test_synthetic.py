@@ -248,7 +248,7 @@ def test_true_rf_centres_follow_crop_resize_and_the_core_grid(twin, tmp_path, cr
     transform = ImageTransform(crop=crop, resize=resize)
     input_shape = transform.output_shape((SIZE, SIZE))
     session = sessions[1].session_id
-    centres = true_rf_centres(path, session, transform, input_shape, grid)
+    centres = true_rf_centres(path, [session], transform, input_shape, grid)[session]
     columns = ground_truth_columns(path, session)
     assert centres.shape == (NEURONS, 2)
     # a small blob at each true centre, carried through the real transform: its centroid is the answer

@@ -31,7 +31,6 @@ from encoders.synthesis.targets import Target, check_choice, resolve_targets, to
 if TYPE_CHECKING:
     from encoders.datasets.datamodule import RecordedDataModule
 
-METHOD = "ga"
 PRODUCTS = {"mei": "most exciting images", "meni": "most exciting naturalistic images"}
 
 

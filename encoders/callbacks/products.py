@@ -8,6 +8,7 @@ checkpoint that holds the same model as another (best = last) gets a copy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -72,7 +73,17 @@ def model_digest(path: str | Path) -> str:
 
     The file also holds optimizer, loop and callback state: the best and the last checkpoint of a
     run that improved until its end hold the same model in different bytes, and must share products.
+    Cached per file version (path, mtime, size): every product of a checkpoint asks for it.
     """
+    try:
+        stat = Path(path).stat()
+    except FileNotFoundError:
+        raise EncodersError(f"{path}: checkpoint not found") from None
+    return _model_digest(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_digest(path: str, mtime_ns: int, size: int) -> str:  # mtime_ns and size only key the cache
     checkpoint = read_checkpoint(path)
     digest = hashlib.sha256(json.dumps(checkpoint.get("hyper_parameters", {}), sort_keys=True, default=str).encode())
     for name, tensor in sorted(checkpoint["state_dict"].items()):

@@ -81,7 +81,7 @@ class ReadoutFigures(pl.Callback):
         grid = tuple(first.in_shape[1:])
         truth = None
         if has_ground_truth(datamodule.path):
-            truth = {s: true_rf_centres(datamodule.path, s, pl_module.image_transform, tuple(pl_module.input_shape), grid) for s in sessions}
+            truth = true_rf_centres(datamodule.path, sessions, pl_module.image_transform, tuple(pl_module.input_shape), grid)
             self._log_distances(trainer, located, truth, grid)
         figure = self._attention(pl_module, sessions, maps, truth) if maps else self._gaussian(sessions, located, truth, grid)
         path = save_figure(figure, Path(trainer.default_root_dir) / self.filename)

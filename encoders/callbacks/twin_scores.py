@@ -74,49 +74,45 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
 
     pair_columns = columns.repeat_interleave(s)  # image i = neuron i // s, seed i % s
     pair_seeds = [seeds[i % s] for i in range(n * s)]
+    view = GroundTruthActivation(truth, pair_columns, transform, size)  # view.pixels: model space -> the twin's input
+    own = pair_columns.to(device)[:, None]
+
+    def true_response(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each image's true neuron: rate (n, s), drive before saturation (n, s), its view (n, s, grid^2)."""
+        with torch.no_grad():
+            pixels = view.pixels(images.to(device))
+            drive = truth.drive(pixels)
+            rate = truth.rates(drive * truth.drive_std + truth.drive_mean).gather(1, own)
+            maps = truth.neuron_maps(pixels, pair_columns)
+        return rate.cpu().view(n, s), drive.gather(1, own).cpu().view(n, s), maps.cpu().view(n, s, -1)
+
     ours = results.isel(method=0)  # one method per file: ga or egg
     images = torch.as_tensor(ours.image.values).reshape(n * s, *shape)
-    with torch.no_grad():
-        true_rate = torch.cat([
-            GroundTruthActivation(truth, pair_columns[i : i + settings.batch_size], transform, size)
-            .activation(images[i : i + settings.batch_size].to(device)).cpu()
-            for i in range(0, n * s, settings.batch_size)
-        ]).view(n, s)
-
+    true_rate, model_drive, model_maps = true_response(images)
     found = optimize_in_batches(
         lambda index: GroundTruthActivation(truth, pair_columns[index], transform, size, minimize=minimize),
         pair_seeds, shape, settings, settings.pixel_range(transform), device,
     )
-    found_rate = (found.energy if minimize else -found.energy).view(n, s)
-    view = GroundTruthActivation(truth, pair_columns, transform, size)  # view.pixels: model space -> the twin's input
-    chunk = settings.batch_size
-    with torch.no_grad():  # seeds ranked by drive, which breaks the ties of rates saturated at rate_max
-        found_drive = torch.cat([
-            truth.drive(view.pixels(found.images[i : i + chunk].to(device))).gather(1, pair_columns[i : i + chunk, None].to(device)).cpu()
-            for i in range(0, n * s, chunk)
-        ]).view(n, s)
+    found_rate, found_drive, found_maps = true_response(found.images)
+    # THE true MEI: the seed with the strongest drive, which breaks the ties of rates saturated at rate_max
     best = found_drive.argmin(1) if minimize else found_drive.argmax(1)
-    true_mei = found.images.view(n, s, *shape)[torch.arange(n), best]
-    reference = found_rate[torch.arange(n), best]
-    true_drive = found_drive[torch.arange(n), best][:, None]
-    model_pixels = torch.as_tensor(ours.image_pixels.values)
+    pick = (torch.arange(n), best)
+    true_mei = found.images.view(n, s, *shape)[pick]
+    reference, true_drive, true_maps = found_rate[pick], found_drive[pick], found_maps[pick]
+
+    model_pixels = torch.as_tensor(ours.image_pixels.values).flatten(2)
     true_pixels = transform.to_pixels(true_mei)
-    similarity = correlation(model_pixels.flatten(2), true_pixels.flatten(1)[:, None].expand(-1, s, -1), dim=2)
-    with torch.no_grad():
-        model_maps = truth.neuron_maps(view.pixels(images.to(device)), pair_columns).cpu().view(n, s, -1)
-        found_maps = truth.neuron_maps(view.pixels(found.images.to(device)), pair_columns).cpu().view(n, s, -1)
-        model_drive = truth.drive(view.pixels(images.to(device))).gather(1, pair_columns.to(device)[:, None]).cpu().view(n, s)
-    true_maps = found_maps[torch.arange(n), best]
-    feature_similarity = correlation(model_maps, true_maps[:, None].expand(-1, s, -1), dim=2)
     found_pixels = transform.to_pixels(found.images).view(n, s, -1)
-    paired = correlation(model_pixels.flatten(2), found_pixels, dim=2)
+    similarity = correlation(model_pixels, true_pixels.flatten(1)[:, None].expand(-1, s, -1), dim=2)
+    feature_similarity = correlation(model_maps, true_maps[:, None].expand(-1, s, -1), dim=2)
+    paired = correlation(model_pixels, found_pixels, dim=2)
     paired_features = correlation(model_maps, found_maps, dim=2)
 
     out = results.copy()
     cells = ("method", "neuron", "seed")
     out["ground_truth_activation"] = (cells, true_rate[None].numpy())
     out["ground_truth_relative_activation"] = (cells, (true_rate / reference[:, None])[None].numpy())
-    out["ground_truth_relative_drive"] = (cells, (model_drive / true_drive)[None].numpy())
+    out["ground_truth_relative_drive"] = (cells, (model_drive / true_drive[:, None])[None].numpy())
     out["true_mei_correlation"] = (cells, similarity[None].numpy())
     out["true_mei_feature_correlation"] = (cells, feature_similarity[None].numpy())
     out["same_seed_true_mei_correlation"] = (cells, paired[None].numpy())

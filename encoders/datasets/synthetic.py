@@ -336,10 +336,13 @@ class GroundTruthV4(nn.Module):
         The rate is a monotonic function of it, but flattens near ``rate_max``: two images that
         both saturate a neuron have the same rate and can still differ here.
         """
+        return (self._pooled_drive(images) - self.drive_mean) / self.drive_std
+
+    def _pooled_drive(self, images: torch.Tensor) -> torch.Tensor:
+        """`pooled` of every image, (B, N), in chunks of CHUNK images to bound memory."""
         images = images.to(self.v1_kernels.dtype)
         outs = [self.pooled(self.feature_maps(self.feature_drive(self.channels(c)))) for c in images.split(CHUNK)]
-        pooled = torch.cat(outs) if outs else images.new_zeros(0, self.n_neurons)
-        return (pooled - self.drive_mean) / self.drive_std
+        return torch.cat(outs) if outs else images.new_zeros(0, self.n_neurons)
 
     def rates(self, pooled: torch.Tensor) -> torch.Tensor:
         """Output nonlinearity: pooled drive to spikes per bin, (B, N).
@@ -358,10 +361,7 @@ class GroundTruthV4(nn.Module):
         if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(f"images must be {self.image_size}x{self.image_size} "
                              f"(the size this twin was built for), got {tuple(images.shape)}")
-        images = images.to(self.v1_kernels.dtype)
-        outs = [self.rates(self.pooled(self.feature_maps(self.feature_drive(self.channels(c)))))
-                for c in images.split(CHUNK)]
-        return torch.cat(outs) if outs else images.new_zeros(0, self.n_neurons)
+        return self.rates(self._pooled_drive(images))
 
 
 def _subseed(seed: int, stream: int) -> int:

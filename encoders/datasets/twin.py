@@ -53,10 +53,10 @@ def ground_truth_columns(path: str | Path, session: str) -> torch.Tensor:
 
 
 def true_rf_centres(
-    path: str | Path, session: str, transform: ImageTransform, input_shape: tuple[int, int, int],
+    path: str | Path, sessions: list[str], transform: ImageTransform, input_shape: tuple[int, int, int],
     feature_shape: tuple[int, int],
-) -> torch.Tensor:
-    """The session's true receptive-field centres as (x, y) on a model's feature grid, (n_neurons, 2).
+) -> dict[str, torch.Tensor]:
+    """Each session's true receptive-field centres as (x, y) on a model's feature grid, {session: (n_neurons, 2)}.
 
     In grid-cell indices (cell centres at 0, 1, ...). Stored-image pixels go through the transform's
     crop and resize to model-input pixels, then onto the core's grid: a grid nearly as large as the
@@ -64,7 +64,6 @@ def true_rf_centres(
     symmetrically; a much smaller one (a strided, padded core) is taken to scale the input uniformly.
     """
     arrays = read_ground_truth(path)
-    columns = ground_truth_columns(path, session).numpy()
     size = int(arrays["image_size"])
     top, bottom, left, right = (int(c) for c in transform.crop)
     _, height_in, width_in = input_shape
@@ -72,10 +71,11 @@ def true_rf_centres(
     for name, low, high, size_in, size_grid in (
         ("rf_x", left, right, width_in, feature_shape[1]), ("rf_y", top, bottom, height_in, feature_shape[0]),
     ):
-        pixel = torch.as_tensor(arrays[name][columns], dtype=torch.float32) - low
+        pixel = torch.as_tensor(arrays[name], dtype=torch.float32) - low
         pixel = (pixel + 0.5) * size_in / (size - low - high) - 0.5  # resize maps pixel edges to edges
         if size_grid * 2 > size_in:
             centres.append(pixel - (size_in - size_grid) / 2)
         else:
             centres.append((pixel + 0.5) * size_grid / size_in - 0.5)
-    return torch.stack(centres, dim=1)
+    every_neuron = torch.stack(centres, dim=1)
+    return {session: every_neuron[ground_truth_columns(path, session)] for session in sessions}
