@@ -29,14 +29,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from encoders.datasets.datamodule import RecordedDataModule  # noqa: E402
-from encoders.callbacks.twin_scores import twin_columns  # noqa: E402
-from encoders.datasets.twin import has_ground_truth, load_ground_truth  # noqa: E402
 from encoders.ensemble import Ensemble, load_checkpoint  # noqa: E402
-from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation  # noqa: E402
+from encoders.synthesis.energies import NeuronActivation  # noqa: E402
 from encoders.synthesis.gradient_ascent import GASettings, optimize_images  # noqa: E402
 from encoders.synthesis.guided_diffusion import egg_sample  # noqa: E402
 from encoders.synthesis.prior import DiffusionPrior, ModelSpace  # noqa: E402
 from encoders.synthesis.targets import all_targets, model_space_images, top_k_targets  # noqa: E402
+from encoders.twin import Twin  # noqa: E402
+from encoders.twin.scoring import GroundTruthActivation  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,13 +78,13 @@ def main(argv: list[str] | None = None) -> None:
         targets = all_targets(model)[: args.neurons]
     n = len(targets)
     seeds = [args.seed + i for i in range(n)]
-    if has_ground_truth(args.data):
-        truth = load_ground_truth(args.data)
-        twin = GroundTruthActivation(truth, twin_columns(args.data, model, targets), transform, (truth.image_size, truth.image_size))
+    twin = Twin.from_file(args.data)
+    if twin is not None:
+        brain = GroundTruthActivation(twin.truth, twin.columns(model, targets), twin.geometry(model))
     elif args.score_on:
         # real data has no ground truth: a held-out model (other architecture or seeds) plays the brain
         held_out = load_checkpoint(args.score_on[0]) if len(args.score_on) == 1 else Ensemble.from_checkpoints(args.score_on)
-        twin = NeuronActivation(held_out, targets)
+        brain = NeuronActivation(held_out, targets)
     else:
         raise SystemExit(f"{args.data} has no ground truth: name held-out checkpoints with --score-on")
     energy = NeuronActivation(model, targets)
@@ -115,17 +115,17 @@ def main(argv: list[str] | None = None) -> None:
         "GA": lambda: ga(energy),
         "EGG": lambda: egg(ModelSpace.of(model), None),
         "EGG @ GA norm": lambda: egg(ModelSpace.of(model, norm), norm),
-        "true MEI (GA on twin)" if has_ground_truth(args.data) else "GA on held-out": lambda: ga(twin),
+        "true MEI (GA on twin)" if twin is not None else "GA on held-out": lambda: ga(brain),
     }
     print(f"{n} neurons ({args.select}), model input {shape}, GA: {settings.steps} steps, norm {norm:.2f}; "
           f"EGG: {args.egg_steps} steps, energy_scale {args.energy_scale}, prior {prior.image_shape}")
-    scored = "true" if has_ground_truth(args.data) else "held-out"
+    scored = "true" if twin is not None else "held-out"
     header = f"{'method':<22} {'model rate':>11} {scored + ' rate':>14} {'ratio to its MEI':>17} {'RMS contrast':>13} {'seconds':>8}"
     rows = {}
     for name, make in methods.items():
         images, seconds = timed(make)
         with torch.no_grad():
-            rows[name] = (energy.activation(images), twin.activation(images), images.flatten(1).std(1), seconds)
+            rows[name] = (energy.activation(images), brain.activation(images), images.flatten(1).std(1), seconds)
     reference = rows[list(methods)[-1]][1]
     print(header)
     print("-" * len(header))

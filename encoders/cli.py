@@ -1,281 +1,227 @@
-"""The `encoders` console command: prepare datasets, summarise them, and make products.
+"""The `encoders` console command: train, prepare and summarise datasets, make products, compare, train priors.
+
+Every option is declared once, by the signature or dataclass it configures (jsonargparse reads
+them for YAML files and flags alike; flags use underscores like `train.py`'s): `encoders mei`
+takes the options of `encoders.products.MEIs`, `encoders reconstruct` those of
+`Reconstructions`, `encoders prepare` those of the converters, `encoders prior train` those of
+`encoders.synthesis.prior_training`. `encoders train ...` is `python train.py ...`.
 
 User errors (bad files, arguments, ids) print one line naming what is wrong and where, and exit
-with status 2, without a traceback.
+with status 2, without a traceback; Ctrl-C prints one line and exits with 130.
 """
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 from encoders.errors import EncodersError
 
 
-def _prepare_cowley(args: argparse.Namespace) -> int:
-    from encoders.datasets.cowley2023 import convert_cowley2023
-    from encoders.datasets.summary import print_summary
-
-    convert_cowley2023(
-        args.source_dir, args.out, sessions=args.sessions, validation_fraction=args.validation_fraction,
-        test_fraction=args.test_fraction, seed=args.seed,
-    )
-    print_summary(args.out)
-    return 0
-
-
-def _prepare_synthetic(args: argparse.Namespace) -> int:
-    from encoders.datasets.summary import print_summary
-    from encoders.datasets.twin import write_twin
-
-    write_twin(
-        args.out, n_sessions=args.sessions, neurons_per_session=args.neurons, images_per_session=args.images,
-        image_size=args.image_size, seed=args.seed, validation_fraction=args.validation_fraction,
-        test_fraction=args.test_fraction, test_repeats=args.test_repeats,
-    )
-    print_summary(args.out)
-    return 0
-
-
-def _info(args: argparse.Namespace) -> int:
-    from encoders.datasets.summary import print_summary
-
-    print_summary(args.path)
-    return 0
-
-
-def _ga_arguments(parser: argparse.ArgumentParser, contrast: float) -> None:
-    """Gradient-ascent options shared by `mei` and `reconstruct` (see encoders.synthesis.GASettings)."""
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="initial-noise seeds (one image per seed)")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    parser.add_argument("--lr", type=float, default=0.05, help="step size (pixel RMS, model units, per step)")
-    parser.add_argument("--no-normalize-gradient", action="store_true", help="plain gradient steps (lr then scales the raw gradient)")
-    parser.add_argument("--blur-sigma", type=float, default=1.0, help="Gaussian blur (pixels) of the gradient")
-    parser.add_argument("--contrast", type=float, default=contrast, help="per-pixel RMS the image norm is set to")
-    parser.add_argument("--norm", type=float, default=None, help="L2 norm of every image (overrides --contrast)")
-    parser.add_argument("--no-clamp", action="store_true", help="do not clamp to the range of real pixels")
-    parser.add_argument("--batch-size", type=int, default=128, help="images optimised together")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-
-
-def _ga_settings(args: argparse.Namespace):
-    from encoders.synthesis.gradient_ascent import GASettings
-
-    return GASettings(
-        seeds=tuple(args.seeds), steps=args.steps, optimizer=args.optimizer, lr=args.lr,
-        normalize_gradient=not args.no_normalize_gradient, blur_sigma=args.blur_sigma,
-        contrast=args.contrast, norm=args.norm, clamp=not args.no_clamp, batch_size=args.batch_size,
-    )
-
-
-def _egg_arguments(parser: argparse.ArgumentParser) -> None:
-    """Energy-guided diffusion options (used with --method egg; see encoders.synthesis.methods.EGGSynthesis)."""
-    parser.add_argument("--method", choices=["ga", "egg"], default="ga",
-                        help="gradient ascent on pixels, or energy-guided diffusion from --prior")
-    parser.add_argument("--prior", default=None, help="local diffusers folder of the diffusion prior (--method egg)")
-    parser.add_argument("--egg-steps", type=int, default=50, help="respaced diffusion steps")
-    parser.add_argument("--energy-scale", type=float, default=None,
-                        help="guidance step length per diffusion step (default 2; 0.5 for --meni)")
-    parser.add_argument("--egg-contrast", type=float, default=None,
-                        help="rescale EGG images to this per-pixel RMS (MEIs default to --contrast; else the prior's own)")
-    parser.add_argument("--egg-rescale-after", action="store_true",
-                        help="guide at the prior's contrast and rescale only the final image (default: guide at the final norm)")
-
-
-def _synthesis(args: argparse.Namespace, egg_contrast: float | None, energy_scale: float = 2.0):
-    """GA settings, or an EGG synthesis when --method egg (GA-only flags are then rejected)."""
-    settings = _ga_settings(args)
-    if args.method == "ga":
-        given = [flag for flag, value in (("--prior", args.prior), ("--egg-contrast", args.egg_contrast),
-                                          ("--energy-scale", args.energy_scale),
-                                          ("--egg-rescale-after", args.egg_rescale_after or None)) if value is not None]
-        if given:
-            raise EncodersError(f"{', '.join(given)} only apply to --method egg")
-        return settings
-    from encoders.synthesis.methods import EGGSynthesis
-
-    if args.prior is None:
-        raise EncodersError("--method egg needs --prior (a local diffusers folder, e.g. data/priors/natural32)")
-    contrast = args.egg_contrast if args.egg_contrast is not None else egg_contrast
-    return EGGSynthesis.load(args.prior, seeds=settings.seeds, num_steps=args.egg_steps, energy_scale=args.energy_scale if args.energy_scale is not None else energy_scale,
-                             contrast=contrast, batch_size=settings.batch_size,
-                             guide_at_norm=contrast is not None and not args.egg_rescale_after)
-
-
-def _data_for(model, path: str):
-    """The data file as a data module with the model's image geometry (its images are mapped to model space)."""
-    from encoders.datasets.datamodule import RecordedDataModule
-
-    transform = model.image_transform
-    datamodule = RecordedDataModule(
-        path, sessions=model.sessions, grayscale=transform.grayscale, crop=transform.crop, resize=transform.resize,
-    )
-    datamodule.setup("predict")
-    return datamodule
-
-
-def _mei(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from encoders.callbacks.mei import write_meis
-    from encoders.callbacks.products import load_models
-    from encoders.synthesis.targets import check_choice, resolve_targets
-
-    if args.meni and args.method != "egg":
-        raise EncodersError("--meni needs --method egg")
-    # EGG MEIs are rescaled to the GA norm rule for a fair comparison; MENIs keep the prior's contrast
-    method = _synthesis(args, None if args.meni else args.contrast, energy_scale=0.5 if args.meni else 2.0)
-    targets = check_choice(args.neurons, args.top_k)
-    if targets is None and args.data is None:
-        raise EncodersError("--top-k needs --data to rank neurons by validation correlation")
-    model = load_models(args.checkpoints)
-    if targets is not None:
-        resolve_targets(model, targets)  # unknown ids fail here, before data are read or anything is written
-    model = model.to(args.device)
-    datamodule = _data_for(model, args.data) if args.data else None
-    product = "meni" if args.meni else "mei"
-    made = write_meis(
-        [Path(p) for p in args.checkpoints], model, Path(args.out), method, targets, args.top_k, datamodule,
-        minimize=args.minimize, ground_truth=not args.no_ground_truth, product=product,
-    )
-    nc = Path(args.out) / f"{product}_{args.method}.nc"
-    print(f"{nc}" + ("" if made else " (exists for these checkpoints and settings: kept)"))
-    return 0
-
-
-def _reconstruct(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from encoders.callbacks.products import load_models
-    from encoders.callbacks.reconstruction import write_reconstructions
-    from encoders.synthesis.targets import check_sessions
-
-    method = _synthesis(args, None)
-    model = load_models(args.checkpoints)
-    check_sessions(model, [args.session])
-    model = model.to(args.device)
-    datamodule = _data_for(model, args.data)
-    made = write_reconstructions(
-        [Path(p) for p in args.checkpoints], model, Path(args.out), method, datamodule, args.images,
-        [args.session], args.target, args.metric,
-    )
-    print(f"{Path(args.out) / f'reconstruction_{args.method}.nc'}" + ("" if made else " (exists for these checkpoints and settings: kept)"))
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="encoders", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    prepare = commands.add_parser("prepare", help="convert or generate a dataset file").add_subparsers(
-        dest="source", required=True, metavar="SOURCE"
-    )
-    cowley = prepare.add_parser("cowley2023", help="the Cowley et al. 2023 macaque V4 release, in its own layout")
-    cowley.add_argument("source_dir", help="folder with images/, responses_repeat_averaged/ (and responses_raw/)")
-    cowley.add_argument("out", help="output .h5 file (written atomically)")
-    cowley.add_argument("--sessions", nargs="+", default=None, help="session ids (default: all)")
-    cowley.add_argument("--validation-fraction", type=float, default=0.1)
-    cowley.add_argument("--test-fraction", type=float, default=0.1)
-    cowley.add_argument("--seed", type=int, default=0, help="seed of the per-session split")
-    cowley.set_defaults(run=_prepare_cowley)
-
-    twin = prepare.add_parser("synthetic", help="a synthetic V4 digital twin with stored ground-truth neurons")
-    twin.add_argument("out", help="output .h5 file (written atomically)")
-    twin.add_argument("--config", default=None, help="YAML whose keys set the options below (e.g. experiments/twin.yaml)")
-    twin.add_argument("--sessions", type=int, default=3)
-    twin.add_argument("--neurons", type=int, default=40, help="neurons per session")
-    twin.add_argument("--images", type=int, default=1500, help="images per session")
-    twin.add_argument("--image-size", type=int, default=32)
-    twin.add_argument("--seed", type=int, default=0)
-    twin.add_argument("--validation-fraction", type=float, default=0.1)
-    twin.add_argument("--test-fraction", type=float, default=0.1)
-    twin.add_argument("--test-repeats", type=int, default=10)
-    twin.set_defaults(run=_prepare_synthetic)
-
-    similarity = commands.add_parser("similarity", help="similarity-score tools (Cloos et al. 2024)").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    optimize = similarity.add_parser("optimize", help="maximise a score of synthetic data against a target")
-    from encoders.similarity.optimize import add_arguments, run
-
-    add_arguments(optimize)
-    optimize.set_defaults(run=run)
-
-    mei = commands.add_parser("mei", help="MEIs (GA or EGG) of trained checkpoints (several = an ensemble)")
-    mei.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
-    choice = mei.add_mutually_exclusive_group(required=True)
-    choice.add_argument("--neurons", nargs="+", metavar="SESSION/ID", help="neurons by session and neuron id")
-    choice.add_argument("--top-k", type=int, help="the K neurons best predicted on the validation tier of --data")
-    mei.add_argument("--data", default=None, help="dataset file: needed by --top-k; a twin adds ground-truth scores")
-    mei.add_argument("--out", required=True, help="output folder (mei_<method>.nc and .png)")
-    mei.add_argument("--meni", action="store_true", help="most exciting naturalistic images (EGG with weak guidance)")
-    mei.add_argument("--minimize", action="store_true", help="inhibitory images (lowest response) instead")
-    mei.add_argument("--no-ground-truth", action="store_true", help="skip scoring on a twin's true neurons")
-    _ga_arguments(mei, contrast=0.25)
-    _egg_arguments(mei)
-    mei.set_defaults(run=_mei)
-
-    reconstruct = commands.add_parser("reconstruct", help="reconstruct test images from their responses (GA or EGG)")
-    reconstruct.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
-    reconstruct.add_argument("--data", required=True, help="dataset file with the test images")
-    reconstruct.add_argument("--session", required=True)
-    reconstruct.add_argument("--images", type=int, default=4, help="the first N test images of the session")
-    reconstruct.add_argument("--target", choices=["recorded", "predicted"], default="recorded",
-                             help="recorded responses, or the model's predictions for the image")
-    reconstruct.add_argument("--metric", choices=["mse", "correlation"], default="mse")
-    reconstruct.add_argument("--out", required=True, help="output folder (reconstruction_<method>.nc and .png)")
-    _ga_arguments(reconstruct, contrast=1.0)
-    _egg_arguments(reconstruct)
-    reconstruct.set_defaults(run=_reconstruct)
-
-    compare = commands.add_parser("compare", help="train architectures x seeds; compare accuracy, GA vs EGG MEI transfer, similarity")
-    from encoders.compare.command import add_arguments as compare_arguments, run as run_compare
-
-    compare_arguments(compare)
-    compare.set_defaults(run=run_compare)
-
-    info = commands.add_parser("info", help="validate a dataset file and summarise its sessions")
-    info.add_argument("path")
-    info.set_defaults(run=_info)
+def _parser(description: str, config: bool = True) -> ArgumentParser:
+    parser = ArgumentParser(description=description, exit_on_error=False, default_env=False)
+    if config:
+        parser.add_argument("--config", action=ActionConfigFile, help="YAML file whose keys set the options below")
     return parser
 
 
-def _apply_config(args: argparse.Namespace, argv: Sequence[str]) -> argparse.Namespace:
-    """Options from a YAML file (keys = option names with '_'); flags given explicitly win."""
-    import yaml
+# ---- parsers ---------------------------------------------------------------------------------------
+def _prepare_parser(commands) -> None:
+    from encoders.datasets.cowley2023 import convert_cowley2023
+    from encoders.twin.generation import write_twin
 
-    try:
-        with open(args.config) as handle:
-            values = yaml.safe_load(handle) or {}
-    except OSError as error:
-        raise EncodersError(f"{args.config}: cannot read config: {error.strerror}") from None
-    allowed = {k for k in vars(args) if k not in ("config", "run", "command", "source", "out")}
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise EncodersError(f"{args.config}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    given = {token.split("=")[0] for token in argv if token.startswith("--")}
-    for key, value in values.items():
-        if f"--{key.replace('_', '-')}" not in given:
-            setattr(args, key, value)
-    return args
+    prepare = _parser("convert or generate a dataset file", config=False)
+    commands.add_subcommand("prepare", prepare, help="convert or generate a dataset file")
+    sources = prepare.add_subcommands(dest="source")
+    cowley = _parser("the Cowley et al. 2023 macaque V4 release, in its own layout")
+    cowley.add_function_arguments(convert_cowley2023, as_positional=True)
+    sources.add_subcommand("cowley2023", cowley, help="the Cowley et al. 2023 macaque V4 release")
+    twin = _parser("a synthetic V4 digital twin with stored ground-truth neurons")
+    twin.add_function_arguments(write_twin, as_positional=True)
+    sources.add_subcommand("synthetic", twin, help="a synthetic V4 digital twin (ground-truth neurons)")
+
+
+def _product_parser(description: str, product: type, data_required: bool) -> ArgumentParser:
+    parser = _parser(description)
+    parser.add_argument("checkpoints", nargs="+", type=str, help="checkpoint files (several = an ensemble)")
+    parser.add_argument("--data", type=str | None, default=None, required=data_required,
+                        help="dataset file: test images and responses, neuron ranking; a twin adds ground-truth scores")
+    parser.add_argument("--out", type=str, required=True, help="output folder (<stem>.nc and .png)")
+    parser.add_argument("--device", type=str, default="cpu", help="torch device, e.g. cuda")
+    parser.add_class_arguments(product, None, help=product.__doc__.splitlines()[0])
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    from encoders.products import MEIs, Reconstructions
+    from encoders.synthesis.prior_training import parser as prior_parser
+
+    parser = ArgumentParser(prog="encoders", description=__doc__.splitlines()[0], exit_on_error=False)
+    commands = parser.add_subcommands(dest="command")
+    _prepare_parser(commands)
+    info = _parser("validate a dataset file and summarise its sessions", config=False)
+    info.add_argument("path", type=str)
+    commands.add_subcommand("info", info, help="validate a dataset file and summarise its sessions")
+    commands.add_subcommand("mei", _product_parser("MEIs (GA or EGG) of trained checkpoints", MEIs, False),
+                            help="MEIs, MENIs or inhibitory images (GA or EGG) of trained checkpoints")
+    reconstruct = _product_parser("reconstruct test images from their responses", Reconstructions, True)
+    commands.add_subcommand("reconstruct", reconstruct, help="reconstruct test images from their responses (GA or EGG)")
+    compare = _parser("train architectures x seeds; compare accuracy, GA vs EGG MEI transfer, similarity", config=False)
+    compare.add_argument("experiment", type=str, help="comparison YAML, e.g. experiments/compare_twin.yaml")
+    compare.add_argument("--out", type=str | None, default=None, help="output folder (overrides the config's `out`)")
+    commands.add_subcommand("compare", compare, help="compare architectures: accuracy, MEI transfer, similarity")
+    similarity = _parser("similarity-score tools (Cloos et al. 2024)", config=False)
+    commands.add_subcommand("similarity", similarity, help="similarity-score tools (Cloos et al. 2024)")
+    actions = similarity.add_subcommands(dest="action")
+    from encoders.similarity.optimize import add_arguments
+
+    optimize = _parser("maximise a score of synthetic data against a target")
+    add_arguments(optimize)
+    actions.add_subcommand("optimize", optimize, help="maximise a score of synthetic data against a target")
+    prior = _parser("diffusion image priors (for EGG)", config=False)
+    commands.add_subcommand("prior", prior, help="train a diffusion image prior on dataset images")
+    prior_actions = prior.add_subcommands(dest="action")
+    prior_train = prior_parser()
+    prior_train.exit_on_error = False
+    prior_actions.add_subcommand("train", prior_train, help="train a diffusion prior on dataset images")
+    return parser
+
+
+# ---- commands --------------------------------------------------------------------------------------
+def _prepare(options) -> int:
+    from encoders.datasets.summary import print_summary
+
+    if options.source == "cowley2023":
+        from encoders.datasets.cowley2023 import convert_cowley2023
+
+        o = options.cowley2023
+        out = _new_output_file(o.out)
+        convert_cowley2023(o.source_dir, out, sessions=o.sessions, validation_fraction=o.validation_fraction,
+                           test_fraction=o.test_fraction, seed=o.seed)
+    else:
+        from encoders.twin.generation import write_twin
+
+        o = {k: v for k, v in options.synthetic.as_dict().items() if k != "config"}
+        out = _new_output_file(o["out"])
+        write_twin(**o)
+    print_summary(out)
+    return 0
+
+
+def _new_output_file(path: str) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise EncodersError(f"{path}: is a folder; give the data file to write")
+    return path
+
+
+def _output_folder(path: str) -> Path:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EncodersError(f"--out {path}: exists and is not a folder")
+    return path
+
+
+def _products(options, which: str) -> int:
+    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.ensemble import load_models
+    from encoders.products import MEIs, ProductData, Progress, Reconstructions, make_products
+
+    chosen = getattr(options, which)
+    product_class = {"mei": MEIs, "reconstruct": Reconstructions}[which]
+    product = product_class(**{name: chosen[name] for name in inspect.signature(product_class).parameters})
+    out = _output_folder(chosen.out)
+    model = load_models(chosen.checkpoints)
+    datamodule = None
+    if chosen.data is None:
+        product.check(model, ProductData())  # without data, ids are all there is to check
+    if chosen.data is not None:
+        transform = model.image_transform
+        datamodule = RecordedDataModule(chosen.data, sessions=model.sessions, grayscale=transform.grayscale,
+                                        crop=transform.crop, resize=transform.resize)
+        datamodule.setup("predict")
+        check_data(model, datamodule)
+    model = model.to(chosen.device)
+    for made in make_products([product], [Path(p) for p in chosen.checkpoints], model, ProductData.of(datamodule), out, Progress()):
+        print(made.line)
+    return 0
+
+
+def check_data(model, datamodule) -> None:
+    """A checkpoint used with a data file of other neurons or images fails in one line, before any work."""
+    for session in model.sessions:
+        if session not in datamodule.sessions:
+            raise EncodersError(f"{datamodule.path}: has no session {session!r} of the checkpoint (it has {datamodule.sessions})")
+        ids = list(datamodule.tables[session].neuron_ids)
+        if ids != list(model.neuron_ids(session)):
+            raise EncodersError(f"{datamodule.path}: session {session!r} has {len(ids)} neurons with other ids than "
+                                f"the checkpoint's {len(model.neuron_ids(session))}; use the data the model was trained on")
+    shape = tuple(datamodule.input_shape())
+    if shape != tuple(model.input_shape):
+        raise EncodersError(f"{datamodule.path}: images map to {shape} in model space, the checkpoint takes {tuple(model.input_shape)}")
+
+
+def _compare(options) -> int:
+    from encoders.compare.config import load_config
+    from encoders.compare.run import run_compare
+
+    run_compare(load_config(options.compare.experiment, options.compare.out))
+    return 0
+
+
+def _similarity(options) -> int:
+    from encoders.similarity.optimize import run
+
+    return run(options.similarity.optimize)
+
+
+def _prior(options) -> int:
+    from encoders.synthesis.prior_training import run
+
+    run(options.prior.train)
+    return 0
+
+
+def _info(options) -> int:
+    from encoders.datasets.summary import print_summary
+
+    print_summary(options.info.path)
+    return 0
+
+
+COMMANDS = {"prepare": _prepare, "info": _info, "mei": lambda o: _products(o, "mei"),
+            "reconstruct": lambda o: _products(o, "reconstruct"), "compare": _compare, "similarity": _similarity,
+            "prior": _prior}
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        from encoders.training.cli import main as train
+
+        return train(argv[1:])
+    from jsonargparse import ArgumentError
+
     try:
-        if getattr(args, "config", None):
-            args = _apply_config(args, list(argv) if argv is not None else sys.argv[1:])
-        return args.run(args)
-    except EncodersError as error:
-        print(f"encoders: error: {error}", file=sys.stderr)
+        parser = build_parser()
+        options = parser.instantiate(parser.parse_args(argv))
+        return COMMANDS[options.command](options)
+    except (ArgumentError, EncodersError, ValueError, FileNotFoundError) as error:
+        # ValueError/FileNotFoundError: values the parser could not judge alone (fractions, sizes, paths)
+        print(f"encoders: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as error:
-        # argument values the parser could not judge alone (fractions, sizes, paths)
-        print(f"encoders: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("encoders: interrupted; files are written whole or not at all, and a re-run makes only what is missing",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,49 +1,57 @@
-"""Writing products: labelled NetCDF and PNG files, atomically (temporary file, then rename).
+"""Writing files atomically: every file the project writes goes through `atomic_write`.
 
-A process killed while writing leaves only a hidden temporary (`.NAME.tmp-PID`), never a
-half-written product; the next successful write of the same product removes such leftovers.
+A temporary file next to the target is written and renamed into place only when complete, so a
+process killed while writing (or Ctrl-C) leaves only a hidden temporary (`.NAME.tmp-PID`), never a
+half-written file; the next successful write of the same file removes such leftovers.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import xarray as xr
 
 
-def write_netcdf(data: xr.Dataset | xr.DataArray, path: str | Path) -> Path:
-    """Write `data` to `path` via a temporary file, so readers never see a half-written file."""
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` with a temporary path beside `path`, then rename it into place; returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    prefix = f".{path.stem}.tmp-"
+    tmp = path.with_name(f"{prefix}{os.getpid()}{path.suffix}")  # the suffix keeps writers that look at it happy
     try:
-        data.to_netcdf(tmp, engine="h5netcdf")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _remove_stale_temporaries(path, f".{path.name}.tmp-")
+    _remove_stale_temporaries(path, prefix)
     return path
+
+
+def write_netcdf(data: xr.Dataset | xr.DataArray, path: str | Path) -> Path:
+    """Write a labelled dataset to NetCDF (h5netcdf) atomically."""
+    return atomic_write(path, lambda tmp: data.to_netcdf(tmp, engine="h5netcdf"))
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(data: object, path: str | Path) -> Path:
+    return write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n", path)
 
 
 def save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
     """Save a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        figure.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        return atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, bbox_inches="tight"))
     finally:
         plt.close(figure)
-    _remove_stale_temporaries(path, f".{path.stem}.tmp-")
-    return path
 
 
 def _remove_stale_temporaries(path: Path, prefix: str) -> None:

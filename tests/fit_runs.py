@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from encoders.datasets.twin import write_twin
+from encoders.twin import write_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def tiny_config(root: Path, data: Path, max_epochs: int = 4, last_every_n_train_
             "default_root_dir": str(root), "accelerator": "cpu", "devices": 1, "max_epochs": max_epochs,
             "deterministic": True, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
             "num_sanity_val_steps": 1,
-            "callbacks": [{"class_path": "encoders.callbacks.ModelCheckpoint", "init_args": checkpoint}, *(callbacks or [])],
+            "callbacks": [{"class_path": "encoders.training.ModelCheckpoint", "init_args": checkpoint}, *(callbacks or [])],
         },
         "model": {
             "core": {"type": "stacked", "hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3},

@@ -237,7 +237,7 @@ def test_user_errors_exit_cleanly_as_real_processes(good, tmp_path, program):
 
 def test_keyword_passthroughs_reject_misspelt_arguments():
     """ModelCheckpoint and EGGSynthesis.load forward keyword arguments: a typo must fail, not vanish."""
-    from encoders.callbacks import ModelCheckpoint
+    from encoders.training import ModelCheckpoint
     from encoders.synthesis.methods import EGGSynthesis
 
     with pytest.raises(TypeError, match="dirpth"):

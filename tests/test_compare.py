@@ -18,8 +18,8 @@ import yaml
 from encoders.cli import main
 from encoders.compare.config import load_config
 from encoders.compare.generalisation import relation
-from encoders.datasets.twin import write_twin
 from encoders.errors import EncodersError
+from encoders.twin import write_twin
 
 torch.set_num_threads(1)
 PRIOR = str(Path(__file__).resolve().parents[1] / "data" / "priors" / "natural32")

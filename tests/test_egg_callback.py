@@ -13,9 +13,9 @@ import xarray as xr
 from encoders.callbacks import EGGCallback, ModelCheckpoint
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
-from encoders.datasets.synthetic import make_twin
 from encoders.errors import EncodersError
 from encoders.model import EncodingModel
+from encoders.twin import make_twin
 
 torch.set_num_threads(1)
 PRIOR = str(Path(__file__).resolve().parents[1] / "data" / "priors" / "natural32")

@@ -19,10 +19,11 @@ from encoders.callbacks.products import model_digest, write_product
 from encoders.cli import main
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
-from encoders.datasets.synthetic import make_twin
 from encoders.errors import EncodersError
 from encoders.model import EncodingModel
-from encoders.synthesis import GASettings, GroundTruthActivation
+from encoders.synthesis import GASettings
+from encoders.twin import Twin, make_twin
+from encoders.twin.scoring import GroundTruthActivation
 from conftest import make_session
 
 torch.set_num_threads(1)
@@ -232,7 +233,8 @@ def test_ground_truth_scores_on_a_tiny_twin(tmp_path):
         relative = meis.ground_truth_relative_activation.values
         np.testing.assert_allclose(relative, meis.ground_truth_activation.values / meis.true_mei_activation.values[None, :, None])
         # the true MEI, scored like the model's MEIs, gives the stored reference (columns 2 and 0)
-        energy = GroundTruthActivation(truth, torch.tensor([2, 0]), model.image_transform, (16, 16))
+        geometry = Twin.from_file(path).geometry(model)
+        energy = GroundTruthActivation(truth, torch.tensor([2, 0]), geometry)
         with torch.no_grad():
             rates = energy.activation(torch.as_tensor(meis.true_mei.values))
         np.testing.assert_allclose(rates.numpy(), meis.true_mei_activation.values, rtol=1e-4)
@@ -240,7 +242,7 @@ def test_ground_truth_scores_on_a_tiny_twin(tmp_path):
         noise = torch.randn(8, 1, 16, 16)
         noise = noise * (settings.image_norm((1, 16, 16)) / noise.flatten(1).norm(dim=1))[:, None, None, None]
         with torch.no_grad():
-            noise_rates = GroundTruthActivation(truth, torch.tensor([2] * 8), model.image_transform, (16, 16)).activation(noise)
+            noise_rates = GroundTruthActivation(truth, torch.tensor([2] * 8), geometry).activation(noise)
         assert meis.true_mei_activation.values[0] > noise_rates.max().item()
 
 

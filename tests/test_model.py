@@ -9,13 +9,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from encoders.callbacks import ModelCheckpoint, ReadoutFigures
+from encoders.callbacks import ReadoutFigures
+from encoders.training import ModelCheckpoint
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
-from encoders.datasets.synthetic import make_twin
 from encoders.ensemble import Ensemble, load_checkpoint
 from encoders.errors import EncodersError
 from encoders.model import ConfigError, EncodingModel
+from encoders.twin import make_twin
 
 CORE = {"type": "stacked", "hidden_channels": 8, "layers": 2, "input_kernel": 5, "hidden_kernel": 3, "gamma_input": 0.1}
 READOUTS = {

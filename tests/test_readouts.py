@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoders.readouts import AttentionReadout, GaussianReadout, initial_bias, sinusoidal_2d
+from encoders.readouts import AttentionReadout, GaussianReadout, Readout, initial_bias, sinusoidal_2d
 
 
 def assert_all_grads(module: torch.nn.Module) -> None:
@@ -64,7 +64,7 @@ def test_gaussian_output_shape(gauss_type, in_shape, batch):
     assert readout.eval()(x).shape == (batch, 11)
     sigma_shapes = {"isotropic": (11, 1), "uncorrelated": (11, 2), "full": (11, 2, 2)}
     assert readout.sigma.shape == sigma_shapes[gauss_type]
-    assert readout.features.shape == (in_shape[0], 11)
+    assert readout.features.shape == (11, in_shape[0])  # (n_neurons, F) in every readout
 
 
 def test_gaussian_positions_and_init():
@@ -74,7 +74,7 @@ def test_gaussian_positions_and_init():
     assert pos.shape == (200, 2) and not pos.requires_grad
     assert pos.abs().max() <= 0.2 and pos.std() > 0.05
     assert torch.all(readout.sigma == 0.3)
-    assert torch.allclose(readout.features, torch.full((4, 200), 0.25))
+    assert torch.allclose(readout.features, torch.full((200, 4), 0.25))
 
 
 @pytest.mark.parametrize("gauss_type", ["isotropic", "uncorrelated", "full"])
@@ -93,7 +93,7 @@ def test_gaussian_regularizer_nonzero_and_differentiable():
     # 20 weights of 1/4 each, summed.
     assert penalty.item() == pytest.approx(0.5 * 5.0)
     penalty.backward()
-    assert torch.allclose(readout.features.grad, torch.full((4, 5), 0.5))
+    assert torch.allclose(readout.features.grad, torch.full((5, 4), 0.5))
     assert GaussianReadout((4, 6, 6), 5).regularizer().item() > 0
 
 
@@ -145,10 +145,10 @@ def test_gaussian_reads_the_feature_at_a_known_pixel():
         # align_corners=True: pixel k of n sits at -1 + 2k / (n - 1).
         readout.mu.copy_(torch.tensor([[-1 + 2 * col / (w - 1), -1 + 2 * row / (h - 1)] for row, col in pixels]))
         readout.sigma.fill_(1e-7)
-        readout.features.copy_(torch.randn(channels, len(pixels)))
+        readout.features.copy_(torch.randn(len(pixels), channels))
         readout.bias.copy_(torch.randn(len(pixels)))
     expected = torch.stack(
-        [features[0, :, row, col] @ readout.features[:, n] + readout.bias[n] for n, (row, col) in enumerate(pixels)]
+        [features[0, :, row, col] @ readout.features[n] + readout.bias[n] for n, (row, col) in enumerate(pixels)]
     )
     assert torch.allclose(readout.eval()(features)[0], expected, atol=1e-4)
     assert torch.allclose(readout.train()(features)[0], expected, atol=1e-3)  # tiny sigma: sampling barely moves
@@ -220,7 +220,7 @@ def test_attention_output_shape_and_maps_sum_to_one(in_shape, embed_dim, heads, 
     readout = AttentionReadout(in_shape, 7, embed_dim=embed_dim, heads=heads).eval()
     x = torch.randn(batch, *in_shape)
     assert readout(x).shape == (batch, 7)
-    maps = readout.attention_maps(x)
+    maps = readout.spatial_maps(x)
     assert maps.shape == (batch, 7, in_shape[1], in_shape[2])
     assert torch.allclose(maps.sum(dim=(2, 3)), torch.ones(batch, 7), atol=1e-5)
     assert (maps >= 0).all()
@@ -232,7 +232,7 @@ def test_attention_positional_encoding_is_a_fixed_buffer():
     assert all("position" not in name for name, _ in readout.named_parameters())
     assert torch.equal(readout.position_encoding, sinusoidal_2d(8, 3, 4))
     # The position encoding makes identical features at different places distinguishable.
-    maps = readout.eval().attention_maps(torch.zeros(1, 8, 3, 4))
+    maps = readout.eval().spatial_maps(torch.zeros(1, 8, 3, 4))
     assert maps.std() > 0
 
 
@@ -275,7 +275,7 @@ def one_hot_readout() -> tuple[AttentionReadout, torch.Tensor]:
 
 def test_attention_one_hot_key_attends_where_expected():
     readout, features = one_hot_readout()
-    maps = readout.attention_maps(features)[0]
+    maps = readout.spatial_maps(features)[0]
     assert maps[0, 2, 1].item() > 0.999
     assert maps[1, 0, 4].item() > 0.999
     # Pooled values are then the one-hot feature vectors scaled by their amplitude.
@@ -291,14 +291,14 @@ def test_attention_temperature_divides_the_logits():
     hot.load_state_dict(readout.state_dict())
     with torch.no_grad():
         readout.query.mul_(0.5)
-    assert torch.allclose(hot.attention_maps(x), readout.attention_maps(x), atol=1e-6)
+    assert torch.allclose(hot.spatial_maps(x), readout.spatial_maps(x), atol=1e-6)
 
 
 def test_attention_uses_scaled_dot_product():
     readout, features = one_hot_readout()
     with torch.no_grad():
         readout.query.mul_(1.0 / 50.0)  # logit 1 * scale at the hot pixel, 0 elsewhere
-    maps = readout.attention_maps(features)[0]
+    maps = readout.spatial_maps(features)[0]
     hot = math.exp(1.0 / math.sqrt(8))
     assert maps[0, 2, 1].item() == pytest.approx(hot / (hot + 19), rel=1e-5)
 
@@ -369,3 +369,21 @@ def test_readout_locations_in_feature_grid_cells():
     maps[1, 4, 0] = maps[1, 4, 10] = 0.5  # halfway between two cells
     maps[2] = 1 / 144  # uniform: the grid's middle
     torch.testing.assert_close(readout_locations(attention, "s", maps), torch.tensor([[7.0, 2.0], [5.0, 4.0], [5.5, 5.5]]))
+
+
+def test_every_readout_says_where_it_reads():
+    """locations() on the feature grid: the Gaussian's mean position, the attention's centre of mass; maps sum to 1."""
+    torch.manual_seed(0)
+    gaussian = GaussianReadout((8, 5, 7), 3).eval()
+    with torch.no_grad():
+        gaussian.mu.copy_(torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.5]]))  # (x, y) in [-1, 1]
+    features = torch.randn(2, 8, 5, 7)
+    assert torch.allclose(gaussian.locations(features), torch.tensor([[0.0, 0.0], [6.0, 4.0], [3.0, 3.0]]))
+    maps = gaussian.spatial_maps(features)
+    assert maps.shape == (2, 3, 5, 7) and torch.allclose(maps.sum((2, 3)), torch.ones(2, 3))
+    assert torch.allclose(gaussian.locations(features), Readout.locations(gaussian, features), atol=1e-5)
+    attention = AttentionReadout((8, 5, 7), 3, embed_dim=8, heads=2).eval()
+    maps = attention.spatial_maps(features)
+    assert maps.shape == (2, 3, 5, 7) and torch.allclose(maps.sum((2, 3)), torch.ones(2, 3), atol=1e-5)
+    xy = attention.locations(features)
+    assert xy.shape == (3, 2) and (xy[:, 0] >= 0).all() and (xy[:, 0] <= 6).all() and (xy[:, 1] <= 4).all()

@@ -10,14 +10,14 @@ import pytorch_lightning as pl
 import torch
 import xarray as xr
 
-from encoders.callbacks import ModelCheckpoint, SimilarityCallback
+from encoders.training import ModelCheckpoint, SimilarityCallback
 from encoders.errors import EncodersError
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
-from encoders.datasets.synthetic import make_twin
 from encoders.model import EncodingModel
 from encoders.similarity import cka_linear, nbs
 from encoders.similarity.diagnostics import BASELINES, reduce_features, split_half
+from encoders.twin import make_twin
 
 CORE = {"type": "stacked", "hidden_channels": 8, "layers": 2, "input_kernel": 5, "hidden_kernel": 3, "gamma_input": 0.1}
 READOUT = {"type": "gaussian", "gauss_type": "isotropic", "gamma_features": 0.001}

@@ -6,17 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.datasets.io import write_dataset
 from encoders.datasets.natural_images import natural_image_pool, source_image_names
 from encoders.datasets.schema import TIERS
-from encoders.datasets.synthetic import (
-    SELECTIVITY_TYPES,
-    GroundTruthV4,
-    ground_truth_response,
-    make_twin,
-)
-from encoders.datasets.transforms import ImageTransform
-from encoders.datasets.twin import ground_truth_columns, true_rf_centres
+from encoders.twin import make_twin
+from encoders.twin.neurons import SELECTIVITY_TYPES, GroundTruthV4, ground_truth_response
 
 SIZE = 32
 N_SESSIONS, NEURONS, IMAGES, REPEATS = 2, 12, 200, 10
@@ -235,32 +228,3 @@ def test_ground_truth_index_maps_sessions_to_their_true_rates(twin):
         assert np.mean(_column_corr(single, rate[~test])) > 0.6
         assert rate.mean() == pytest.approx(single.mean(), rel=0.1)
 
-
-@pytest.mark.parametrize("crop, resize, grid", [
-    ((0, 0, 0, 0), None, (24, 24)),  # the quickstart: stride-1 core, valid convolutions
-    ((2, 4, 6, 0), (20, 20), (14, 14)),  # crop and downsample, then a stride-1 core
-    ((0, 0, 0, 0), (28, 28), (7, 7)),  # a strided core that scales its input by 1/4
-])
-def test_true_rf_centres_follow_crop_resize_and_the_core_grid(twin, tmp_path, crop, resize, grid):
-    sessions, truth = twin
-    path = tmp_path / "twin.h5"
-    write_dataset(path, sessions, ground_truth=truth.state_arrays())
-    transform = ImageTransform(crop=crop, resize=resize)
-    input_shape = transform.output_shape((SIZE, SIZE))
-    session = sessions[1].session_id
-    centres = true_rf_centres(path, [session], transform, input_shape, grid)[session]
-    columns = ground_truth_columns(path, session)
-    assert centres.shape == (NEURONS, 2)
-    # a small blob at each true centre, carried through the real transform: its centroid is the answer
-    rows, cols = torch.meshgrid(torch.arange(SIZE, dtype=torch.float32), torch.arange(SIZE, dtype=torch.float32), indexing="ij")
-    x0, y0 = truth.rf_x[columns].float(), truth.rf_y[columns].float()
-    blobs = torch.exp(-((cols - x0[:, None, None]) ** 2 + (rows - y0[:, None, None]) ** 2) / (2 * 1.5**2))
-    moved = transform.geometry(blobs)[:, 0]
-    h_in, w_in = moved.shape[-2:]
-    cy = (moved.sum(2) * torch.arange(h_in)).sum(1) / moved.sum((1, 2))
-    cx = (moved.sum(1) * torch.arange(w_in)).sum(1) / moved.sum((1, 2))
-    if grid[1] * 2 > w_in:
-        expected = torch.stack([cx - (w_in - grid[1]) / 2, cy - (h_in - grid[0]) / 2], dim=1)
-    else:
-        expected = torch.stack([(cx + 0.5) * grid[1] / w_in - 0.5, (cy + 0.5) * grid[0] / h_in - 0.5], dim=1)
-    torch.testing.assert_close(centres, expected, atol=0.1, rtol=0)

@@ -8,10 +8,11 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import torch
 
-from encoders.datasets.io import write_dataset
+from encoders.datasets.io import read_session, write_dataset
 from encoders.datasets.validation import validate_file
-from encoders.errors import DatasetError
+from encoders.errors import DatasetError, EncodersError
 
 
 # ---- writing: bad data in memory never becomes a file ------------------------------------------
@@ -64,6 +65,51 @@ def _duplicate_neurons(s):
     s.neuron_ids[1] = s.neuron_ids[0]
 
 
+# data that passes the schema but cannot train
+def _no_images(s):
+    s.images, s.image_ids, s.responses, s.tiers, s.trials = (a[:0] for a in (s.images, s.image_ids, s.responses, s.tiers, s.trials))
+
+
+def _zero_width(s):
+    s.images = s.images[:, :, :0]
+
+
+def _zero_channels(s):
+    s.images = np.zeros((s.n_images, 0, 16, 16), dtype=np.uint8)
+
+
+def _constant_images(s):
+    s.images[:] = 7
+
+
+def _constant_float_images(s):
+    s.images = np.full(s.images.shape, 0.25, dtype=np.float32)
+
+
+def _nan_float_images(s):
+    s.images = s.images.astype(np.float32)
+    s.images[5, 2, 3] = np.nan
+
+
+def _inf_float16_images(s):
+    s.images = s.images.astype(np.float16)
+    s.images[9, 0, 0] = np.inf
+
+
+def _float64_images(s):
+    s.images = s.images.astype(np.float64)
+
+
+def _float32_overflow_responses(s):
+    s.responses = s.responses.astype(np.float64)
+    s.responses[2, 1] = 1e39  # finite in float64, inf in float32
+
+
+def _float32_overflow_trials(s):
+    s.trials = s.trials.astype(np.float64)
+    s.trials[4, 0, 2] = 2e39
+
+
 CASES = [
     (_break_count, "responses", "has 59 images but images has 60"),
     (_break_trials_count, "trials", "does not match"),
@@ -71,12 +117,22 @@ CASES = [
     (_inf_responses, "responses", "NaN or inf"),
     (_negative_responses, "responses", "negative values but spike_counts is declared"),
     (_negative_trials, "trials", "negative values"),
-    (_image_dtype, "images", "dtype must be uint8 or float32"),
+    (_image_dtype, "images", "dtype must be uint8, float16 or float32, got int32"),
     (_image_rank, "images", "rank 3"),
     (_empty_tier, "tier", "tier 'validation' is empty"),
     (_unknown_tier, "tier", "unknown tier"),
     (_duplicate_ids, "image_id", "duplicate ids"),
     (_duplicate_neurons, "neuron_id", "duplicate ids"),
+    (_no_images, "images", "the session has no images (shape (0, 16, 16))"),
+    (_zero_width, "images", "images are zero-sized (shape (60, 16, 0)); height and width must each be at least 1"),
+    (_zero_channels, "images", "images are zero-sized (shape (60, 0, 16, 16)); channels, height and width must each be at least 1"),
+    (_constant_images, "images", "all 60 images are constant (every pixel is 7): zero pixel standard deviation"),
+    (_constant_float_images, "images", "all 60 images are constant (every pixel is 0.25)"),
+    (_nan_float_images, "images", "contains NaN or inf pixel values (first in image index 5 of 60)"),
+    (_inf_float16_images, "images", "contains NaN or inf pixel values (first in image index 9 of 60)"),
+    (_float64_images, "images", "dtype must be uint8, float16 or float32, got float64"),
+    (_float32_overflow_responses, "responses", "contains 1 values that are not finite in float32, the dtype training uses (largest magnitude 1e+39"),
+    (_float32_overflow_trials, "trials", "contains 1 values that are not finite in float32, the dtype training uses (largest magnitude 2e+39"),
 ]
 
 
@@ -89,6 +145,7 @@ def test_bad_data_is_rejected_before_any_file_exists(tmp_path, session_factory, 
     with pytest.raises(DatasetError) as info:
         write_dataset(out, [good, bad])
     message = str(info.value)
+    assert isinstance(info.value, EncodersError) and "\n" not in message, message  # one line for the CLI
     assert str(out) in message and "session 'bad'" in message and f"field {field!r}" in message, message
     assert words in message, message
     assert list(tmp_path.iterdir()) == [], "a failed write left files behind"
@@ -100,6 +157,44 @@ def test_negative_values_allowed_when_not_spike_counts(tmp_path, session_factory
     s.responses[0, 0] = -0.5
     write_dataset(tmp_path / "ok.h5", [s])
     assert validate_file(tmp_path / "ok.h5") == ["dff"]
+
+
+def test_images_constant_only_at_the_start_are_accepted(tmp_path, session_factory):
+    """The block-wise scan must look past a constant first block (uint8 stops early only once pixels differ)."""
+    s = session_factory("late")
+    s.images[:] = 0
+    s.images[-1, 3, 4] = 1  # the session's only other pixel value, in its last image
+    write_dataset(tmp_path / "ok.h5", [s])
+    assert validate_file(tmp_path / "ok.h5") == ["late"]
+
+
+def test_float16_is_accepted_and_trains_as_float32(tmp_path, session_factory, one_thread):
+    from encoders.datasets.datamodule import RecordedDataModule
+
+    s = session_factory("half", channels=3)
+    s.images = s.images.astype(np.float16)
+    s.responses = s.responses.astype(np.float16)
+    s.trials = s.trials.astype(np.float16)
+    path = tmp_path / "half.h5"
+    write_dataset(path, [s])
+    assert validate_file(path) == ["half"]
+    back = read_session(path, "half")
+    assert back.images.dtype == back.responses.dtype == back.trials.dtype == np.float16
+    np.testing.assert_array_equal(back.responses, s.responses)
+    for in_memory in (True, False):
+        dm = RecordedDataModule(str(path), batch_size=8, in_memory=in_memory)
+        dm.setup()
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["images"].dtype == batch["responses"].dtype == batch["trials"].dtype == torch.float32
+        assert torch.isfinite(batch["images"]).all() and dm.transform.std > 1
+
+
+def test_large_float64_responses_that_fit_float32_are_accepted(tmp_path, session_factory):
+    s = session_factory("big")
+    s.responses = s.responses.astype(np.float64)
+    s.responses[2, 1] = 3e38  # below float32's largest value (3.4e38)
+    write_dataset(tmp_path / "ok.h5", [s])
+    assert validate_file(tmp_path / "ok.h5") == ["big"]
 
 
 # ---- opening: broken files are named precisely ---------------------------------------------------
@@ -183,5 +278,45 @@ def test_wrong_dtype_on_disk(tmp_path, good_file):
         f["sessions/s0"].create_dataset("images", data=data.astype(np.int16))
 
     _edit(path, retype)
-    with pytest.raises(DatasetError, match=r"field 'images': dtype must be uint8 or float32, got int16"):
+    with pytest.raises(DatasetError, match=r"field 'images': dtype must be uint8, float16 or float32, got int16"):
         validate_file(path)
+
+
+def _replace(name, data):
+    def edit(f):
+        del f[f"sessions/s0/{name}"]
+        f["sessions/s0"].create_dataset(name, data=data)
+    return edit
+
+
+def _nan_pixel(f):
+    images = f["sessions/s0/images"][()].astype(np.float32)
+    images[7, 1, 1] = np.nan
+    _replace("images", images)(f)
+
+
+def _overflow_responses(f):
+    responses = f["sessions/s0/responses"][()].astype(np.float64)
+    responses[0, 0] = 1e39
+    _replace("responses", responses)(f)
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (_replace("images", np.zeros((0, 16, 16), np.uint8)), "field 'images': the session has no images"),
+        (_replace("images", np.zeros((60, 0, 16), np.uint8)), "field 'images': images are zero-sized (shape (60, 0, 16))"),
+        (lambda f: f["sessions/s0/images"].__setitem__(Ellipsis, 255), "field 'images': all 60 images are constant (every pixel is 255)"),
+        (_nan_pixel, "field 'images': contains NaN or inf pixel values (first in image index 7 of 60)"),
+        (_overflow_responses, "field 'responses': contains 1 values that are not finite in float32"),
+    ],
+    ids=["no_images", "zero_sized", "constant", "nan_pixel", "float32_overflow"],
+)
+def test_untrainable_file_is_refused_on_open(tmp_path, good_file, edit, words):
+    path = tmp_path / "edited.h5"
+    shutil.copy(good_file, path)
+    _edit(path, edit)
+    with pytest.raises(DatasetError) as info:
+        validate_file(path)
+    message = str(info.value)
+    assert "edited.h5" in message and "session 's0'" in message and words in message and "\n" not in message, message

@@ -1,11 +1,7 @@
-"""Callbacks that run after training or testing and write labelled products to the run folder."""
+"""Callbacks: Lightning's hooks into training. Thin adapters after training: products, the test metrics table, readout figures."""
 
-from encoders.callbacks.checkpoint import ModelCheckpoint
-from encoders.callbacks.egg import EGGCallback
-from encoders.callbacks.mei import MEICallback
 from encoders.callbacks.metrics_table import MetricsTable
+from encoders.callbacks.products import Products
 from encoders.callbacks.readout_figures import ReadoutFigures
-from encoders.callbacks.reconstruction import ReconstructionCallback
-from encoders.callbacks.similarity import SimilarityCallback
 
-__all__ = ["EGGCallback", "MEICallback", "MetricsTable", "ModelCheckpoint", "ReadoutFigures", "ReconstructionCallback", "SimilarityCallback"]
+__all__ = ["MetricsTable", "Products", "ReadoutFigures"]

@@ -1,15 +1,15 @@
 """At the end of fit: a figure of where each session's readout looks (PNG in the run folder + W&B).
 
-Gaussian readouts: every neuron's mean position on the core's feature grid.
-Attention readouts: the attention maps of a few neurons, averaged over validation images.
-On a synthetic twin the true receptive-field centres are marked too, and the median distance
-between where the readout looks and the true centre is logged (`readout/true_rf_distance`).
+Every readout says where its neurons read (`Readout.locations`) and how they weight the feature
+grid (`Readout.spatial_maps`), averaged over validation images, so one figure serves every
+readout: per session, all neurons' read-out locations, then the maps of the first few neurons
+with a colour bar. On a synthetic twin the true receptive-field centres are marked too, and the
+median distance between where the readout looks and the true centre is logged (`readout/true_rf_distance`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -20,43 +20,24 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from pytorch_lightning.utilities import rank_zero_info  # noqa: E402
 
-from encoders.datasets.twin import has_ground_truth, true_rf_centres  # noqa: E402
+from encoders.encoder import Encoder  # noqa: E402
 from encoders.outputs import save_figure  # noqa: E402
-from encoders.readouts import AttentionReadout, GaussianReadout  # noqa: E402
 
-if TYPE_CHECKING:
-    from encoders.datasets.datamodule import RecordedDataModule
-    from encoders.model import EncodingModel
-
-MAP_IMAGES = 64  # validation images the attention maps are averaged over
+MAP_IMAGES = 64  # validation images the maps are averaged over
 
 
-def mean_attention(model: EncodingModel, datamodule: RecordedDataModule, session: str) -> torch.Tensor:
-    """Each neuron's attention map averaged over the first validation images, (n_neurons, h, w)."""
-    images = datamodule.tier_data(session, "validation")["images"][:MAP_IMAGES].to(model.device)
-    if model.hparams.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return model.readouts[session].attention_maps(model.core(images)).mean(0).cpu()
-
-
-def readout_locations(model: EncodingModel, session: str, maps: torch.Tensor | None) -> torch.Tensor:
-    """Where each neuron reads out, as (x, y) feature-grid cell indices, (n_neurons, 2).
-
-    Gaussian readout: its mean position. Attention readout: the centre of mass of `maps`.
-    """
-    readout = model.readouts[session]
-    if isinstance(readout, GaussianReadout):
-        _, h, w = readout.in_shape
-        xy = readout.positions().cpu()  # align_corners=True: -1 and 1 are the border cells' centres
-        return (xy + 1) / 2 * torch.tensor([w - 1, h - 1], dtype=xy.dtype)
-    _, h, w = maps.shape
-    x = (maps.sum(1) * torch.arange(w, dtype=maps.dtype)).sum(1)
-    y = (maps.sum(2) * torch.arange(h, dtype=maps.dtype)).sum(1)
-    return torch.stack([x, y], dim=1) / maps.sum((1, 2))[:, None]
+@torch.no_grad()
+def readout_views(encoder: Encoder, datamodule, session: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean spatial maps (n_neurons, h, w) over the first validation images, and locations (n_neurons, 2) as grid cells."""
+    device = next(encoder.parameters()).device
+    images = datamodule.tier_data(session, "validation")["images"][:MAP_IMAGES].to(device)
+    features = encoder.core_features(images)
+    readout = encoder.readouts[session]
+    return readout.spatial_maps(features).mean(0).cpu(), readout.locations(features).cpu()
 
 
 class ReadoutFigures(pl.Callback):
-    """Writes `<run_dir>/readouts.png`: one panel per session (Gaussian) or per neuron (attention)."""
+    """Writes `<run_dir>/readouts.png`: per session, the neurons' read-out locations and a few neurons' spatial maps."""
 
     def __init__(self, neurons_per_session: int = 4, filename: str = "readouts.png"):
         if neurons_per_session < 1:
@@ -68,23 +49,21 @@ class ReadoutFigures(pl.Callback):
         datamodule = trainer.datamodule
         if not trainer.is_global_zero or datamodule is None:
             return
-        sessions = pl_module.sessions
-        first = pl_module.readouts[sessions[0]]
-        if not isinstance(first, (GaussianReadout, AttentionReadout)):
-            return
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
-            maps = {s: mean_attention(pl_module, datamodule, s) for s in sessions} if isinstance(first, AttentionReadout) else {}
-            located = {s: readout_locations(pl_module, s, maps.get(s)) for s in sessions}
-        pl_module.train(was_training)
-        grid = tuple(first.in_shape[1:])
+        encoder = pl_module.encoder
+        sessions = encoder.sessions
+        was_training = encoder.training
+        encoder.eval()
+        views = {s: readout_views(encoder, datamodule, s) for s in sessions}
+        encoder.train(was_training)
+        grid = tuple(encoder.readouts[sessions[0]].in_shape[1:])
+        maps = {s: v[0] for s, v in views.items()}
+        located = {s: v[1] for s, v in views.items()}
         truth = None
-        if has_ground_truth(datamodule.path):
-            truth = true_rf_centres(datamodule.path, sessions, pl_module.image_transform, tuple(pl_module.input_shape), grid)
+        twin = datamodule.twin
+        if twin is not None:
+            truth = twin.rf_centres(encoder, grid)
             self._log_distances(trainer, located, truth, grid)
-        figure = self._attention(pl_module, sessions, maps, truth) if maps else self._gaussian(sessions, located, truth, grid)
-        path = save_figure(figure, Path(trainer.default_root_dir) / self.filename)
+        path = save_figure(self.figure(encoder, maps, located, truth, grid), Path(trainer.default_root_dir) / self.filename)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="readouts", images=[str(path)])
@@ -100,10 +79,15 @@ class ReadoutFigures(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({"readout/true_rf_distance": distance, "readout/true_rf_distance_of_middle": guess}, step=trainer.global_step)
 
-    @staticmethod
-    def _gaussian(sessions: list[str], located: dict, truth: dict | None, grid: tuple[int, int]) -> Figure:
-        figure, axes = plt.subplots(1, len(sessions), figsize=(2.4 * len(sessions), 2.8), squeeze=False, layout="constrained")
-        for ax, session in zip(axes[0], sessions):
+    def figure(self, encoder: Encoder, maps: dict, located: dict, truth: dict | None, grid: tuple[int, int]) -> Figure:
+        sessions = list(maps)
+        k = self.neurons_per_session
+        figure, axes = plt.subplots(len(sessions), k + 1, figsize=(1.9 * (k + 1) + 0.8, 1.9 * len(sessions) + 0.5),
+                                    squeeze=False, layout="constrained")
+        vmax = max(float(maps[s][:k].max()) for s in sessions)
+        image = None
+        for row, session in zip(axes, sessions):
+            ax = row[0]
             xy = located[session]
             ax.scatter(xy[:, 0], xy[:, 1], s=8, label="readout")
             if truth is not None:
@@ -111,24 +95,22 @@ class ReadoutFigures(pl.Callback):
                 ax.scatter(true[:, 0], true[:, 1], s=10, marker="x", color="tab:orange", label="true RF centre")
                 for a, b in zip(xy, true):
                     ax.plot([a[0], b[0]], [a[1], b[1]], color="0.7", linewidth=0.5)
-            ax.set(xlim=(-0.5, grid[1] - 0.5), ylim=(grid[0] - 0.5, -0.5), title=session, aspect="equal", xticks=[], yticks=[])
+            ax.set(xlim=(-0.5, grid[1] - 0.5), ylim=(grid[0] - 0.5, -0.5), aspect="equal", xticks=[], yticks=[])
+            ax.set_title(f"{session}: all {len(xy)} neurons", fontsize=7)
+            for i, ax in enumerate(row[1:]):
+                ax.axis("off")
+                if i >= maps[session].shape[0]:
+                    continue
+                image = ax.imshow(maps[session][i], cmap="magma", vmin=0, vmax=vmax)
+                ax.plot(*located[session][i].tolist(), marker="o", color="white", markersize=4, fillstyle="none")
+                if truth is not None:
+                    ax.plot(*truth[session][i].tolist(), marker="+", color="cyan", markersize=9, markeredgewidth=1.5)
+                ax.set_title(encoder.neuron_ids(session)[i], fontsize=7)
         if truth is not None:
             axes[0, 0].legend(fontsize=6, loc="lower left")
-        figure.suptitle("Gaussian readout positions (feature grid)")
-        return figure
-
-    def _attention(self, model: EncodingModel, sessions: list[str], maps: dict, truth: dict | None) -> Figure:
-        k = self.neurons_per_session
-        figure, axes = plt.subplots(len(sessions), k, figsize=(1.6 * k, 1.6 * len(sessions) + 0.3), squeeze=False, layout="constrained")
-        for row, session in zip(axes, sessions):
-            for i, ax in enumerate(row):
-                if i < maps[session].shape[0]:
-                    ax.imshow(maps[session][i], cmap="magma")
-                    if truth is not None:
-                        x, y = truth[session][i].tolist()
-                        ax.plot(x, y, marker="+", color="cyan", markersize=9, markeredgewidth=1.5)
-                    ax.set_title(model.neuron_ids(session)[i], fontsize=6)
-                ax.axis("off")
+        if image is not None:
+            figure.colorbar(image, ax=axes[:, 1:], shrink=0.8, label="read-out weight per feature-grid cell")
         marked = "; + = true RF centre" if truth is not None else ""
-        figure.suptitle(f"attention maps (mean over validation images){marked}")
+        figure.suptitle(f"where each neuron reads on the core's feature grid (mean over {MAP_IMAGES} validation images); "
+                        f"o = location{marked}", fontsize=8)
         return figure

@@ -33,15 +33,16 @@ from pytorch_lightning.callbacks import EarlyStopping
 
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.errors import EncodersError
-from encoders.model import CORES, READOUTS, EncodingModel
+from encoders.encoder import CORES, READOUTS
 from encoders.similarity import MEASURES
 from encoders.synthesis.gradient_ascent import GASettings
+from encoders.training import EncodingModel
 
 SET_BY_COMPARE = {
     "trainer": {"callbacks", "logger", "default_root_dir", "enable_checkpointing"},
     "data": {"seed"},
     "early_stopping": {"monitor", "mode"},
-    "model": {"core", "readout", "sessions", "input_shape", "transform"},
+    "model": {"core", "readout", "data_info"},
 }
 # filled from the data when a model is built, so a config may not set them
 DATA_DERIVED = {"core": set(), "readout": {"in_shape", "n_neurons", "mean_activity"}}

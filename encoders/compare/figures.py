@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from encoders.callbacks.figures import show_image  # noqa: E402
+from encoders.products.figures import show_image  # noqa: E402
 from encoders.compare.generalisation import RELATIONS  # noqa: E402
 
 METHOD_COLOURS = {"ga": "tab:blue", "egg": "tab:orange"}

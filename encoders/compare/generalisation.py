@@ -23,14 +23,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from encoders.callbacks.products import existing, fingerprint
 from encoders.compare.config import CompareConfig
 from encoders.compare.grid import TrainedModel
 from encoders.compare.meis import METHODS, make_mei_set, mei_path
 from encoders.compare.scoring import GroundTruthScorer, ModelScorer
-from encoders.datasets.twin import has_ground_truth
-from encoders.ensemble import Ensemble, load_checkpoint
+from encoders.checkpoints import load_encoder
+from encoders.ensemble import Ensemble
 from encoders.outputs import write_netcdf
+from encoders.products.store import existing, fingerprint
 from encoders.synthesis.targets import Target
 
 if TYPE_CHECKING:
@@ -85,12 +85,13 @@ def run_generalisation(
     Combined dims: architecture (the generating one), method, scorer, neuron, seed.
     """
     device = torch.device(config.device)
-    with_truth = config.ground_truth and has_ground_truth(config.data["path"])
+    twin = datamodule.twin if config.ground_truth else None  # the data module resolves it once
+    with_truth = twin is not None
     labels, scorer_archs, scorer_seeds = _scorer_table(trained, with_truth)
-    models = {m.label: load_checkpoint(m.checkpoint) for m in trained}
+    models = {m.label: load_encoder(m.checkpoint) for m in trained}
     scorers: dict = {label: ModelScorer(model, device) for label, model in models.items()}
     if with_truth:
-        scorers[TRUTH] = GroundTruthScorer(config.data["path"], next(iter(models.values())), device)
+        scorers[TRUTH] = GroundTruthScorer(twin, next(iter(models.values())), device)
     checkpoints = [m.checkpoint for m in trained]
 
     # each scorer's best natural response, once for all MEI sets

@@ -1,7 +1,7 @@
 """Train every architecture x seed with a plain Lightning Trainer: `<out>/models/<arch>/seed<k>/`.
 
 Each folder holds `checkpoints/best.ckpt` (and `last.ckpt`), `test_metrics.nc` (per-neuron test
-metrics of the best checkpoint, written by MetricsTable) and `curves/metrics.csv` (training curves).
+metrics of the best checkpoint, `encoders.evaluation.test_table`) and `curves/metrics.csv` (training curves).
 A model is finished when `test_metrics.nc` carries the fingerprint of its request (architecture,
 data, trainer settings, seed) and its checkpoint exists: finished models are skipped, a model
 killed during training resumes from its `last.ckpt`, and a changed request trains from scratch.
@@ -9,8 +9,8 @@ killed during training resumes from its `last.ckpt`, and a changed request train
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,14 +21,12 @@ import xarray as xr
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-from encoders.callbacks.checkpoint import ModelCheckpoint
-from encoders.callbacks.metrics_table import MetricsTable
-from encoders.callbacks.products import existing, fingerprint
 from encoders.compare.config import Architecture, CompareConfig
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.errors import EncodersError
-from encoders.model import EncodingModel
-from encoders.outputs import write_netcdf
+from encoders.evaluation import test_table
+from encoders.outputs import write_json, write_netcdf
+from encoders.training import EncodingModel, ModelCheckpoint
 
 METRICS_FILE = "test_metrics.nc"
 MONITOR = "val/correlation"
@@ -90,6 +88,20 @@ def _data_identity(path: str) -> dict:
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def request_key(request: dict) -> str:
+    """sha256 of a training request: a model is reused only for the same request."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def finished(metrics: Path, key: str) -> bool:
+    """Whether `metrics` is the test table of a model trained for this request."""
+    try:
+        with xr.open_dataset(metrics, engine="h5netcdf") as table:
+            return table.attrs.get("fingerprint") == key
+    except (OSError, ValueError):  # missing or damaged: train again
+        return False
+
+
 def model_request(config: CompareConfig, architecture: Architecture, seed: int) -> dict:
     """Everything a trained model depends on."""
     return {
@@ -115,12 +127,6 @@ class EpochLine(pl.Callback):
               f"({time.perf_counter() - self.start:.0f} s)", flush=True)
 
 
-def _write_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, sort_keys=True, default=str, indent=1))
-    os.replace(tmp, path)
-
-
 def train_model(config: CompareConfig, architecture: Architecture, seed: int) -> TrainedModel:
     """Train and test one (architecture, seed), or return it as it is when already finished."""
     folder = model_folder(config.out, architecture.name, seed)
@@ -129,8 +135,8 @@ def train_model(config: CompareConfig, architecture: Architecture, seed: int) ->
     metrics = folder / METRICS_FILE
     label = f"{architecture.name}/seed{seed}"
     request = model_request(config, architecture, seed)
-    key = fingerprint([], request)
-    if best.is_file() and existing(metrics, key) is not None:
+    key = request_key(request)
+    if best.is_file() and finished(metrics, key):
         print(f"compare: {label} trained already ({folder}): kept")
         return TrainedModel(architecture.name, seed, best, metrics)
 
@@ -140,7 +146,7 @@ def train_model(config: CompareConfig, architecture: Architecture, seed: int) ->
     if resume is None and checkpoints.exists():
         shutil.rmtree(checkpoints)  # made for another request: never resume from it
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json({"fingerprint": key, "request": request}, request_file)
+    write_json({"fingerprint": key, "request": request}, request_file)
     print(f"compare: training {label}" + (f" (resuming from {resume})" if resume else ""), flush=True)
 
     pl.seed_everything(seed, verbose=False)
@@ -149,7 +155,6 @@ def train_model(config: CompareConfig, architecture: Architecture, seed: int) ->
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=MONITOR, mode="max", save_last=True,
                         enable_version_counter=False),
-        MetricsTable(filename=METRICS_FILE),
         EpochLine(label),
     ]
     if config.early_stopping is not None:
@@ -167,8 +172,8 @@ def train_model(config: CompareConfig, architecture: Architecture, seed: int) ->
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
 
-    # MetricsTable wrote the table; the fingerprint marks the model finished
-    table = xr.load_dataset(metrics, engine="h5netcdf")
+    # the test table of the best checkpoint; the fingerprint marks the model finished
+    table = test_table(model.encoder.eval(), model.test_results, datamodule, datamodule.twin)
     table.attrs.update({"fingerprint": key, "architecture": architecture.name, "seed": seed, "checkpoint": str(best),
                         "epochs": int(trainer.current_epoch)})
     write_netcdf(table, metrics)

@@ -18,13 +18,14 @@ import torch
 import xarray as xr
 from torch import nn
 
-from encoders.callbacks.mei import compute_meis
-from encoders.callbacks.products import existing, fingerprint, model_device
 from encoders.compare.config import EGGConfig
+from encoders.contract import device_of
 from encoders.errors import EncodersError
 from encoders.outputs import write_netcdf
+from encoders.products import compute_meis
+from encoders.products.store import existing, fingerprint
 from encoders.synthesis.gradient_ascent import GASettings
-from encoders.synthesis.methods import EGGSynthesis
+from encoders.synthesis.methods import EGGSettings, load_prior
 from encoders.synthesis.targets import Target
 
 METHODS = ("ga", "egg")
@@ -34,11 +35,11 @@ def mei_path(out: Path, architecture: str, method: str) -> Path:
     return out / "meis" / architecture / f"mei_{method}.nc"
 
 
-def egg_synthesis(egg: EGGConfig, ga: GASettings, shape: Sequence[int]) -> EGGSynthesis:
+def egg_synthesis(egg: EGGConfig, ga: GASettings, shape: Sequence[int]) -> EGGSettings:
     """EGG with the same seeds as GA and final images rescaled to GA's image norm, so both compare fairly."""
     contrast = ga.image_norm(shape) / math.sqrt(math.prod(int(s) for s in shape))  # the norm as a per-pixel RMS
-    return EGGSynthesis.load(egg.prior, seeds=tuple(ga.seeds), num_steps=egg.num_steps, energy_scale=egg.energy_scale,
-                             contrast=contrast, batch_size=egg.batch_size, guide_at_norm=egg.guide_at_norm)
+    return EGGSettings(prior=egg.prior, seeds=tuple(ga.seeds), num_steps=egg.num_steps, energy_scale=egg.energy_scale,
+                       contrast=contrast, batch_size=egg.batch_size, guide_at_norm=egg.guide_at_norm)
 
 
 def make_mei_set(
@@ -55,7 +56,9 @@ def make_mei_set(
     if found is not None:
         print(f"compare: {path} exists for these checkpoints and settings: kept")
         return found
-    synthesis = ga if method == "ga" else egg_synthesis(egg, ga, model.input_shape)  # loading the prior is not timed
+    synthesis = ga if method == "ga" else egg_synthesis(egg, ga, model.input_shape)
+    if method == "egg":
+        load_prior(egg.prior)  # loading the prior is not timed
     start = time.perf_counter()
     data = compute_meis(model, targets, synthesis)
     seconds = time.perf_counter() - start
@@ -63,8 +66,8 @@ def make_mei_set(
         data.attrs["egg_batch_size"] = egg.batch_size
     data["wall_seconds"] = ("method", [seconds])
     data["wall_seconds"].attrs["units"] = "s, the whole set on this machine"
-    data.attrs.update({"fingerprint": key, "checkpoint": "; ".join(str(p) for p in checkpoints),
-                       "torch_threads": torch.get_num_threads(), "device": str(model_device(model))})
+    data.attrs.update({"fingerprint": key, "checkpoint": [str(p) for p in checkpoints],
+                       "torch_threads": torch.get_num_threads(), "device": str(device_of(model))})
     write_netcdf(data, path)
     n = data.sizes["neuron"] * data.sizes["seed"]
     print(f"compare: {method.upper()} MEIs, {n} images in {seconds:.1f} s -> {path}", flush=True)

@@ -18,7 +18,7 @@ from encoders.compare.figures import (
 )
 from encoders.compare.generalisation import RELATIONS, paired_comparison, relation_summary
 from encoders.compare.similarity import pair_summary
-from encoders.outputs import save_figure
+from encoders.outputs import save_figure, write_text
 
 REPORT = "report.md"
 
@@ -179,9 +179,7 @@ def write_report(
               "scorer, neuron, seed), `similarity.nc` (measure, representation, model_a, model_b), `meis/<arch>/mei_<method>.nc`, "
               "`scores/`, `models/<arch>/seed<k>/` (checkpoints, test_metrics.nc, curves/metrics.csv).", ""]
     path = config.out / REPORT
-    tmp = path.with_name(f".{REPORT}.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text("\n".join(lines), path)
     if config.wandb is not None:
         log_wandb(config, accuracy, result, similarity, figures, stats)
     return path

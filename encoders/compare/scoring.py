@@ -10,21 +10,19 @@ All work is batched over neurons: one forward pass per session and batch of imag
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.callbacks.twin_scores import twin_columns
-from encoders.datasets.transforms import ImageTransform
-from encoders.datasets.twin import load_ground_truth
-from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation
+from encoders.synthesis.energies import NeuronActivation
 from encoders.synthesis.targets import Target, model_space_images
+from encoders.twin.scoring import true_rates
 
 if TYPE_CHECKING:
     from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.twin import Twin
 
 BATCH = 256  # images per forward pass: bounds memory only
 
@@ -72,39 +70,29 @@ class ModelScorer:
 
 
 class GroundTruthScorer:
-    """A digital twin's true neurons as a scorer; images are resized to the twin's stored size."""
+    """A digital twin's true neurons as a scorer: pixel-space images reach them through the reference
+    model's `TwinGeometry` (every model of a comparison shares the data's geometry)."""
 
-    def __init__(self, path: str | Path, reference: nn.Module, device: str | torch.device = "cpu"):
-        self.path = Path(path)
+    def __init__(self, twin: Twin, reference: nn.Module, device: str | torch.device = "cpu"):
+        self.twin = twin
         self.reference = reference  # gives sessions and neuron ids, to find each neuron's true column
         self.device = torch.device(device)
-        self.truth = load_ground_truth(path).to(self.device)
-        self.size = (self.truth.image_size, self.truth.image_size)
-        self.identity = ImageTransform()  # images arrive in pixels already
+        self.truth = twin.truth.to(self.device)
+        self.geometry = twin.geometry(reference)
 
     @torch.no_grad()
     def rates(self, pixels: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
         """(B,) true rate of neuron targets[b] for pixel-space image b."""
-        columns = twin_columns(self.path, self.reference, targets)
-        out = []
-        for start in range(0, len(targets), BATCH):
-            energy = GroundTruthActivation(self.truth, columns[start : start + BATCH], self.identity, self.size)
-            out.append(energy.activation(pixels[start : start + BATCH].to(self.device)).cpu())
-        return torch.cat(out)
+        columns = self.twin.columns(self.reference, targets)
+        return true_rates(self.truth, self.geometry, pixels).gather(1, columns[:, None])[:, 0]
 
     @torch.no_grad()
     def natural_max(self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str]) -> torch.Tensor:
         """(n_targets,) each neuron's highest true rate over the natural images of `tiers`."""
         best = torch.full((len(targets),), float("nan"))
-        columns = twin_columns(self.path, self.reference, targets)
+        columns = self.twin.columns(self.reference, targets)
         for session in dict.fromkeys(s for s, _ in targets):
-            pixels = natural_pixels(datamodule, session, tiers)
             rows = [i for i, (s, _) in enumerate(targets) if s == session]
-            rates = []
-            for x in pixels.split(BATCH):
-                x = x.to(self.device)
-                if tuple(x.shape[-2:]) != self.size:
-                    x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-                rates.append(self.truth(x)[:, columns[rows].to(self.device)].cpu())
-            best[rows] = torch.cat(rates).amax(0)
+            rates = true_rates(self.truth, self.geometry, natural_pixels(datamodule, session, tiers))
+            best[rows] = rates[:, columns[rows]].amax(0)
         return best

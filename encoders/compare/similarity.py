@@ -21,11 +21,11 @@ import torch
 import xarray as xr
 from torch import nn
 
-from encoders.callbacks.products import existing, fingerprint
 from encoders.compare.config import SimilarityConfig
 from encoders.compare.grid import TrainedModel
-from encoders.ensemble import load_checkpoint
+from encoders.checkpoints import load_encoder
 from encoders.outputs import write_netcdf
+from encoders.products.store import existing, fingerprint
 from encoders.similarity import HIGHER_IS_BETTER, get_measure
 from encoders.similarity.diagnostics import random_projection, reduce_features
 from encoders.synthesis.targets import model_space_images
@@ -49,7 +49,7 @@ def representations(model: nn.Module, datamodule: RecordedDataModule, settings: 
         for x in images.split(BATCH):
             x = x.to(device)
             rates.append(model(x, session).double().cpu())
-            maps = model.core(x)
+            maps = model.core_features(x)
             if projection is None:
                 n_in = maps.shape[1] * min(settings.pool_size, maps.shape[2]) * min(settings.pool_size, maps.shape[3])
                 projection = random_projection(n_in, settings.max_features, settings.seed, 0, device)
@@ -80,7 +80,7 @@ def model_similarity(
     if found is not None:
         return found
     labels = [m.label for m in trained]
-    reps = [representations(load_checkpoint(m.checkpoint), datamodule, settings, device) for m in trained]
+    reps = [representations(load_encoder(m.checkpoint), datamodule, settings, device) for m in trained]
     score = np.full((len(settings.measures), len(REPRESENTATIONS), len(trained), len(trained)), np.nan)
     for m, measure in enumerate(settings.measures):
         for r, name in enumerate(REPRESENTATIONS):

@@ -9,10 +9,13 @@ Two paths, chosen by `in_memory` (or automatically by size):
 
 from __future__ import annotations
 
+import functools
+
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -24,6 +27,9 @@ from encoders.datasets.io import list_sessions, read_arrays
 from encoders.datasets.schema import SESSIONS_GROUP, TIERS
 from encoders.datasets.transforms import ImageTransform
 from encoders.errors import DatasetError
+
+if TYPE_CHECKING:
+    from encoders.twin import Twin
 
 
 @dataclass
@@ -390,6 +396,13 @@ class RecordedDataModule(pl.LightningDataModule):
         return mean, std
 
     # ---- what models need to build themselves ---------------------------------------------------
+    @functools.cached_property
+    def twin(self) -> Twin | None:
+        """The data file's ground truth (a synthetic twin), resolved once, or None for recorded data."""
+        from encoders.twin import Twin
+
+        return Twin.from_file(self.path)
+
     @property
     def sessions(self) -> list[str]:
         return list(self.tables)

@@ -9,7 +9,6 @@ Reads are lazy where it matters: `open_session` gives an xarray Dataset backed b
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from encoders.datasets.schema import (
 )
 from encoders.datasets.validation import validate_file, validate_session
 from encoders.errors import DatasetError
+from encoders.outputs import atomic_write
 
 IMAGE_CHUNK = 1  # images per HDF5 chunk: one image, so random batches of the lazy path read only what they use
 
@@ -39,10 +39,9 @@ def write_dataset(
     path = Path(path)
     if path.suffix not in (".h5", ".hdf5", ".nc"):
         raise DatasetError(path, "output file must end in .h5, .hdf5 or .nc")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     written: list[str] = []
-    try:
+
+    def write(tmp: Path) -> None:
         root = {
             "schema_version": SCHEMA_VERSION,
             "created_by": "encoders",
@@ -66,10 +65,8 @@ def write_dataset(
                 tmp, mode="a", group=GROUND_TRUTH_GROUP, engine="h5netcdf"
             )
         validate_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return written
 
 
@@ -124,7 +121,7 @@ def read_session(path: str | Path, session: str) -> SessionData:
 
 
 def read_ground_truth(path: str | Path) -> dict[str, np.ndarray]:
-    """Arrays that rebuild a synthetic twin's true neurons (see `encoders.datasets.synthetic`)."""
+    """Arrays that rebuild a synthetic twin's true neurons (see `encoders.twin`)."""
     with h5py.File(path, "r") as f:
         if GROUND_TRUTH_GROUP not in f:
             raise DatasetError(path, "this dataset has no ground truth (only synthetic twins do)", field=GROUND_TRUTH_GROUP)

@@ -5,10 +5,10 @@ number of recording sessions::
 
     /                       attrs: schema_version, title, source, created_by, created
     /sessions/<session>/    one group per session (netCDF4 group)
-        images      (image, y, x) or (image, channel, y, x)   uint8 or float32, pixel space
+        images      (image, y, x) or (image, channel, y, x)   uint8, float16 or float32, pixel space
         image_id    (image,)            int64, unique within the session
         tier        (image,)            str: "train" | "validation" | "test"
-        responses   (image, neuron)     float32/64, averaged over repeats
+        responses   (image, neuron)     float16/32/64, averaged over repeats (finite in float32)
         trials      (image, repeat, neuron)  float32/64, optional, NaN where a repeat is missing
         neuron_id   (neuron,)           str, unique within the session
         <meta>      (neuron,)           optional per-neuron metadata (any name, any dtype)
@@ -40,9 +40,9 @@ class SessionData:
     """One recording session held in memory, as written to / read from the format."""
 
     session_id: str
-    images: np.ndarray  # (N, H, W) or (N, C, H, W), uint8 or float32, pixel space
+    images: np.ndarray  # (N, H, W) or (N, C, H, W), uint8, float16 or float32, pixel space
     image_ids: np.ndarray  # (N,) int64, unique
-    responses: np.ndarray  # (N, neurons) float32/64, averaged over repeats
+    responses: np.ndarray  # (N, neurons) float16/32/64, averaged over repeats
     tiers: np.ndarray  # (N,) str, each in TIERS
     neuron_ids: np.ndarray  # (neurons,) str, unique
     trials: np.ndarray | None = None  # (N, repeats, neurons) float32/64, NaN = missing repeat

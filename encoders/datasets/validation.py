@@ -1,6 +1,12 @@
 """Schema checks, for data in memory (before a write) and for files on disk (on open).
 
 Each check raises one `DatasetError` naming the file, the session and the field.
+
+Beyond the schema, data that could not train is refused: a session without images, zero-sized
+images, images that are constant over a session (zero pixel standard deviation: z-scoring would
+divide by zero), and float values that are not finite, either as stored or once cast to float32
+(the dtype training uses). Image values are checked in blocks of images, so a file need not fit
+in memory, and for uint8 images the scan stops at the first block that is not constant.
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ from encoders.datasets.schema import (
 )
 from encoders.errors import DatasetError
 
+IMAGE_DTYPES = (np.uint8, np.float16, np.float32)  # float16 is widened to float32 on loading
+IMAGE_DTYPE_NAMES = "uint8, float16 or float32"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FIRST_IMAGE_BLOCK = 8  # images in the first block of the value scan; blocks then double in size ...
+IMAGE_BLOCK_BYTES = 1 << 26  # ... up to this many bytes, so memory stays bounded on large sessions
+
 
 def validate_session(session: SessionData, path: str | Path) -> None:
     """Check one in-memory session against the schema; `path` names the file it is bound for."""
@@ -33,10 +45,9 @@ def validate_session(session: SessionData, path: str | Path) -> None:
     images = np.asarray(session.images)
     if images.ndim not in (3, 4):
         fail("images", f"must have rank 3 (image, y, x) or 4 (image, channel, y, x), got shape {images.shape}")
-    if images.dtype not in (np.uint8, np.float32):
-        fail("images", f"dtype must be uint8 or float32, got {images.dtype}")
-    if images.dtype == np.float32 and not np.isfinite(images).all():
-        fail("images", "contains NaN or inf")
+    if images.dtype not in IMAGE_DTYPES:
+        fail("images", f"dtype must be {IMAGE_DTYPE_NAMES}, got {images.dtype}")
+    _check_image_shape(images.shape, fail)
     n = images.shape[0]
     _check_vector(session.image_ids, n, "image_id", fail)
     if not np.issubdtype(np.asarray(session.image_ids).dtype, np.integer):
@@ -63,12 +74,14 @@ def validate_session(session: SessionData, path: str | Path) -> None:
             fail("trials", f"shape {trials.shape} does not match {n} images and {n_neurons} neurons")
         if np.isinf(trials).any():
             fail("trials", "contains inf (use NaN for missing repeats)")
+        _check_float32(trials, "trials", fail)
         if bool(session.attrs.get("spike_counts", 1)) and (trials < 0).any():
             fail("trials", "contains negative values but spike_counts is declared")
     for name, values in session.neuron_meta.items():
         if name in REQUIRED_FIELDS or name == "trials":
             fail(name, "per-neuron metadata may not reuse a reserved field name")
         _check_vector(values, n_neurons, name, fail)
+    _check_image_values(images, fail)
 
 
 def validate_file(path: str | Path) -> list[str]:
@@ -114,8 +127,9 @@ def _validate_group(group: h5py.Group, path: Path, sid: str) -> None:
     images = group["images"]
     if images.ndim not in (3, 4):
         fail("images", f"must have rank 3 or 4, got shape {images.shape}")
-    if images.dtype not in (np.uint8, np.float32):
-        fail("images", f"dtype must be uint8 or float32, got {images.dtype}")
+    if images.dtype not in IMAGE_DTYPES:
+        fail("images", f"dtype must be {IMAGE_DTYPE_NAMES}, got {images.dtype}")
+    _check_image_shape(images.shape, fail)
     n = images.shape[0]
     image_ids = group["image_id"][()]
     _check_vector(image_ids, n, "image_id", fail)
@@ -147,8 +161,10 @@ def _validate_group(group: h5py.Group, path: Path, sid: str) -> None:
         values = trials[()]
         if np.isinf(values).any():
             fail("trials", "contains inf (use NaN for missing repeats)")
+        _check_float32(values, "trials", fail)
         if spike_counts and (values < 0).any():
             fail("trials", "contains negative values but spike_counts is declared")
+    _check_image_values(images, fail)
 
 
 def _check_vector(values: np.ndarray, length: int, field: str, fail) -> None:
@@ -178,5 +194,65 @@ def _check_values(responses: np.ndarray, field: str, spike_counts: bool, fail) -
     bad = ~np.isfinite(responses)
     if bad.any():
         fail(field, f"contains {int(bad.sum())} NaN or inf values (averaged responses must be finite)")
+    _check_float32(responses, field, fail)
     if spike_counts and (responses < 0).any():
         fail(field, f"contains {int((responses < 0).sum())} negative values but spike_counts is declared")
+
+
+def _check_image_shape(shape: tuple[int, ...], fail) -> None:
+    """A session needs images, and every image needs pixels (rank was checked before)."""
+    if shape[0] == 0:
+        fail("images", f"the session has no images (shape {shape}); every session needs images in each tier")
+    if 0 in shape[1:]:
+        sizes = "channels, height and width" if len(shape) == 4 else "height and width"
+        fail("images", f"images are zero-sized (shape {shape}); {sizes} must each be at least 1")
+
+
+def _check_float32(values: np.ndarray, field: str, fail) -> None:
+    """Finite values must stay finite when training casts them to float32 (NaN is left to the caller)."""
+    values = np.asarray(values)
+    if values.dtype.kind != "f" or values.dtype.itemsize <= 4:
+        return  # float16/float32 (and integers) always fit
+    with np.errstate(over="ignore", invalid="ignore"):
+        overflow = np.isinf(values.astype(np.float32)) & np.isfinite(values)
+    if overflow.any():
+        largest = float(np.abs(values[overflow]).max())
+        fail(
+            field,
+            f"contains {int(overflow.sum())} values that are not finite in float32, the dtype training uses "
+            f"(largest magnitude {largest:.3g}; float32 holds magnitudes up to {FLOAT32_MAX:.3g})",
+        )
+
+
+def _check_image_values(images, fail) -> None:
+    """Float pixels must be finite and no session may be constant (zero pixel standard deviation).
+
+    `images` is an in-memory array or an h5py dataset of shape (n, ...) with n > 0; it is read in
+    blocks of images. Constant-ness compares the session's minimum and maximum pixel, so uint8
+    images are read only until two different values were seen (usually the first block).
+    """
+    n = images.shape[0]
+    is_float = images.dtype.kind == "f"
+    image_bytes = max(1, int(np.prod(images.shape[1:])) * images.dtype.itemsize)
+    largest_block = max(1, IMAGE_BLOCK_BYTES // image_bytes)
+    low = high = None
+    start, size = 0, min(FIRST_IMAGE_BLOCK, largest_block)
+    while start < n:
+        block = np.asarray(images[start : start + size])
+        if is_float:
+            finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+            if not finite.all():
+                first = start + int(np.flatnonzero(~finite)[0])
+                fail("images", f"contains NaN or inf pixel values (first in image index {first} of {n}); float images must be finite")
+        low = block.min() if low is None else min(low, block.min())
+        high = block.max() if high is None else max(high, block.max())
+        if low < high and not is_float:
+            return  # not constant, and uint8 pixels need no other check
+        start += size
+        size = min(2 * size, largest_block)
+    if low == high:
+        fail(
+            "images",
+            f"all {n} images are constant (every pixel is {low.item()!r}): zero pixel standard deviation, "
+            "so z-scoring would divide by zero; a session needs at least two different pixel values",
+        )

@@ -7,11 +7,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+from encoders.readouts.base import Readout
 from encoders.readouts.common import check_readout_args, initial_bias
 from encoders.readouts.positional import sinusoidal_2d
 
 
-class AttentionReadout(nn.Module):
+class AttentionReadout(Readout):
     """Multi-head attention pooling over space with one learned query per neuron.
 
     features + fixed positional encoding -> dropout -> shared bias-free linear map to keys
@@ -116,11 +117,12 @@ class AttentionReadout(nn.Module):
         pooled = torch.matmul(attention.transpose(2, 3), value).flatten(1)  # (B, embed_dim)
         return (pooled * self.features[neurons]).sum(-1) + self.bias[neurons]
 
-    def attention_maps(self, features: Tensor) -> Tensor:
+    def spatial_maps(self, core_features: Tensor) -> Tensor:
         """Attention weights averaged over heads, (B, n_neurons, h, w); each map sums to 1.
 
         Uses the current mode, so call in eval mode to get maps without dropout.
         """
+        features = core_features
         attention, _ = self._attend(features)
         _, h, w = self.in_shape
         return attention.mean(dim=1).transpose(1, 2).reshape(features.shape[0], self.n_neurons, h, w)

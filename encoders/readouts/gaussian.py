@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from encoders.readouts.base import Readout
 from encoders.readouts.common import check_readout_args, initial_bias
 
 GAUSS_TYPES = ("isotropic", "uncorrelated", "full")
 
 
-class GaussianReadout(nn.Module):
+class GaussianReadout(Readout):
     """Per-neuron Gaussian read-out position, feature weights and bias.
 
     Positions live in grid_sample coordinates [-1, 1]^2 (x = width, y = height; with
@@ -66,7 +67,7 @@ class GaussianReadout(nn.Module):
         else:
             self.sigma = nn.Parameter(torch.full((n_neurons, 1 if gauss_type == "isotropic" else 2), init_sigma))
         # Equal weights whose sum is 1, as in neuralpredictors.
-        self.features = nn.Parameter(torch.full((channels, n_neurons), 1.0 / channels))
+        self.features = nn.Parameter(torch.full((n_neurons, channels), 1.0 / channels))
         self.bias = nn.Parameter(initial_bias(mean_activity, n_neurons))
 
     def positions(self) -> Tensor:
@@ -101,11 +102,32 @@ class GaussianReadout(nn.Module):
         grid = self.sample_grid(features.shape[0], sample=self.training)
         if neurons is None:
             sampled = F.grid_sample(features, grid, mode="bilinear", align_corners=True)  # (B, C, n, 1)
-            return torch.einsum("bcn,cn->bn", sampled[..., 0], self.features) + self.bias
+            return torch.einsum("bcn,nc->bn", sampled[..., 0], self.features) + self.bias
         rows = torch.arange(features.shape[0], device=features.device)
         grid = grid[rows, neurons][:, None]  # (B, 1, 1, 2)
         sampled = F.grid_sample(features, grid, mode="bilinear", align_corners=True)[:, :, 0, 0]  # (B, C)
-        return (sampled * self.features[:, neurons].T).sum(1) + self.bias[neurons]
+        return (sampled * self.features[neurons]).sum(1) + self.bias[neurons]
+
+    def locations(self, core_features: Tensor | None = None) -> Tensor:
+        """Mean read-out positions as (x, y) feature-grid cell indices, (n_neurons, 2); needs no images."""
+        _, h, w = self.in_shape
+        xy = self.positions()  # align_corners=True: -1 and 1 are the border cells' centres
+        return (xy + 1) / 2 * torch.tensor([w - 1, h - 1], dtype=xy.dtype, device=xy.device)
+
+    def spatial_maps(self, core_features: Tensor) -> Tensor:
+        """The bilinear weights of each neuron's mean position, (B, n_neurons, h, w) (the same for every image)."""
+        _, h, w = self.in_shape
+        xy = self.locations()
+        maps = torch.zeros(self.n_neurons, h, w, dtype=xy.dtype, device=xy.device)
+        low = xy.floor().long()
+        frac = xy - low
+        rows = torch.arange(self.n_neurons, device=xy.device)
+        for dx in (0, 1):
+            for dy in (0, 1):
+                weight = (frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1])
+                x, y = (low[:, 0] + dx).clamp(0, w - 1), (low[:, 1] + dy).clamp(0, h - 1)
+                maps.index_put_((rows, y, x), weight, accumulate=True)
+        return maps[None].expand(core_features.shape[0], -1, -1, -1)
 
     def regularizer(self) -> Tensor:
         """gamma_features times the L1 norm (sum of absolute values) of the feature weights."""

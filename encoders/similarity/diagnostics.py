@@ -4,7 +4,7 @@ For every session and every chosen measure (:data:`encoders.similarity.MEASURES`
 test responses (stimuli x neurons, averaged over repeats) are compared with
 
 - ``layer="output"``: the model's predicted rates (stimuli x neurons);
-- ``layer="layer<i>"``: the i-th core layer's features (``model.core.layer_features``), reduced
+- ``layer="layer<i>"``: the i-th core layer's features (``model.layer_features``), reduced
   as described in :func:`reduce_features`;
 
 next to three baselines (the ``baseline`` dimension):
@@ -24,7 +24,6 @@ Everything is computed in float64 on CPU (the features are extracted on the mode
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -123,18 +122,14 @@ def split_half(trials: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def random_init_like(model: nn.Module, seed: int) -> nn.Module:
-    """A model of the same class, config and data-derived shapes, initialised with torch seed ``seed``.
+    """An Encoder of the same architecture and data-derived shapes (`model.spec()`), initialised with torch seed `seed`.
 
-    Only the constructor's own hyperparameters are passed (LightningCLI may add private keys). The
-    global RNG is forked so that building it does not change the caller's random stream.
+    The global RNG is forked so that building it does not change the caller's random stream.
     """
-    cls = type(model)
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    config = {k: v for k, v in dict(model.hparams).items() if k in allowed}
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fresh = cls(**config)
+        fresh = type(model)(**model.spec())
     return fresh.to(device).eval()
 
 
@@ -145,15 +140,12 @@ def _representations(
 ) -> list[Tensor]:
     """[predictions, reduced layer0, layer1, ...], each (N, d) float64 on CPU."""
     device = next(model.parameters()).device
-    channels_last = bool(getattr(model.hparams, "channels_last", False))
     parts: list[list[Tensor]] = []
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         outputs = [model(x, session).float()]
         if layers:
-            for i, features in enumerate(model.core.layer_features(x)):
+            for i, features in enumerate(model.layer_features(x)):
                 if i not in projections:  # the first batch fixes each layer's projection for all sessions
                     n_in = features.shape[1] * min(pool_size, features.shape[2]) * min(pool_size, features.shape[3])
                     projections[i] = random_projection(n_in, max_features, seed, i, device)
@@ -184,11 +176,11 @@ def similarity_diagnostics(
     """Similarity of the model's predictions and core layers with the recorded test responses.
 
     Args:
-        model: an :class:`~encoders.model.EncodingModel` (put in eval mode here).
+        model: an :class:`~encoders.encoder.Encoder` (put in eval mode here).
         datamodule: a set-up :class:`~encoders.datasets.datamodule.RecordedDataModule` with the
             model's sessions (its ``tier_data(session, "test")`` is used).
         measures: names in :data:`encoders.similarity.MEASURES`.
-        layers: also score every core layer (``model.core.layer_features``), not only the output.
+        layers: also score every core layer (``model.layer_features``), not only the output.
         seed: seeds random_init, the shuffle, the split-half ceiling and the feature projections.
         max_features: at most this many features per core layer (random projection above it).
         pool_size: core feature maps are average-pooled to at most pool_size x pool_size.
@@ -273,7 +265,7 @@ def similarity_diagnostics(
                            "averaged over repeats); X = model representation, Y = responses (matters for the "
                            "asymmetric ridge_r2)",
             **{f"baseline_{name}": doc for name, doc in BASELINE_DOCS.items()},
-            "layers": "output = predicted rates; layer<i> = model.core.layer_features(images)[i], reduced",
+            "layers": "output = predicted rates; layer<i> = model.layer_features(images)[i], reduced",
             "feature_reduction": f"adaptive average pooling to at most {pool_size}x{pool_size} per channel, "
                                  f"flattened; if more than {max_features} features, times a fixed Gaussian random "
                                  f"matrix / sqrt({max_features}) drawn with numpy default_rng([seed, 2, layer index]), "

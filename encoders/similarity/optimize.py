@@ -15,7 +15,6 @@ CLI (wired as ``encoders similarity optimize``)::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from encoders.outputs import atomic_write
 from encoders.similarity import DIFFERENTIABLE, HIGHER_IS_BETTER, MEASURES, get_measure
 from encoders.similarity.centering import as_representation, center
 
@@ -235,17 +235,6 @@ def summary_table(ds: xr.Dataset, rows: int = 5, pcs: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp)`` then rename tmp to ``path``, so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``encoders similarity optimize``; returns a process exit code (2 on bad input)."""
     try:
@@ -265,8 +254,8 @@ def run(args: argparse.Namespace) -> int:
     ds.attrs["target"] = source
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "optimization.nc", lambda p: ds.to_netcdf(p, engine="h5netcdf"))
-    _write_atomic(out / "optimization.png", lambda p: plot_optimization(ds, p))
+    atomic_write(out / "optimization.nc", lambda p: ds.to_netcdf(p, engine="h5netcdf"))
+    atomic_write(out / "optimization.png", lambda p: plot_optimization(ds, p))
     print(f"{args.measure} vs {source}: {tuple(target.shape)}, {args.steps} steps, lr {args.lr}")
     print(summary_table(ds))
     print(f"wrote {out / 'optimization.nc'} and {out / 'optimization.png'}")

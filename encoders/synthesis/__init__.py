@@ -1,7 +1,7 @@
 """Image synthesis from trained models: energies, and the methods that minimise them (GA on pixels, EGG)."""
 
 from encoders.synthesis.blur import gaussian_blur
-from encoders.synthesis.energies import GroundTruthActivation, NeuronActivation, ResponseDistance
+from encoders.synthesis.energies import NeuronActivation, ResponseDistance
 from encoders.synthesis.gradient_ascent import (
     GASettings,
     GradientAscentResult,
@@ -10,17 +10,16 @@ from encoders.synthesis.gradient_ascent import (
     optimize_images,
     optimize_in_batches,
 )
-from encoders.synthesis.methods import EGGSynthesis, GASynthesis, SynthesisResult, as_synthesis
+from encoders.synthesis.methods import EGGSettings, Method, SynthesisResult, synthesize
 from encoders.synthesis.targets import all_targets, parse_target, resolve_targets, top_k_targets
 
 __all__ = [
-    "EGGSynthesis",
-    "GASynthesis",
+    "EGGSettings",
+    "Method",
     "SynthesisResult",
-    "as_synthesis",
+    "synthesize",
     "GASettings",
     "GradientAscentResult",
-    "GroundTruthActivation",
     "NeuronActivation",
     "ResponseDistance",
     "all_targets",

@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from encoders.datasets.transforms import ImageTransform
 from encoders.errors import EncodersError
 from encoders.metrics import correlation
 from encoders.synthesis.targets import Target, check_sessions, resolve_targets
@@ -100,42 +98,3 @@ class ResponseDistance:
         if self.metric == "mse":
             return (predicted - target).pow(2).mean(1)
         return 1 - correlation(predicted, target, dim=1)
-
-
-class GroundTruthActivation:
-    """A digital twin's true neuron b driven by model-space image b: energy = -true rate.
-
-    The image goes to pixel space (`transform.to_pixels`) and, when `size` differs, is resized to
-    the stored image size the twin expects. Optimising a model-space image through this energy
-    makes the twin's own MEI under exactly the same norm, blur and clamp as the model's MEIs.
-    """
-
-    def __init__(
-        self, truth: nn.Module, columns: torch.Tensor, transform: ImageTransform, size: tuple[int, int] | None,
-        minimize: bool = False,
-    ):
-        self.truth = truth
-        self.columns = torch.as_tensor(columns, dtype=torch.long)
-        self.transform = transform
-        self.size = tuple(size) if size is not None else None
-        self.minimize = minimize
-
-    def __len__(self) -> int:
-        return len(self.columns)
-
-    def pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """Model-space images -> the twin's input (pixel units, stored size)."""
-        pixels = self.transform.to_pixels(images)
-        if self.size is not None and tuple(pixels.shape[-2:]) != self.size:
-            pixels = F.interpolate(pixels, size=self.size, mode="bilinear", align_corners=False)
-        return pixels
-
-    def activation(self, images: torch.Tensor) -> torch.Tensor:
-        """True rate of each image's neuron, (B,)."""
-        _check_batch(images, len(self), "GroundTruthActivation")
-        rates = self.truth(self.pixels(images))
-        return rates.gather(1, self.columns.to(rates.device)[:, None])[:, 0]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        activation = self.activation(images)
-        return activation if self.minimize else -activation

@@ -1,21 +1,23 @@
-"""The two ways to make an image that lowers an energy: gradient ascent on pixels, or energy-guided diffusion.
+"""The two ways to make an image that lowers an energy, as typed settings: `GASettings` (gradient ascent on
+pixels) or `EGGSettings` (energy-guided diffusion from a pretrained prior).
 
-Both take the same per-image energies (built for a chunk of images by `energy_for(indices)`) and
-return the same result, so MEIs, MENIs and reconstructions are made by either method with one code
-path, and their files differ only in the `method` coordinate ("ga" or "egg") and the settings
-recorded in the attributes.
+A product takes one of them as its `method`; `synthesize` runs either on the same per-image
+energies (built for a chunk of images by `energy_for(indices)`) and returns the same result, so
+MEIs, MENIs and reconstructions are made by either method with one code path, and their files
+differ only in the `method` coordinate ("ga" or "egg") and the settings recorded in the attributes.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from encoders.contract import ResponseModel, device_of
 from encoders.errors import EncodersError
-from encoders.synthesis.gradient_ascent import Energy, GASettings, default_norm, optimize_in_batches
+from encoders.synthesis.gradient_ascent import DEFAULT_CONTRAST, Energy, GASettings, default_norm, optimize_in_batches
 from encoders.synthesis.guided_diffusion import egg_sample
 from encoders.synthesis.prior import DiffusionPrior, ModelSpace
 
@@ -30,104 +32,108 @@ class SynthesisResult:
 
 
 @dataclass(frozen=True)
-class GASynthesis:
-    """Gradient ascent with `settings` (blur-preconditioned, norm-constrained, see gradient_ascent.py)."""
+class EGGSettings:
+    """Energy-guided diffusion (Pierzchlewicz et al. 2023) from a local diffusers prior.
 
-    settings: GASettings
-    method = "ga"
-
-    @property
-    def seeds(self) -> tuple[int, ...]:
-        return tuple(self.settings.seeds)
-
-    @property
-    def truth_settings(self) -> GASettings:
-        """How a twin's true MEIs are found when scoring these images: the same way."""
-        return self.settings
-
-    def attrs(self, shape: Sequence[int]) -> dict:
-        return {f"ga_{k}": v for k, v in self.settings.attrs(shape).items()}
-
-    def run(self, energy_for: Callable[[list[int]], Energy], seeds: Sequence[int], model: nn.Module) -> SynthesisResult:
-        device = next(model.parameters()).device
-        result = optimize_in_batches(
-            energy_for, list(seeds), model.input_shape, self.settings, self.settings.pixel_range(model.image_transform), device,
-        )
-        return SynthesisResult(result.images, result.energy, result.trace)
-
-
-@dataclass(frozen=True)
-class EGGSynthesis:
-    """Energy-guided diffusion from a local prior (see guided_diffusion.py).
-
-    contrast: rescale final images to the GA norm rule (`default_norm`) for a fair comparison with
-    GA MEIs; None keeps the prior's own contrast (MENIs, reconstructions).
-    guide_at_norm: the guidance sees each x0 estimate already rescaled to that norm, so it optimises
-        the image that is finally kept (on the twin, guidance at the prior's contrast followed by a
-        rescale loses most of the activation: 0.31 vs 0.81 of the best natural image).
+    Args:
+        prior: local diffusers-format folder of the diffusion prior (nothing downloads).
+        seeds: one sample per target and seed.
+        num_steps: respaced diffusion steps.
+        energy_scale: L2 length, in prior space, of the guidance step at every diffusion step.
+        contrast: per-pixel RMS (model space) of the final images (the GA norm rule), so GA and EGG
+            compare fairly; None keeps the prior's own contrast (MENIs, reconstructions).
+        guide_at_norm: the energy sees each x0 estimate already at that contrast (the image finally
+            kept); False guides at the prior's contrast and rescales only the end. Ignored when contrast is None.
+        clip_denoised: clamp x0 estimates to the prior's range [-1, 1] before the energy.
+        batch_size: samples drawn together (memory bound); results do not depend on it.
     """
 
-    prior: DiffusionPrior
-    prior_path: str
+    prior: str
     seeds: tuple[int, ...] = (0,)
     num_steps: int = 50
     energy_scale: float = 2.0
-    contrast: float | None = None
+    contrast: float | None = DEFAULT_CONTRAST
+    guide_at_norm: bool = True
+    clip_denoised: bool = True
     batch_size: int = 128
-    guide_at_norm: bool = False
 
     method = "egg"
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise EncodersError(f"give distinct seeds, got {list(self.seeds)}")
+            raise EncodersError(f"method.seeds: give distinct seeds, got {list(self.seeds)}")
         if self.num_steps < 1 or self.energy_scale < 0 or self.batch_size < 1:
-            raise EncodersError("EGG needs num_steps >= 1, energy_scale >= 0 and batch_size >= 1")
+            raise EncodersError("method: EGG needs num_steps >= 1, energy_scale >= 0 and batch_size >= 1")
         if self.contrast is not None and not self.contrast > 0:
-            raise EncodersError(f"EGG contrast must be positive or None, got {self.contrast}")
-        if self.guide_at_norm and self.contrast is None:
-            raise EncodersError("EGG guide_at_norm needs a contrast (the norm to guide at)")
+            raise EncodersError(f"method.contrast: must be positive or null, got {self.contrast}")
 
-    @classmethod
-    def load(cls, prior_path: str, **options) -> EGGSynthesis:
-        """The prior read from its local diffusers folder (nothing downloads)."""
-        return cls(prior=DiffusionPrior.load(prior_path), prior_path=str(prior_path), **options)
+    def norm(self, shape: Sequence[int]) -> float | None:
+        return default_norm(shape, self.contrast) if self.contrast is not None else None
 
     @property
     def truth_settings(self) -> GASettings:
         # true MEIs by GA at the default contrast: the yardstick GA MEIs are scored against too
         return GASettings(seeds=self.seeds, batch_size=self.batch_size)
 
-    def norm(self, shape: Sequence[int]) -> float | None:
-        return default_norm(shape, self.contrast) if self.contrast is not None else None
-
     def attrs(self, shape: Sequence[int]) -> dict:
         norm = self.norm(shape)
-        attrs = {"egg_prior": self.prior_path, "egg_num_steps": self.num_steps, "egg_energy_scale": self.energy_scale,
-                 "egg_norm": norm if norm is not None else float("nan"), "egg_seeds": list(self.seeds)}
-        if self.guide_at_norm:  # only when set: products made before the option keep their fingerprints
-            attrs["egg_guide_at_norm"] = 1
-        return attrs
-
-    def run(self, energy_for: Callable[[list[int]], Energy], seeds: Sequence[int], model: nn.Module) -> SynthesisResult:
-        self.prior.to(next(model.parameters()).device)
-        adapter = ModelSpace.of(model, self.norm(model.input_shape) if self.guide_at_norm else None)
-        parts = []
-        # chunks only bound memory: each sample depends on its own seed and energy alone
-        for start in range(0, len(seeds), self.batch_size):
-            index = list(range(start, min(start + self.batch_size, len(seeds))))
-            parts.append(egg_sample(
-                self.prior, energy_for(index), len(index), num_steps=self.num_steps, energy_scale=self.energy_scale,
-                seeds=[seeds[i] for i in index], norm=self.norm(model.input_shape), adapter=adapter,
-            ))
-        return SynthesisResult(
-            torch.cat([p.images for p in parts]), torch.cat([p.energy for p in parts]), torch.cat([p.trace for p in parts], 1),
-        )
+        return {"egg_prior": self.prior, "egg_num_steps": self.num_steps, "egg_energy_scale": self.energy_scale,
+                "egg_norm": norm if norm is not None else float("nan"), "egg_seeds": list(self.seeds),
+                "egg_guide_at_norm": int(self.guide_at_norm and norm is not None), "egg_clip_denoised": int(self.clip_denoised)}
 
 
-Synthesis = GASynthesis | EGGSynthesis
+Method = GASettings | EGGSettings
 
 
-def as_synthesis(method: GASettings | Synthesis) -> Synthesis:
-    """GA settings alone mean gradient ascent."""
-    return GASynthesis(method) if isinstance(method, GASettings) else method
+@functools.lru_cache(maxsize=4)
+def load_prior(folder: str) -> DiffusionPrior:
+    """A prior, loaded once per process (every product and checkpoint shares it)."""
+    return DiffusionPrior.load(folder)
+
+
+def method_name(method: Method) -> str:
+    return "egg" if isinstance(method, EGGSettings) else "ga"
+
+
+def method_attrs(method: Method, shape: Sequence[int]) -> dict:
+    """NetCDF-storable settings, prefixed by the method."""
+    if isinstance(method, EGGSettings):
+        return method.attrs(shape)
+    return {f"ga_{k}": v for k, v in method.attrs(shape).items()}
+
+
+def truth_settings(method: Method) -> GASettings:
+    """How a twin's true MEIs are found when scoring images of this method: GA, the same way for GA."""
+    return method.truth_settings if isinstance(method, EGGSettings) else method
+
+
+def synthesize(
+    method: Method, energy_for: Callable[[list[int]], Energy], seeds: Sequence[int], model: ResponseModel,
+    progress: Callable[[int], None] | None = None,
+) -> SynthesisResult:
+    """Minimise one energy per image (image i starts from seeds[i]) with `method`; batched by its batch_size.
+
+    progress(n) is called after each chunk of n images.
+    """
+    device = device_of(model)
+    shape = tuple(model.input_shape)
+    parts = []
+    for start in range(0, len(seeds), method.batch_size):
+        index = list(range(start, min(start + method.batch_size, len(seeds))))
+        chunk = [seeds[i] for i in index]
+        if isinstance(method, EGGSettings):
+            prior = load_prior(method.prior).to(device)
+            norm = method.norm(shape)
+            adapter = ModelSpace.of(model, norm if method.guide_at_norm else None)
+            result = egg_sample(prior, energy_for(index), len(index), num_steps=method.num_steps,
+                                energy_scale=method.energy_scale, seeds=chunk, norm=norm, adapter=adapter,
+                                clip_denoised=method.clip_denoised)
+        else:
+            result = optimize_in_batches(lambda i: energy_for([index[j] for j in i]), chunk, shape, method,
+                                         method.pixel_range(model.image_transform), device)
+        parts.append(SynthesisResult(result.images, result.energy, result.trace))
+        if progress is not None:
+            progress(len(index))
+    return SynthesisResult(
+        torch.cat([p.images for p in parts]), torch.cat([p.energy for p in parts]), torch.cat([p.trace for p in parts], 1),
+    )

@@ -26,6 +26,7 @@ from torch import nn
 
 from encoders.datasets.transforms import LUMINANCE, ImageTransform
 from encoders.errors import EncodersError
+from encoders.outputs import write_text
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 UNET_CONFIG = "config.json"
@@ -113,7 +114,7 @@ class DiffusionPrior(nn.Module):
             "scheduler": ["diffusers", type(self.scheduler).__name__],
             "unet": ["diffusers", "UNet2DModel"],
         }
-        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_text(json.dumps(index, indent=2) + "\n", folder / "model_index.json")
         return folder
 
     @classmethod

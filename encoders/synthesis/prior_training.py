@@ -1,89 +1,210 @@
-"""Train a small diffusion prior on natural images, on CPU: `python -m encoders.synthesis.prior_training --config experiments/prior_natural32.yaml`.
+"""Train a diffusion image prior on a project's own stimuli: `encoders prior train --config experiments/prior_cowley48.yaml`.
 
-Data: grayscale crops of the photographs bundled in the scikit-image / scikit-learn wheels
-(`natural_image_pool`, no download), plus, optionally, a lab's own stimuli read from dataset files
-(`read_arrays(path, session, ["images", "tier"])`, one tier), so a prior can learn the stimulus set
-the neurons were recorded with. Loss: DDPM epsilon prediction (mean squared error on the noise) at
-uniformly drawn timesteps. The saved weights are an exponential moving average of the trained ones,
-which gives much cleaner samples after short training runs.
+Data: the images of chosen datasets, sessions and tiers (the train tier by default, never test
+images unless asked), optionally plus crops of the photographs bundled in the scikit-image /
+scikit-learn wheels. Every image is centre-square-cropped, made grayscale (or kept in colour) and
+stored once in memory at `source_size`; each training draw is a random square crop of a random
+scale and position, flipped left-right with probability 1/2, resized to `size`.
+
+Every random draw of step k (which images, crops, flips, timesteps, noise) comes from a generator
+seeded with (seed, k), so a run killed and resumed from its last checkpoint ends with the same
+weights, bit for bit, as one never interrupted. Loss: DDPM epsilon prediction at uniform timesteps.
+The saved weights are an exponential moving average of the trained ones.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import time
-from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-import yaml
 from diffusers import DDPMScheduler, UNet2DModel
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from encoders.datasets.io import list_sessions, read_arrays
 from encoders.datasets.natural_images import natural_image_pool
 from encoders.datasets.transforms import ImageTransform
 from encoders.errors import EncodersError
+from encoders.outputs import write_text
 from encoders.synthesis.prior import DiffusionPrior
 
 LOG_EVERY = 50  # optimiser steps per point of the stored loss curve
+TIERS = ("train", "validation", "test")
+
+
+# ---- options ----------------------------------------------------------------------------------------
+@dataclass
+class DatasetImages:
+    """Images of one project dataset file.
+
+    Args:
+        path: the HDF5 dataset file.
+        sessions: sessions to take images from (None: all).
+        tiers: tiers to take images from; test images are the models' held-out data, keep them out.
+    """
+
+    path: str
+    sessions: list[str] | None = None
+    tiers: list[str] = field(default_factory=lambda: ["train"])
+
+
+@dataclass
+class PriorData:
+    """What the prior learns from and how each draw is made.
+
+    Args:
+        size: prior image side (pixels).
+        datasets: project dataset files whose images are used.
+        pool_size: number of extra crops of the photographs bundled in the scikit-image / scikit-learn wheels.
+        pool_seed: seed of those crops.
+        source_size: side at which every image is kept in memory, before random crops (default 2 x size).
+        scale: smallest and largest crop side, as fractions of the kept image's side.
+        flip: flip left-right with probability 1/2.
+        grayscale: one luminance channel (else three colour channels).
+        batch_size: images per optimiser step.
+    """
+
+    size: int = 48
+    datasets: list[DatasetImages] = field(default_factory=list)
+    pool_size: int = 0
+    pool_seed: int = 20230601
+    source_size: int | None = None
+    scale: tuple[float, float] = (0.5, 1.0)
+    flip: bool = True
+    grayscale: bool = True
+    batch_size: int = 32
+
+
+@dataclass
+class PriorModel:
+    """The UNet (diffusers `UNet2DModel`) and its DDPM noise schedule.
+
+    Args:
+        block_out_channels: channels per resolution level (each level halves the size).
+        layers_per_block: ResNet layers per level.
+        attention: self-attention at the lowest resolution only.
+        norm_num_groups: GroupNorm groups.
+        num_train_timesteps: DDPM training timesteps.
+        beta_schedule: "linear", "scaled_linear" or "squaredcos_cap_v2" (cosine).
+    """
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    layers_per_block: int = 1
+    attention: bool = True
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+
+
+@dataclass
+class PriorOptimisation:
+    """How long and how the prior trains.
+
+    Args:
+        max_steps: optimiser steps (the cosine learning-rate schedule ends here).
+        max_minutes: wall-clock stop; the EMA weights at that point are saved (None: no limit).
+        lr: AdamW peak learning rate.
+        warmup_steps: linear warm-up steps.
+        ema_decay: decay of the saved weight average.
+        checkpoint_every: steps between resumable checkpoints (out/checkpoints/last.ckpt).
+        sample_steps: respaced DDPM steps for the sample grid.
+    """
+
+    max_steps: int = 6000
+    max_minutes: float | None = None
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    checkpoint_every: int = 100
+    sample_steps: int = 100
 
 
 # ---- data -------------------------------------------------------------------------------------------
-def dataset_images(path: str | Path, sessions: Sequence[str] | None, tier: str | None, size: int) -> np.ndarray:
-    """A dataset file's own stimuli (grayscale, centre square crop, resized to size x size) as uint8."""
-    sessions = list(sessions) if sessions else list_sessions(path)
+def _square(images: torch.Tensor, side: int, grayscale: bool) -> torch.Tensor:
+    """(N, [C,] H, W) pixels -> (N, C', side, side) uint8: centre square crop, luminance or colour, antialiased resize."""
+    h, w = images.shape[-2:]
+    square = min(h, w)
+    top, left = (h - square) // 2, (w - square) // 2
+    crop = (top, h - square - top, left, w - square - left)
+    out = []
+    for start in range(0, len(images), 512):  # bounded memory for large files
+        part = ImageTransform(grayscale=grayscale, crop=crop, resize=(side, side)).geometry(images[start : start + 512])
+        out.append(part.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out) if out else torch.zeros((0, 1 if grayscale else 3, side, side), dtype=torch.uint8)
+
+
+def dataset_images(entry: DatasetImages, side: int, grayscale: bool) -> torch.Tensor:
+    """The chosen sessions' and tiers' images of one dataset file as (N, C, side, side) uint8."""
+    unknown = sorted(set(entry.tiers) - set(TIERS))
+    if unknown or not entry.tiers:
+        raise EncodersError(f"{entry.path}: tiers must be a non-empty subset of {list(TIERS)}, got {entry.tiers}")
+    available = list_sessions(entry.path)
+    sessions = list(entry.sessions) if entry.sessions else available
+    missing = sorted(set(sessions) - set(available))
+    if missing:
+        raise EncodersError(f"{entry.path}: no session(s) {missing}; sessions: {available}")
     parts = []
     for session in sessions:
-        arrays = read_arrays(path, session, ["images", "tier"])
-        images = arrays["images"] if tier is None else arrays["images"][arrays["tier"] == tier]
+        arrays = read_arrays(entry.path, session, ["images", "tier"])
+        keep = np.isin(np.asarray(arrays["tier"]).astype(str), entry.tiers)
+        images = torch.as_tensor(np.asarray(arrays["images"])[keep])
         if images.ndim == 4 and images.shape[1] not in (1, 3):
-            raise EncodersError(f"{path}: session {session!r} images must have 1 or 3 channels to train a prior")
-        h, w = images.shape[-2:]
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        crop = (top, h - side - top, left, w - side - left)
-        pixels = ImageTransform(grayscale=True, crop=crop, resize=(size, size)).geometry(images)
-        parts.append(pixels[:, 0].round().clamp(0, 255).to(torch.uint8).numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, size, size), np.uint8)
+            raise EncodersError(f"{entry.path}: session {session!r} images must have 1 or 3 channels to train a prior")
+        parts.append(_square(images.float(), side, grayscale))
+    return torch.cat(parts)
 
 
-class PriorImages(Dataset):
-    """uint8 (N, S, S) images -> float (1, S, S) in [-1, 1], flipped left-right with probability 1/2."""
+def training_images(data: PriorData) -> torch.Tensor:
+    """Every image the prior learns from, (N, C, source_size, source_size) uint8."""
+    side = data.source_size or 2 * data.size
+    parts = [dataset_images(entry, side, data.grayscale) for entry in data.datasets]
+    if data.pool_size:
+        if not data.grayscale:
+            raise EncodersError("data.pool_size: the bundled photographs are grayscale; use grayscale: true or pool_size: 0")
+        parts.append(torch.as_tensor(natural_image_pool(data.pool_size, side, data.pool_seed))[:, None])
+    if not parts or sum(len(p) for p in parts) == 0:
+        raise EncodersError("data: no images (give data.datasets or data.pool_size)")
+    return torch.cat(parts)
 
-    def __init__(self, images: np.ndarray):
-        self.images = torch.as_tensor(images)
 
-    def __len__(self) -> int:
-        return len(self.images)
+def random_crops(images: torch.Tensor, size: int, scale: tuple[float, float], flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """A batch of random square crops of uint8 images, in [-1, 1]: (B, C, size, size).
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        x = self.images[i].float()[None] / 127.5 - 1
-        return x.flip(-1) if torch.rand(()) < 0.5 else x
+    One batched affine resampling (bilinear): crop side s (fraction of the image) uniform in
+    `scale`, position uniform where the crop fits, mirrored with probability 1/2.
+    """
+    n = images.shape[0]
+    low, high = scale
+    s = low + (high - low) * torch.rand(n, generator=generator)
+    tx = (1 - s) * (2 * torch.rand(n, generator=generator) - 1)
+    ty = (1 - s) * (2 * torch.rand(n, generator=generator) - 1)
+    sx = torch.where(torch.rand(n, generator=generator) < 0.5, -s, s) if flip else s
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, tx, s, ty
+    grid = F.affine_grid(theta, (n, images.shape[1], size, size), align_corners=False)
+    pixels = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return pixels / 127.5 - 1
 
 
 # ---- model ------------------------------------------------------------------------------------------
-def small_unet(
-    sample_size: int, channels: int, block_out_channels: Sequence[int], layers_per_block: int, attention: bool,
-    norm_num_groups: int,
-) -> UNet2DModel:
+def small_unet(sample_size: int, channels: int, model: PriorModel) -> UNet2DModel:
     """An unconditional UNet2DModel; with `attention`, self-attention only at the lowest resolution."""
-    depth = len(block_out_channels)
-    last_down = "AttnDownBlock2D" if attention else "DownBlock2D"
-    first_up = "AttnUpBlock2D" if attention else "UpBlock2D"
+    depth = len(model.block_out_channels)
+    last_down = "AttnDownBlock2D" if model.attention else "DownBlock2D"
+    first_up = "AttnUpBlock2D" if model.attention else "UpBlock2D"
     return UNet2DModel(
         sample_size=sample_size, in_channels=channels, out_channels=channels,
-        block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+        block_out_channels=tuple(model.block_out_channels), layers_per_block=model.layers_per_block,
         down_block_types=("DownBlock2D",) * (depth - 1) + (last_down,),
         up_block_types=(first_up,) + ("UpBlock2D",) * (depth - 1),
-        norm_num_groups=norm_num_groups, attention_head_dim=8,
+        norm_num_groups=model.norm_num_groups, attention_head_dim=8,
     )
 
 
@@ -96,63 +217,83 @@ def noise_schedule(num_train_timesteps: int, beta_schedule: str) -> DDPMSchedule
 
 
 class PriorTraining(pl.LightningModule):
-    """DDPM epsilon-prediction training of a small UNet, with an EMA copy that becomes the prior.
+    """DDPM epsilon-prediction training of a UNet, with an EMA copy that becomes the prior.
 
-    Args:
-        sample_size, channels: prior image size and channels.
-        block_out_channels, layers_per_block, attention, norm_num_groups: the UNet (see `small_unet`).
-        num_train_timesteps, beta_schedule: the DDPM noise schedule ("linear", "squaredcos_cap_v2", ...).
-        lr, warmup_steps, max_steps: AdamW with linear warm-up then cosine decay to 0 at max_steps.
-        ema_decay: decay of the weight average that is saved.
+    The batch the loader yields is ignored: step k draws its images, crops, timesteps and noise
+    from a generator seeded with (seed, k), which makes resuming exact.
     """
 
-    def __init__(
-        self,
-        sample_size: int = 32,
-        channels: int = 1,
-        block_out_channels: Sequence[int] = (16, 32, 64),
-        layers_per_block: int = 1,
-        attention: bool = True,
-        norm_num_groups: int = 8,
-        num_train_timesteps: int = 1000,
-        beta_schedule: str = "squaredcos_cap_v2",
-        lr: float = 2e-3,
-        warmup_steps: int = 100,
-        max_steps: int = 3000,
-        ema_decay: float = 0.999,
-    ):
+    def __init__(self, images: torch.Tensor, data: PriorData, model: PriorModel, optimisation: PriorOptimisation, seed: int):
         super().__init__()
-        self.save_hyperparameters()
-        self.unet = small_unet(sample_size, channels, block_out_channels, layers_per_block, attention, norm_num_groups)
+        self.images, self.data, self.options, self.seed = images, data, optimisation, seed
+        self.unet = small_unet(data.size, images.shape[1], model)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
-        self.scheduler = noise_schedule(num_train_timesteps, beta_schedule)
+        self.scheduler = noise_schedule(model.num_train_timesteps, model.beta_schedule)
         self.loss_curve: list[tuple[int, float]] = []  # (step, mean loss over the last LOG_EVERY steps)
         self._recent: list[float] = []
+        self.seconds = torch.zeros(2, dtype=torch.float64)  # wall and CPU time of all runs so far
+        self._clock = (time.perf_counter(), time.process_time())
+        self.register_buffer("ema_step", torch.zeros((), dtype=torch.long))  # last step whose weights the EMA holds
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        noise = torch.randn_like(batch)
-        t = torch.randint(0, self.hparams.num_train_timesteps, (batch.shape[0],), device=batch.device)
-        noisy = self.scheduler.add_noise(batch, noise, t)
+    def draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step `step`'s clean images, timesteps and noise."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        index = torch.randint(len(self.images), (self.data.batch_size,), generator=generator)
+        clean = random_crops(self.images[index], self.data.size, tuple(self.data.scale), self.data.flip, generator)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(clean),), generator=generator)
+        return clean, t, torch.randn(clean.shape, generator=generator)
+
+    def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
+        self._update_ema()  # with the weights of the previous step
+        clean, t, noise = (x.to(self.device) for x in self.draw(self.global_step))
+        noisy = self.scheduler.add_noise(clean, noise, t)
         loss = F.mse_loss(self.unet(noisy, t).sample, noise)
-        self.log("train/loss", loss, prog_bar=True)
+        if not torch.isfinite(loss):
+            raise EncodersError(f"prior training: loss is {loss.item()} at step {self.global_step}; lower optimisation.lr")
         self._recent.append(loss.item())
+        now = (time.perf_counter(), time.process_time())
+        self.seconds += torch.tensor([now[0] - self._clock[0], now[1] - self._clock[1]], dtype=torch.float64)
+        self._clock = now
+        if len(self._recent) >= LOG_EVERY:
+            step = self.global_step + 1
+            self.loss_curve.append((step, float(np.mean(self._recent))))
+            self._recent = []
+            pace = self.seconds[0].item() / step
+            print(f"prior step {step}/{self.options.max_steps}: loss {self.loss_curve[-1][1]:.4f}, "
+                  f"~{pace * (self.options.max_steps - step) / 60:.0f} min left", flush=True)
         return loss
 
-    def on_train_batch_end(self, outputs: object, batch: torch.Tensor, batch_idx: int) -> None:
+    def _update_ema(self) -> None:
+        # Lazily, at the next step or the end: checkpoint callbacks run before a module's
+        # on_train_batch_end, so an update there would be missing from a mid-run checkpoint.
         step = self.global_step
-        # the average starts short and lengthens, so early weights do not linger in it
-        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+        if int(self.ema_step) >= step:
+            return
+        decay = min(self.options.ema_decay, step / (9 + step))  # short at first, so early weights do not linger
         with torch.no_grad():
             for average, current in zip(self.ema.parameters(), self.unet.parameters()):
                 average.lerp_(current, 1 - decay)
-        if len(self._recent) >= LOG_EVERY:
-            self.loss_curve.append((step, float(np.mean(self._recent))))
-            self._recent = []
-            print(f"step {step}: loss {self.loss_curve[-1][1]:.4f}", flush=True)
+        self.ema_step.fill_(step)
+
+    def on_train_start(self) -> None:
+        self._clock = (time.perf_counter(), time.process_time())
+
+    def on_train_end(self) -> None:
+        self._update_ema()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["loss_curve"] = torch.tensor(self.loss_curve, dtype=torch.float64).reshape(-1, 2)
+        checkpoint["recent_losses"] = torch.tensor(self._recent, dtype=torch.float64)
+        checkpoint["seconds"] = self.seconds.clone()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.loss_curve = [(int(s), float(v)) for s, v in checkpoint["loss_curve"].tolist()]
+        self._recent = checkpoint["recent_losses"].tolist()
+        self.seconds = checkpoint["seconds"].clone()
 
     def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.lr, weight_decay=0.0)
-        warmup, total = self.hparams.warmup_steps, self.hparams.max_steps
+        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.options.lr, weight_decay=0.0)
+        warmup, total = self.options.warmup_steps, self.options.max_steps
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -164,98 +305,97 @@ class PriorTraining(pl.LightningModule):
 
     def prior(self) -> DiffusionPrior:
         """The EMA weights with the training noise schedule, as a standalone prior."""
-        return DiffusionPrior(copy.deepcopy(self.ema), noise_schedule(self.hparams.num_train_timesteps, self.hparams.beta_schedule))
-
-
-# ---- samples for people -----------------------------------------------------------------------------
-@torch.no_grad()
-def sample_grid(prior: DiffusionPrior, path: str | Path, num_steps: int, seed: int, n: int = 16, scale: int = 4) -> None:
-    """Save a 4x4 PNG of unguided samples (each enlarged `scale` times, nearest neighbour)."""
-    from encoders.synthesis.guided_diffusion import egg_sample
-
-    result = egg_sample(prior, None, n_images=n, num_steps=num_steps, energy_scale=0.0, seeds=list(range(seed, seed + n)))
-    images = ((result.prior_images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    side, rows = images.shape[-1], int(math.ceil(n / 4))
-    grid = np.full((rows * (side + 2) + 2, 4 * (side + 2) + 2), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, 4)
-        grid[2 + r * (side + 2) : 2 + r * (side + 2) + side, 2 + c * (side + 2) : 2 + c * (side + 2) + side] = image
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST).save(path)
+        return DiffusionPrior(copy.deepcopy(self.ema), DDPMScheduler.from_config(self.scheduler.config))
 
 
 # ---- entry point ------------------------------------------------------------------------------------
-CONFIG_KEYS = {
-    "top": {"seed", "threads", "out", "data", "model", "training"},
-    "data": {"size", "pool_size", "pool_seed", "datasets", "batch_size"},
-    "dataset": {"path", "sessions", "tier"},
-    "model": {"block_out_channels", "layers_per_block", "attention", "norm_num_groups", "num_train_timesteps", "beta_schedule"},
-    "training": {"max_steps", "max_minutes", "lr", "warmup_steps", "ema_decay", "sample_steps"},
-}
+def train_prior(
+    out: str | Path, data: PriorData, model: PriorModel, optimisation: PriorOptimisation, seed: int = 0, threads: int = 1,
+) -> Path:
+    """Train a prior (resuming from out/checkpoints/last.ckpt when there is one) and save it; returns `out`.
 
+    Writes the diffusers folder (EMA weights), `training_log.json` (data, steps, time, loss curve),
+    `loss.png` and `samples.png`.
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
-def _check_keys(section: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise EncodersError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-
-
-def train_prior(config: dict, out: str | Path | None = None) -> Path:
-    """Train a prior as the config says and save it (weights, samples.png, training_log.json); returns the folder."""
-    _check_keys(config, CONFIG_KEYS["top"], "config")
-    data, model, training = config["data"], config["model"], config["training"]
-    _check_keys(data, CONFIG_KEYS["data"], "config data")
-    _check_keys(model, CONFIG_KEYS["model"], "config model")
-    _check_keys(training, CONFIG_KEYS["training"], "config training")
-    out = Path(out if out is not None else config["out"])
-    torch.set_num_threads(int(config.get("threads", 1)))
-    pl.seed_everything(int(config.get("seed", 0)), workers=True)
-
-    size = int(data["size"])
-    parts = [natural_image_pool(int(data["pool_size"]), size, int(data["pool_seed"]))]
-    for entry in data.get("datasets") or []:
-        _check_keys(entry, CONFIG_KEYS["dataset"], "config data.datasets entry")
-        parts.append(dataset_images(entry["path"], entry.get("sessions"), entry.get("tier", "train"), size))
-    images = np.concatenate(parts)
-    loader = DataLoader(PriorImages(images), batch_size=int(data["batch_size"]), shuffle=True, drop_last=True)
-
-    module = PriorTraining(
-        sample_size=size, channels=1, max_steps=int(training["max_steps"]), lr=float(training["lr"]),
-        warmup_steps=int(training["warmup_steps"]), ema_decay=float(training["ema_decay"]),
-        block_out_channels=tuple(model["block_out_channels"]), layers_per_block=int(model["layers_per_block"]),
-        attention=bool(model["attention"]), norm_num_groups=int(model["norm_num_groups"]),
-        num_train_timesteps=int(model["num_train_timesteps"]), beta_schedule=str(model["beta_schedule"]),
-    )
+    out = Path(out)
+    torch.set_num_threads(threads)
+    images = training_images(data)
+    torch.manual_seed(seed)  # the UNet's initial weights
+    module = PriorTraining(images, data, model, optimisation, seed)
+    checkpoints = out / "checkpoints"
+    saver = ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=optimisation.checkpoint_every)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=int(training["max_steps"]), max_epochs=-1,
-        max_time={"minutes": float(training["max_minutes"])}, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=False, log_every_n_steps=LOG_EVERY,
+        accelerator="cpu", devices=1, max_steps=optimisation.max_steps, max_epochs=-1,
+        max_time={"minutes": optimisation.max_minutes} if optimisation.max_minutes else None,
+        logger=False, callbacks=[saver], enable_model_summary=False,
+        enable_progress_bar=False, num_sanity_val_steps=0,
     )
-    start, cpu_start = time.perf_counter(), time.process_time()
-    trainer.fit(module, loader)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    resume = checkpoints / "last.ckpt"
+    # The loader only paces the loop: steps draw their own data (PriorTraining.draw).
+    trainer.fit(module, DataLoader(range(optimisation.max_steps), batch_size=None),
+                ckpt_path=str(resume) if resume.is_file() else None, weights_only=False)
+    trainer.save_checkpoint(resume)  # the final state, so a re-run has nothing left to do
 
     prior = module.prior()
     prior.save(out)
-    sample_grid(prior, out / "samples.png", num_steps=int(training["sample_steps"]), seed=0)
+    from encoders.synthesis.prior_figures import loss_figure, sample_grid
+
+    sample_grid(prior, out / "samples.png", num_steps=optimisation.sample_steps, seed=0)
+    loss_figure(module.loss_curve, out / "loss.png")
     log = {
-        "images": int(len(images)), "size": size, "steps": int(module.global_step), "batch_size": int(data["batch_size"]),
-        "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "threads": torch.get_num_threads(),
-        "parameters": sum(p.numel() for p in module.unet.parameters()),
-        "loss_curve": [[s, round(v, 5)] for s, v in module.loss_curve], "config": config,
+        "images": int(len(images)), "size": data.size, "steps": int(module.global_step),
+        "batch_size": data.batch_size,
+        "wall_seconds": round(module.seconds[0].item(), 1), "cpu_seconds": round(module.seconds[1].item(), 1),
+        "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in module.unet.parameters()),
+        "loss_curve": [[s, round(v, 5)] for s, v in module.loss_curve],
+        "config": {"seed": seed, "data": asdict(data), "model": asdict(model), "optimisation": asdict(optimisation)},
     }
-    (out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    write_text(json.dumps(log, indent=1) + "\n", out / "training_log.json")
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML with data, model and training sections")
-    parser.add_argument("--out", default=None, help="output folder (default: the config's `out`)")
-    args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text())
-    folder = train_prior(config, args.out)
-    print(f"prior saved to {folder}")
+def unet_parameters(model: PriorModel, size: int, channels: int = 1) -> int:
+    """Parameter count of the UNet a PriorModel describes."""
+    return sum(p.numel() for p in small_unet(size, channels, model).parameters())
 
 
-if __name__ == "__main__":
-    main()
+def check_model(model: PriorModel, data: PriorData) -> None:
+    """Reject UNet shapes that cannot work, before any data is read."""
+    levels = len(model.block_out_channels)
+    if levels < 2:
+        raise EncodersError("model.block_out_channels: at least 2 levels")
+    if data.size % 2 ** (levels - 1):
+        raise EncodersError(f"data.size: {data.size} must be divisible by 2^{levels - 1} (the UNet halves it {levels - 1} times)")
+    bad = [c for c in model.block_out_channels if c % model.norm_num_groups]
+    if bad:
+        raise EncodersError(f"model.block_out_channels: {bad} not divisible by model.norm_num_groups={model.norm_num_groups}")
+    low, high = data.scale
+    if not 0 < low <= high <= 1:
+        raise EncodersError(f"data.scale: need 0 < low <= high <= 1, got {list(data.scale)}")
+
+
+
+
+def parser():
+    """The options of `encoders prior train`, declared once by the dataclasses above (YAML and flags alike)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="encoders prior train", description="Train a diffusion image prior on dataset images.")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with out, seed, threads, data, model, optimisation")
+    parser.add_argument("--out", type=str, required=True, help="output folder (diffusers prior, figures, checkpoints)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--data", type=PriorData, default=PriorData())
+    parser.add_argument("--model", type=PriorModel, default=PriorModel())
+    parser.add_argument("--optimisation", type=PriorOptimisation, default=PriorOptimisation())
+    return parser
+
+
+def run(options) -> Path:
+    """Check the parsed and instantiated options, train, and return the prior's folder."""
+    check_model(options.model, options.data)
+    out = train_prior(options.out, options.data, options.model, options.optimisation, seed=options.seed, threads=options.threads)
+    print(f"prior saved to {out}")
+    return out

@@ -1,27 +1,24 @@
-"""Reconstructions by gradient ascent: the image whose predicted responses best match a test image's responses.
-
-For each kept checkpoint, after fit: `<run>/products/<checkpoint>/reconstruction_ga.nc` + PNG. The
-same functions serve `encoders reconstruct` for checkpoints trained earlier.
-"""
+"""Reconstructions: the image whose predicted responses best match a test image's responses (GA or EGG)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import xarray as xr
-from torch import nn
+from matplotlib.figure import Figure
 
-from encoders.callbacks.figures import reconstruction_figure
-from encoders.callbacks.products import CheckpointProducts, model_device, write_product
+from encoders.contract import ResponseModel, device_of
 from encoders.errors import EncodersError
 from encoders.metrics import correlation
+from encoders.products.base import Product, ProductData
+from encoders.products.figures import reconstruction_figure
+from encoders.products.progress import Progress
 from encoders.synthesis.energies import METRICS, ResponseDistance
 from encoders.synthesis.gradient_ascent import GASettings
-from encoders.synthesis.methods import Synthesis, as_synthesis
+from encoders.synthesis.methods import EGGSettings, Method, method_attrs, method_name, synthesize
 from encoders.synthesis.targets import check_sessions, model_space_images
 
 if TYPE_CHECKING:
@@ -29,11 +26,13 @@ if TYPE_CHECKING:
 
 PREDICT_BATCH = 256  # images per forward pass when scoring reconstructions (memory bound only)
 TARGETS = ("recorded", "predicted")
-RECONSTRUCTION_CONTRAST = 1.0  # z-scored natural images have unit RMS on average: reconstructions match it
+# z-scored natural images have unit RMS on average: reconstructions match it. 300 steps with a
+# blur of 2 pixels: at 100 steps and blur 1 the images are still noise-like on the twin.
+DEFAULT_METHOD = GASettings(steps=300, blur_sigma=2.0, contrast=1.0)
 
 
 def choose_test_images(
-    model: nn.Module, datamodule: RecordedDataModule, images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None,
+    model: ResponseModel, datamodule: RecordedDataModule, images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None,
 ) -> dict[str, list[int]]:
     """Positions within each session's test tier: the first `images` of each session, or given lists.
 
@@ -64,11 +63,10 @@ def choose_test_images(
 
 
 def compute_reconstructions(
-    model: nn.Module, datamodule: RecordedDataModule, chosen: Mapping[str, Sequence[int]], method: GASettings | Synthesis,
-    target: str = "recorded", metric: str = "mse",
+    model: ResponseModel, datamodule: RecordedDataModule, chosen: Mapping[str, Sequence[int]], method: Method,
+    target: str = "recorded", metric: str = "mse", progress: Progress | None = None,
 ) -> xr.Dataset:
-    """Reconstruct the chosen test images of each session from their responses (one per seed),
-    by gradient ascent (GA settings or GASynthesis) or energy-guided diffusion (EGGSynthesis).
+    """Reconstruct the chosen test images of each session from their responses (one per seed).
 
     target: "recorded" (the data's repeat-averaged responses) or "predicted" (the model's own
     predictions for the image). Dims: method, image (coords session, image_id, test_index), seed,
@@ -80,40 +78,42 @@ def compute_reconstructions(
     if metric not in METRICS:
         raise EncodersError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     model.eval()
-    device = model_device(model)
-    synthesis = as_synthesis(method)
+    device = device_of(model)
     shape = model.input_shape
     transform = model.image_transform
-    seeds = list(synthesis.seeds)
+    seeds = list(method.seeds)
     s = len(seeds)
     neurons = [(session, n) for session in chosen for n in model.neuron_ids(session)]
     neuron_session = np.asarray([session for session, _ in neurons])
     rows: dict[str, list] = {k: [] for k in ("session", "image_id", "test_index", "image", "target", "recon",
                                               "predicted", "corr", "trace")}
-    for session, index in chosen.items():
-        data = model_space_images(model, datamodule, session, "test")
-        position = torch.as_tensor(list(index))
-        images = data["images"][position]
-        with torch.no_grad():
-            responses = model(images.to(device), session).cpu() if target == "predicted" else data["responses"][position]
-        wanted = responses.repeat_interleave(s, dim=0)  # image i = test image i // s, seed i % s
-        result = synthesis.run(
-            lambda rows_: ResponseDistance(model, session, wanted[rows_], metric),
-            [seeds[i % s] for i in range(len(wanted))], model,
-        )
-        with torch.no_grad():
-            predicted = torch.cat([model(x.to(device), session).cpu() for x in result.images.split(PREDICT_BATCH)])
-        k = len(index)
-        columns = neuron_session == session
-        rows["session"] += [session] * k
-        rows["image_id"] += data["image_id"][position].tolist()
-        rows["test_index"] += list(index)
-        rows["image"].append(images)
-        rows["target"].append(_spread(responses, columns))
-        rows["recon"].append(result.images.view(k, s, *shape))
-        rows["predicted"].append(_spread(predicted, columns).view(k, s, -1))
-        rows["corr"].append(correlation(predicted, wanted, dim=1).view(k, s))
-        rows["trace"].append(result.trace.view(-1, k, s))
+    total = sum(len(index) for index in chosen.values()) * s
+    name = method_name(method)
+    with (progress or Progress.quiet()).task(f"reconstructions ({name}) of {total // s} test images x {s} seeds", total) as advance:
+        for session, index in chosen.items():
+            data = model_space_images(model, datamodule, session, "test")
+            position = torch.as_tensor(list(index))
+            images = data["images"][position]
+            with torch.no_grad():
+                responses = model(images.to(device), session).cpu() if target == "predicted" else data["responses"][position]
+            wanted = responses.repeat_interleave(s, dim=0)  # image i = test image i // s, seed i % s
+            result = synthesize(
+                method, lambda rows_: ResponseDistance(model, session, wanted[rows_], metric),
+                [seeds[i % s] for i in range(len(wanted))], model, advance,
+            )
+            with torch.no_grad():
+                predicted = torch.cat([model(x.to(device), session).cpu() for x in result.images.split(PREDICT_BATCH)])
+            k = len(index)
+            columns = neuron_session == session
+            rows["session"] += [session] * k
+            rows["image_id"] += data["image_id"][position].tolist()
+            rows["test_index"] += list(index)
+            rows["image"].append(images)
+            rows["target"].append(_spread(responses, columns))
+            rows["recon"].append(result.images.view(k, s, *shape))
+            rows["predicted"].append(_spread(predicted, columns).view(k, s, -1))
+            rows["corr"].append(correlation(predicted, wanted, dim=1).view(k, s))
+            rows["trace"].append(result.trace.view(-1, k, s))
 
     target_images = torch.cat(rows["image"])
     recon = torch.cat(rows["recon"])
@@ -132,7 +132,7 @@ def compute_reconstructions(
             "trace": (("method", "step", "image", "seed"), torch.cat(rows["trace"], dim=1)[None].numpy()),
         },
         coords={
-            "method": [synthesis.method],
+            "method": [name],
             "session": ("image", rows["session"]),
             "image_id": ("image", np.asarray(rows["image_id"], dtype=np.int64)),
             "test_index": ("image", np.asarray(rows["test_index"], dtype=np.int64)),
@@ -142,10 +142,19 @@ def compute_reconstructions(
             "step": np.arange(rows["trace"][0].shape[0]),
         },
     )
-    results["correlation"].attrs["meaning"] = "Pearson r over the session's neurons: predicted (reconstruction) vs target responses"
-    results["image_correlation"].attrs["meaning"] = "Pearson r over pixels: reconstruction vs target image"
-    results["trace"].attrs["meaning"] = f"energy ({metric} between predicted and target responses) at the start of each step"
-    results.attrs.update(synthesis.attrs(shape))
+    for var, long_name, units in (
+        ("target_image", "test image in the model's input space", "z-scored pixel"),
+        ("target_image_pixels", "test image in pixel space", "pixel value (0..255)"),
+        ("reconstruction", "reconstruction in the model's input space", "z-scored pixel"),
+        ("reconstruction_pixels", "reconstruction in pixel space", "pixel value (0..255)"),
+        ("target_responses", f"{target} responses to the test image", "spikes per bin"),
+        ("predicted_responses", "predicted responses to the reconstruction", "spikes per bin"),
+        ("correlation", "Pearson r over the session's neurons: predicted (reconstruction) vs target responses", "1"),
+        ("image_correlation", "Pearson r over pixels: reconstruction vs target image", "1"),
+        ("trace", f"energy ({metric} between predicted and target responses) at the start of each step", "1"),
+    ):
+        results[var].attrs.update({"long_name": long_name, "units": units})
+    results.attrs.update(method_attrs(method, shape))
     results.attrs.update({"product": "reconstructions", "target": target, "metric": metric})
     return results
 
@@ -157,26 +166,8 @@ def _spread(values: torch.Tensor, columns: np.ndarray) -> torch.Tensor:
     return out
 
 
-def write_reconstructions(
-    paths: Sequence[Path], model: nn.Module, folder: Path, method: GASettings | Synthesis, datamodule: RecordedDataModule,
-    images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None, target: str, metric: str,
-) -> list[Path]:
-    """Make `folder/reconstruction_<method>.nc` and its PNG unless they exist for the same request; return new PNGs."""
-    synthesis = as_synthesis(method)
-    if datamodule is None:
-        raise EncodersError("reconstructions need data: the test images and their responses")
-    chosen = choose_test_images(model, datamodule, images, sessions)
-    request = {"settings": synthesis.attrs(model.input_shape), "images": chosen, "target": target, "metric": metric}
-    return write_product(
-        paths, folder / f"reconstruction_{synthesis.method}.nc", request,
-        lambda: compute_reconstructions(model, datamodule, chosen, synthesis, target, metric),
-        lambda results: reconstruction_figure(results, method=synthesis.method),
-        lambda results: f"reconstructions ({synthesis.method}) of {results.sizes['image']} test images",
-    )
-
-
-class ReconstructionCallback(CheckpointProducts):
-    """After fit, reconstructions of test images for each kept checkpoint -> `<run>/products/<ckpt>/reconstruction_ga.nc`.
+class Reconstructions(Product):
+    """Reconstructions of test images from their responses -> `reconstruction_<method>.nc` + PNG.
 
     Args:
         images: how many test images per session (the first ones of the test tier), or a mapping
@@ -184,12 +175,10 @@ class ReconstructionCallback(CheckpointProducts):
         sessions: sessions to use with a count (None = all); not with a mapping.
         target: "recorded" responses or the model's "predicted" responses to the image.
         metric: "mse" or "correlation" between predicted and target responses (see ResponseDistance).
-        seeds, steps, optimizer, lr, normalize_gradient, blur_sigma, contrast, norm, clamp, batch_size: see GASettings;
-            contrast defaults to 1.0, the average RMS of z-scored images.
-        checkpoints: "best_and_last" or "all" kept by the ModelCheckpoint callback.
+        method: GASettings (default: 300 steps, blur 2, contrast 1 = natural images' RMS) or EGGSettings.
     """
 
-    name = "reconstruction_ga"
+    kind = "reconstruction"
 
     def __init__(
         self,
@@ -197,38 +186,33 @@ class ReconstructionCallback(CheckpointProducts):
         sessions: list[str] | None = None,
         target: str = "recorded",
         metric: str = "mse",
-        seeds: list[int] | None = None,
-        steps: int = 100,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        normalize_gradient: bool = True,
-        blur_sigma: float = 1.0,
-        contrast: float = RECONSTRUCTION_CONTRAST,
-        norm: float | None = None,
-        clamp: bool = True,
-        batch_size: int = 128,
-        checkpoints: str = "best_and_last",
+        method: GASettings | EGGSettings = DEFAULT_METHOD,
     ):
-        super().__init__(checkpoints)
         if target not in TARGETS:
             raise EncodersError(f"target must be one of {list(TARGETS)}, got {target!r}")
         if metric not in METRICS:
             raise EncodersError(f"metric must be one of {list(METRICS)}, got {metric!r}")
-        self.images = images
-        self.sessions = sessions
-        self.target = target
-        self.metric = metric
-        self.settings = GASettings(
-            seeds=tuple(seeds) if seeds is not None else (0,), steps=steps, optimizer=optimizer, lr=lr,
-            normalize_gradient=normalize_gradient, blur_sigma=blur_sigma, contrast=contrast, norm=norm, clamp=clamp, batch_size=batch_size,
-        )
+        self.images, self.sessions, self.target, self.metric, self.method = images, sessions, target, metric, method
 
-    def check(self, model: nn.Module, datamodule: RecordedDataModule | None) -> None:
-        if datamodule is None:
-            raise EncodersError("ReconstructionCallback needs a data module (test images and responses)")
-        choose_test_images(model, datamodule, self.images, self.sessions)
+    def stem(self) -> str:
+        return f"reconstruction_{method_name(self.method)}"
 
-    def produce(self, paths: list[Path], model: nn.Module, datamodule: RecordedDataModule | None, folder: Path) -> list[Path]:
-        return write_reconstructions(
-            paths, model, folder, self.settings, datamodule, self.images, self.sessions, self.target, self.metric,
-        )
+    def check(self, model: ResponseModel, data: ProductData) -> None:
+        if data.datamodule is None:
+            raise EncodersError("reconstructions need data: the test images and their responses")
+        choose_test_images(model, data.datamodule, self.images, self.sessions)
+
+    def request(self, model: ResponseModel, data: ProductData) -> dict:
+        chosen = choose_test_images(model, data.datamodule, self.images, self.sessions)
+        return {"settings": method_attrs(self.method, model.input_shape), "images": chosen, "target": self.target, "metric": self.metric}
+
+    def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
+        chosen = choose_test_images(model, data.datamodule, self.images, self.sessions)
+        return compute_reconstructions(model, data.datamodule, chosen, self.method, self.target, self.metric, progress)
+
+    def figure(self, results: xr.Dataset) -> Figure:
+        return reconstruction_figure(results, method=method_name(self.method))
+
+    def describe(self, results: xr.Dataset) -> str:
+        return (f"reconstructions ({method_name(self.method)}) of {results.sizes['image']} test images: response r "
+                f"{float(results.correlation.mean()):.2f}, pixel r {float(results.image_correlation.mean()):.2f}")

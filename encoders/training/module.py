@@ -1,74 +1,32 @@
-"""EncodingModel: one shared core, one readout per session, Poisson loss, correlation metrics.
+"""EncodingModel: the LightningModule that trains an `Encoder` (Poisson loss, AdamW, plateau schedule, metrics).
 
-The core and readout are given as small config dicts ({"type": name, ...constructor args}), so a
-checkpoint rebuilds itself with `EncodingModel.load_from_checkpoint(path)` alone: what depends on
-the data (sessions, neuron ids, input shape, image transform) is taken from the DataModule at the
-first `setup` and stored in the hyperparameters.
+It holds the encoder and owns only training: loss, optimisation, evaluation and logging. What
+depends on the data (sessions, neuron ids, input shape, image transform) is taken from the
+DataModule at the first `setup` and stored in the hyperparameters (`data_info`), so a checkpoint
+rebuilds its encoder alone (`encoders.checkpoints.load_encoder`). Products never see this class.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 import xarray as xr
 from pytorch_lightning.trainer.states import TrainerFn
-from torch import nn
 
 from encoders import rng
-from encoders.cores import StackedCore, TaskDrivenCore
-from encoders.datasets.transforms import ImageTransform
+from encoders.checkpoints import FORMAT, upgrade
+from encoders.encoder import CORES, READOUT_FROM_DATA, READOUTS, Encoder, check_config
 from encoders.errors import EncodersError
-from encoders.metrics import correlation, correlation_to_average, feve, oracle_correlation, poisson_loss, single_trial_correlation
-from encoders.readouts import AttentionReadout, GaussianReadout
-
-CORES: dict[str, type[nn.Module]] = {"stacked": StackedCore, "task_driven": TaskDrivenCore}
-READOUTS: dict[str, type[nn.Module]] = {"gaussian": GaussianReadout, "attention": AttentionReadout}
-
-
-class ConfigError(EncodersError, ValueError):
-    """A model config names an unknown type or argument."""
-
-
-# arguments of readouts that come from the data (features of the core, neurons of the session)
-READOUT_FROM_DATA = frozenset({"in_shape", "n_neurons", "mean_activity"})
-
-
-def check_config(registry: dict[str, type[nn.Module]], config: dict, what: str, given: frozenset[str] = frozenset()) -> type[nn.Module]:
-    """The class config["type"] names, after checking every other key is one of its arguments
-    and none is one that `given` (the data) sets; ConfigError otherwise."""
-    if not isinstance(config, dict):
-        raise ConfigError(f"{what} must be a mapping with a 'type' key, got {config!r}")
-    kind = config.get("type")
-    if kind not in registry:
-        raise ConfigError(f"{what}.type must be one of {sorted(registry)}, got {kind!r}")
-    cls = registry[kind]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    keys = set(config) - {"type"}
-    unknown = sorted(keys - set(allowed))
-    if unknown:
-        settable = sorted(set(allowed) - set(given))
-        raise ConfigError(f"{what}: unknown argument(s) {unknown} for {what} type {kind!r}; allowed: {settable}")
-    clash = sorted(keys & set(given))
-    if clash:
-        raise ConfigError(f"{what}: {clash} are set from the data, not the config")
-    return cls
-
-
-def build_from_config(registry: dict[str, type[nn.Module]], config: dict, what: str, **given: Any) -> nn.Module:
-    """Instantiate registry[config["type"]] with the config's arguments plus `given` (data-derived)."""
-    cls = check_config(registry, config, what, frozenset(given))
-    arguments = {k: v for k, v in config.items() if k != "type"}
-    return cls(**arguments, **given)
+from encoders.evaluation import metrics_table, session_metrics
+from encoders.metrics import poisson_loss
 
 
 class EncodingModel(pl.LightningModule):
-    """Core + per-session readouts predicting non-negative firing rates.
+    """Trains an Encoder (core + per-session readouts) to predict firing rates.
 
     Args:
         core: {"type": "stacked" | "task_driven", ...} constructor arguments of the core.
@@ -76,9 +34,8 @@ class EncodingModel(pl.LightningModule):
         lr, weight_decay: AdamW.
         lr_factor, lr_patience, min_lr: ReduceLROnPlateau on the mean validation correlation.
         elu_offset: output nonlinearity ELU(y + offset) + 1.
-        channels_last: run convolutions in channels-last memory layout (much faster on CPU for
-            depthwise convolutions: measured 5.5x on 2 cores).
-        sessions, input_shape, transform: filled from the DataModule on first setup; given on reload.
+        channels_last: run convolutions in channels-last memory layout (faster on CPU).
+        data_info: sessions, input_shape and transform, filled from the DataModule on first setup; given on reload.
     """
 
     def __init__(
@@ -92,51 +49,44 @@ class EncodingModel(pl.LightningModule):
         min_lr: float = 1e-5,
         elu_offset: float = 0.0,
         channels_last: bool = True,
-        sessions: dict[str, dict] | None = None,
-        input_shape: list[int] | None = None,
-        transform: dict | None = None,
+        data_info: dict | None = None,
     ):
         super().__init__()
-        # a misspelt option fails here, before a trainer starts or writes anything
+        # a misspelt or out-of-range option fails here, before a trainer starts or writes anything
         check_config(CORES, core, "core")
         check_config(READOUTS, readout, "readout", READOUT_FROM_DATA)
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise EncodersError(f"model.lr: must be a positive finite number, got {lr!r}")
+        if not 0 < lr_factor < 1:
+            raise EncodersError(f"model.lr_factor: must be in (0, 1), got {lr_factor!r}")
+        if min_lr < 0 or weight_decay < 0 or lr_patience < 0:
+            raise EncodersError(f"model.min_lr, weight_decay, lr_patience: must be >= 0, got {min_lr}, {weight_decay}, {lr_patience}")
         self.save_hyperparameters()
         self._rng_to_restore: dict | None = None
-        self.core: nn.Module | None = None
-        self.readouts = nn.ModuleDict()
+        self.encoder: Encoder | None = None
         self._outputs: dict[str, dict[str, list[torch.Tensor]]] = {}
         self.test_results: xr.Dataset | None = None
-        if sessions is not None and input_shape is not None:
-            self._build(sessions, tuple(input_shape))
+        if data_info is not None:
+            self._build(data_info)
 
-    # ---- construction --------------------------------------------------------------------------
-    def _build(self, sessions: dict[str, dict], input_shape: tuple[int, int, int]) -> None:
-        core_config = dict(self.hparams.core)
-        core_config.setdefault("input_channels", input_shape[0])
-        self.core = build_from_config(CORES, core_config, "core")
-        features = self.core.output_shape(input_shape)
-        for session, info in sessions.items():
-            mean = torch.tensor(info["mean_response"], dtype=torch.float32)
-            readout = build_from_config(
-                READOUTS, self.hparams.readout, "readout", in_shape=features, n_neurons=len(info["neuron_ids"]),
-                mean_activity=mean,
-            )
-            with torch.no_grad():
-                readout.bias -= self.hparams.elu_offset  # the readout's bias init assumes offset 0
-            self.readouts[session] = readout
-        if self.hparams.channels_last:
-            self.to(memory_format=torch.channels_last)
+    def _build(self, data_info: dict) -> None:
+        hp = self.hparams
+        self.encoder = Encoder(
+            hp.core, hp.readout, data_info["sessions"], data_info["input_shape"], data_info["transform"],
+            elu_offset=hp.elu_offset, channels_last=hp.channels_last,
+        )
 
     def setup(self, stage: str) -> None:
-        if self.core is None:
+        if self.encoder is None:
             datamodule = self.trainer.datamodule if self._trainer is not None else None
             if datamodule is None:
-                raise EncodersError("EncodingModel needs a DataModule on first setup (or sessions and input_shape)")
+                raise EncodersError("EncodingModel needs a DataModule on first setup (or data_info)")
             datamodule.setup(stage)
-            self.hparams.sessions = datamodule.session_info()
-            self.hparams.input_shape = list(datamodule.input_shape())
-            self.hparams.transform = datamodule.transform.state()
-            self._build(self.hparams.sessions, tuple(self.hparams.input_shape))
+            self.hparams.data_info = {
+                "sessions": datamodule.session_info(), "input_shape": list(datamodule.input_shape()),
+                "transform": datamodule.transform.state(),
+            }
+            self._build(self.hparams.data_info)
         self._allow_unused_readouts()
 
     def _allow_unused_readouts(self) -> None:
@@ -152,55 +102,30 @@ class EncodingModel(pl.LightningModule):
         if not isinstance(strategy, DDPStrategy):
             return
         options = strategy._ddp_kwargs  # no public setter; these go to DistributedDataParallel(...)
-        if options.get("find_unused_parameters") is False and len(self.readouts) > 1:
-            raise ConfigError(
+        if options.get("find_unused_parameters") is False and len(self.encoder.readouts) > 1:
+            raise EncodersError(
                 "trainer.strategy: DDP needs find_unused_parameters=True here (each step trains one session's "
                 "readout); use strategy 'ddp' or 'ddp_find_unused_parameters_true'"
             )
         options.setdefault("find_unused_parameters", True)
 
-    # ---- what other parts use --------------------------------------------------------------------
-    @property
-    def sessions(self) -> list[str]:
-        return list(self.readouts.keys())
-
-    def neuron_ids(self, session: str) -> list[str]:
-        return list(self.hparams.sessions[session]["neuron_ids"])
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of model-space images."""
-        return tuple(self.hparams.input_shape)
-
-    @property
-    def image_transform(self) -> ImageTransform:
-        return ImageTransform.from_state(self.hparams.transform)
-
     def forward(self, images: torch.Tensor, session: str, neurons: torch.Tensor | None = None) -> torch.Tensor:
-        """Rates (B, neurons of `session`) for model-space images (B, C, H, W).
-
-        With `neurons` (B,) column indices, only neuron `neurons[b]` is computed for image b and
-        the result is (B,) — what batched MEIs need, at a fraction of the readout's cost.
-        """
-        if session not in self.readouts:
-            raise KeyError(f"unknown session {session!r}; the model has {self.sessions}")
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        y = self.readouts[session](self.core(images), neurons)
-        return F.elu(y + self.hparams.elu_offset) + 1
-
-    def regularizer(self, session: str) -> torch.Tensor:
-        return self.core.regularizer() + self.readouts[session].regularizer()
+        return self.encoder(images, session, neurons)
 
     # ---- training --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         session = batch["session"]
         rates = self(batch["images"], session)
-        n_train = self.hparams.sessions[session]["n_train"]
+        n_train = self.hparams.data_info["sessions"][session]["n_train"]
         # scale so that a batch's loss estimates the loss of the whole session (neuralpredictors)
         scale = math.sqrt(n_train / rates.shape[0])
         poisson = poisson_loss(rates, batch["responses"])
-        loss = scale * poisson + self.regularizer(session)
+        loss = scale * poisson + self.encoder.regularizer(session)
+        if not torch.isfinite(loss):
+            raise EncodersError(
+                f"training: the loss is {loss.item()} at step {self.global_step} (session {session!r}, batch {batch_idx}); "
+                "lower model.lr or check that session's data"
+            )
         self.log("train/poisson_loss", poisson / rates.numel(), batch_size=rates.shape[0])
         self.log("train/loss", loss, batch_size=rates.shape[0], prog_bar=False)
         return loss
@@ -275,7 +200,7 @@ class EncodingModel(pl.LightningModule):
         store = self._outputs.get(session, {})
         rows = {key: torch.cat(store[key]) if store.get(key) else None for key in ("rates", "responses", "index", "trials")}
         if self.trainer.world_size > 1:
-            rows = self._all_gather_rows(rows, len(self.neuron_ids(session)))
+            rows = self._all_gather_rows(rows, len(self.encoder.neuron_ids(session)))
         if rows["index"] is None or not len(rows["index"]):
             return None
         _, first = np.unique(rows["index"].numpy(), return_index=True)  # sorted by image, repeats dropped
@@ -307,9 +232,10 @@ class EncodingModel(pl.LightningModule):
 
     def _log_epoch(self, stage: str) -> xr.Dataset:
         """Per-neuron metrics for every session over all processes' data; logs per-session and mean values."""
-        tables = []
+        per_session: dict[str, dict[str, torch.Tensor]] = {}
+        images_seen: dict[str, np.ndarray] = {}
         loss, images = 0.0, 0
-        for session in self.sessions:  # the same order on every rank: gathering is collective
+        for session in self.encoder.sessions:  # the same order on every rank: gathering is collective
             data = self._gathered(session)
             if data is None:
                 continue
@@ -317,27 +243,17 @@ class EncodingModel(pl.LightningModule):
             # mean over neurons per image, averaged over images: what batch-wise logging averaged to
             loss += float(poisson_loss(rates, responses)) / rates.shape[1]
             images += rates.shape[0]
-            table = {"correlation": correlation(rates, responses)}
-            if "trials" in data:
-                trials = data["trials"]
-                has_repeats = (~torch.isnan(trials)).sum(1).amax(1) > 1  # images with >1 repeat
-                if has_repeats.sum() > 2:
-                    r, t = rates[has_repeats], trials[has_repeats]
-                    table["single_trial_correlation"] = single_trial_correlation(r, t)
-                    table["correlation_to_average"] = correlation_to_average(r, t)
-                    table["feve"] = feve(r, t)
-                    table["oracle_correlation"] = oracle_correlation(t)
-            neurons = self.neuron_ids(session)
-            values = {k: ("neuron", v.numpy().astype(np.float64)) for k, v in table.items()}
-            tables.append(xr.Dataset(values, coords={"neuron_id": ("neuron", neurons), "session": ("neuron", [session] * len(neurons))}))
+            per_session[session] = session_metrics(data)
+            images_seen[session] = data["index"].numpy()
             # every rank holds the same gathered numbers: sync_dist only keeps Lightning's reduction consistent
-            for name, value in table.items():
+            for name, value in per_session[session].items():
                 self.log(f"{stage}/{name}/{session}", float(np.nanmean(value.numpy())), sync_dist=True)
         self._outputs = {}
-        if not tables:
+        if not per_session:
             return xr.Dataset()
         self.log(f"{stage}/poisson_loss", loss / images, sync_dist=True)
-        results = xr.concat(tables, dim="neuron", join="outer", data_vars="all", coords="different", compat="equals")
+        results = metrics_table(per_session, {s: self.encoder.neuron_ids(s) for s in per_session})
+        results.attrs["images_per_session"] = [f"{s}:{len(v)}" for s, v in images_seen.items()]
         for name in results.data_vars:
             self.log(f"{stage}/{name}", float(np.nanmean(results[name].values)), sync_dist=True, prog_bar=name == "correlation")
         return results
@@ -346,10 +262,12 @@ class EncodingModel(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # hyperparameters filled in setup must reach the checkpoint, whatever saved it
         checkpoint["hyper_parameters"] = dict(self.hparams)
+        checkpoint["encoders_format"] = FORMAT
         # where the random stream (dropout, sampled positions) stands, so a resumed fit continues it
         checkpoint["rng_states"] = rng.capture()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        upgrade(checkpoint)  # checkpoints of earlier versions: state-dict keys and hyperparameters
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self._rng_to_restore = checkpoint.get("rng_states")
 

@@ -1,9 +1,15 @@
-"""Scores of MEIs on a synthetic twin's true neurons: true rate and drive, and similarity to the true MEIs."""
+"""Scores against a synthetic twin's true neurons, every one through the model -> twin mapping of `TwinGeometry`.
+
+- :class:`GroundTruthActivation`: the true rate of a neuron as an energy on model-space images
+  (GA on it makes the twin's own MEIs under the model's norm, blur and clamp).
+- :func:`score_on_ground_truth`: a model's MEIs on the true neurons, against the true MEIs.
+- :func:`true_rates`: true rates of images in a model's input geometry (pixel units), as the
+  compare scorer needs them.
+- :func:`ground_truth_correlation`: a model's test predictions against the noiseless true rates.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,38 +17,73 @@ import torch
 import xarray as xr
 from torch import nn
 
-from encoders.callbacks.products import model_device
-from encoders.datasets.io import list_sessions, read_arrays
-from encoders.datasets.twin import ground_truth_columns, load_ground_truth
-from encoders.errors import EncodersError
 from encoders.metrics import correlation
-from encoders.synthesis.energies import GroundTruthActivation
 from encoders.synthesis.gradient_ascent import GASettings, optimize_in_batches
-from encoders.synthesis.targets import Target
+from encoders.twin.geometry import TwinGeometry
 
 if TYPE_CHECKING:
-    pass
+    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.twin import Twin
+
+BATCH = 256  # images per forward pass of the true neurons: bounds memory only
 
 
-def twin_columns(path: str | Path, model: nn.Module, targets: Sequence[Target]) -> torch.Tensor:
-    """Ground-truth column of each target, checking the file's sessions and neuron ids match the model's."""
-    available = list_sessions(path)
-    for session in dict.fromkeys(t[0] for t in targets):
-        if session not in available:
-            raise EncodersError(f"{path}: session {session!r} of the model is not in the data file ({available})")
-        ids = [str(x) for x in read_arrays(path, session, ["neuron_id"])["neuron_id"]]
-        if ids != model.neuron_ids(session):
-            raise EncodersError(f"{path}: session {session!r} has other neuron ids than the model")
-    columns = {s: ground_truth_columns(path, s) for s in dict.fromkeys(t[0] for t in targets)}
-    return torch.stack([columns[s][model.neuron_ids(s).index(n)] for s, n in targets])
+class GroundTruthActivation:
+    """A twin's true neuron `columns[b]` driven by model-space image b: energy = -true rate (+rate with minimize).
+
+    The image reaches the twin through `geometry` (`TwinGeometry.to_twin`): where the model saw it,
+    at the scale the model saw it. Optimising a model-space image through this energy makes the
+    twin's own MEI under exactly the same norm, blur and clamp as the model's MEIs.
+    """
+
+    def __init__(self, truth: nn.Module, columns: torch.Tensor, geometry: TwinGeometry, minimize: bool = False):
+        self.truth = truth
+        self.columns = torch.as_tensor(columns, dtype=torch.long)
+        self.geometry = geometry
+        self.minimize = minimize
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Model-space images -> the twin's input (pixel units, stored size)."""
+        return self.geometry.to_twin(images)
+
+    def activation(self, images: torch.Tensor) -> torch.Tensor:
+        """True rate of each image's neuron, (B,)."""
+        if images.ndim != 4 or images.shape[0] != len(self):
+            raise ValueError(f"GroundTruthActivation has {len(self)} targets and needs images (B={len(self)}, C, H, W), "
+                             f"got {tuple(images.shape)}")
+        rates = self.truth(self.pixels(images))
+        return rates.gather(1, self.columns.to(rates.device)[:, None])[:, 0]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        activation = self.activation(images)
+        return activation if self.minimize else -activation
 
 
-def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Path, settings: GASettings) -> xr.Dataset:
+@torch.no_grad()
+def true_rates(truth: nn.Module, geometry: TwinGeometry, pixels: torch.Tensor) -> torch.Tensor:
+    """True rates of every neuron, (B, n_true_neurons) on the CPU, for images (B, 1, H, W) in the
+    model's input geometry and pixel units (e.g. `image_pixels` of an MEI set); batched."""
+    device = truth.v1_kernels.device
+    out = [truth(geometry.place(x.to(device))).cpu() for x in pixels.split(BATCH)]
+    return torch.cat(out) if out else torch.zeros(0, truth.n_neurons)
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where a model's parameters live (CPU for a model without parameters)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if parameters is not None else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+def score_on_ground_truth(results: xr.Dataset, model: nn.Module, twin: Twin, settings: GASettings) -> xr.Dataset:
     """Add the twin's view of each MEI: true rate, rate relative to the true MEI, similarity to it.
 
     The true MEI is found the same way as the model's (same seeds, steps, optimiser, blur, norm and
-    clamp in model space), by ascending the ground truth through `to_pixels` (and a resize to the
-    stored size). Per neuron the seed with the strongest true drive (the rate's tie-breaker) is THE true MEI:
+    clamp in model space), by ascending the ground truth through `TwinGeometry.to_twin`. Per neuron
+    the seed with the strongest true drive (the rate's tie-breaker) is THE true MEI:
     ground_truth_relative_activation = true rate of the model's MEI / true rate of the true MEI;
     true_mei_correlation = pixel correlation of each model MEI with the true MEI;
     true_mei_feature_correlation = the same in the true neuron's own view (`neuron_maps`: its
@@ -62,10 +103,10 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     Which of the equivalent optima GA reaches depends on the start, hence the same-seed scores.
     """
     targets = list(zip(results.session.values.tolist(), results.neuron_id.values.tolist()))
-    columns = twin_columns(path, model, targets)
-    device = model_device(model)
-    truth = load_ground_truth(path).to(device)
-    size = (truth.image_size, truth.image_size)
+    columns = twin.columns(model, targets)
+    geometry = twin.geometry(model)
+    device = _device(model)
+    truth = twin.truth.to(device)
     transform = model.image_transform
     minimize = bool(results.attrs["minimize"])
     seeds = results.seed.values.tolist()
@@ -74,13 +115,12 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
 
     pair_columns = columns.repeat_interleave(s)  # image i = neuron i // s, seed i % s
     pair_seeds = [seeds[i % s] for i in range(n * s)]
-    view = GroundTruthActivation(truth, pair_columns, transform, size)  # view.pixels: model space -> the twin's input
     own = pair_columns.to(device)[:, None]
 
     def true_response(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each image's true neuron: rate (n, s), drive before saturation (n, s), its view (n, s, grid^2)."""
         with torch.no_grad():
-            pixels = view.pixels(images.to(device))
+            pixels = geometry.to_twin(images.to(device))
             drive = truth.drive(pixels)
             rate = truth.rates(drive * truth.drive_std + truth.drive_mean).gather(1, own)
             maps = truth.neuron_maps(pixels, pair_columns)
@@ -90,7 +130,7 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     images = torch.as_tensor(ours.image.values).reshape(n * s, *shape)
     true_rate, model_drive, model_maps = true_response(images)
     found = optimize_in_batches(
-        lambda index: GroundTruthActivation(truth, pair_columns[index], transform, size, minimize=minimize),
+        lambda index: GroundTruthActivation(truth, pair_columns[index], geometry, minimize=minimize),
         pair_seeds, shape, settings, settings.pixel_range(transform), device,
     )
     found_rate, found_drive, found_maps = true_response(found.images)
@@ -124,7 +164,7 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, path: str | Pat
     out["true_mei_activation"] = ("neuron", reference.numpy())
     out["true_mei_seed"] = ("neuron", np.asarray(seeds)[best.numpy()])
     out["ground_truth_activation"].attrs["units"] = "true rate (spikes per bin)"
-    out.attrs["ground_truth"] = str(path)
+    out.attrs["ground_truth"] = str(twin.path)
     return out
 
 
@@ -151,3 +191,22 @@ def _mean_pair_correlation(x: torch.Tensor) -> torch.Tensor:
     z = (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True).clamp_min(1e-12)
     pairs = torch.einsum("nap,nbp->nab", z, z) / (x.shape[-1] - 1)
     return (pairs.sum((1, 2)) - pairs.diagonal(dim1=1, dim2=2).sum(1)) / (s * (s - 1))
+
+
+def ground_truth_correlation(
+    model: nn.Module, datamodule: RecordedDataModule, session: str, twin: Twin, tier: str = "test",
+) -> torch.Tensor:
+    """Per-neuron correlation of the model's predictions with the twin's noiseless true rates, (n_neurons,).
+
+    The tier's images (model space, from the data module) reach the true neurons through the
+    model's `TwinGeometry`: where and at the scale the model saw them.
+    """
+    columns = twin.columns(model, [(session, n) for n in model.neuron_ids(session)])
+    geometry = twin.geometry(model)
+    images = datamodule.tier_data(session, tier)["images"]
+    truth = twin.truth
+    with torch.no_grad():
+        predicted = model(images, session)
+        true = torch.cat([truth(geometry.to_twin(x.to(truth.v1_kernels.device))).cpu() for x in images.split(BATCH)])
+    return correlation(predicted.cpu(), true[:, columns])
+

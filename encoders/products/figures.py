@@ -16,6 +16,22 @@ CELL_INCHES = 1.3
 
 
 METHOD_NAMES = {"ga": "gradient ascent", "egg": "energy-guided diffusion"}
+FAILED_FRACTION = 0.5  # a sample below this fraction of its neuron's best sample's activation is marked failed
+
+
+def failed_samples(activation: np.ndarray, minimize: bool = False) -> np.ndarray:
+    """(neuron, seed) activations -> bool mask of samples that did not work: below FAILED_FRACTION of the neuron's best."""
+    if minimize:  # inhibitory images: lower is better; a failed one stays well above the best
+        best = np.nanmin(activation, axis=1, keepdims=True)
+        return activation > best / FAILED_FRACTION
+    best = np.nanmax(activation, axis=1, keepdims=True)
+    return activation < FAILED_FRACTION * best
+
+
+def _mark_failed(ax) -> None:
+    for spine in ax.spines.values():
+        spine.set_edgecolor("red")
+        spine.set_linewidth(2)
 
 
 def show_image(ax, pixels: np.ndarray) -> None:
@@ -44,6 +60,7 @@ def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
     has_truth = "true_mei_pixels" in results
     seeds = results.seed.values.tolist()
     figure, axes = _grid(n_rows, len(seeds) + int(has_truth))
+    failed = failed_samples(data.activation.transpose("neuron", "seed").values, bool(results.attrs.get("minimize", 0)))
     for row in range(n_rows):
         neuron = data.isel(neuron=row)
         for col, seed in enumerate(seeds):
@@ -53,6 +70,9 @@ def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
             title = f"r={float(cell.activation):.2f}"
             if "ground_truth_relative_activation" in cell:
                 title += f" rel={float(cell.ground_truth_relative_activation):.2f}"
+            if failed[row, col]:
+                title += " FAILED"
+                _mark_failed(ax)
             ax.set_title(title, fontsize=6)
             if row == 0:
                 ax.set_title(f"seed {seed}\n{title}", fontsize=6)
@@ -63,7 +83,7 @@ def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
             axes[row, -1].set_title(f"true MEI\n{title}" if row == 0 else title, fontsize=6)
     shown = "" if n_rows == results.sizes["neuron"] else f" (first {n_rows} of {results.sizes['neuron']})"
     kind = "inhibitory images" if results.attrs.get("minimize", 0) else "MEIs"
-    legend = "r = predicted rate"
+    legend = f"r = predicted rate; red frame = failed (below {FAILED_FRACTION:.0%} of the neuron's best seed)"
     if has_truth:
         legend += "; rel = true rate / true rate of the true MEI (true r)"
     figure.suptitle(f"{kind} by {METHOD_NAMES.get(method, method)}{shown}\n{legend}", fontsize=8)
@@ -85,8 +105,10 @@ def reconstruction_figure(results: xr.Dataset, method: str = "ga") -> Figure:
         for col, seed in enumerate(seeds, start=1):
             cell = image.sel(seed=seed)
             show_image(axes[row, col], cell.reconstruction_pixels.values)
-            title = f"resp. r={float(cell.correlation):.2f}"
+            title = f"resp. r={float(cell.correlation):.2f}\npixel r={float(cell.image_correlation):.2f}"
             axes[row, col].set_title(f"seed {seed}\n{title}" if row == 0 else title, fontsize=6)
     shown = "" if n_rows == results.sizes["image"] else f" (first {n_rows} of {results.sizes['image']})"
-    figure.suptitle(f"reconstructions by {METHOD_NAMES.get(method, method)}{shown}; r = correlation of responses", fontsize=8)
+    figure.suptitle(
+        f"reconstructions by {METHOD_NAMES.get(method, method)}{shown}\nresp. r = correlation of predicted with target "
+        "responses; pixel r = correlation of the images", fontsize=8)
     return figure

@@ -1,0 +1,97 @@
+"""What every product shares: the data it may use, the interface, and running a list of them for checkpoints.
+
+A product is one mechanism applied to a response model (`encoders.contract.ResponseModel`):
+MEIs, reconstructions, similarity diagnostics. It is a small object of typed settings that can
+check itself against a model and data before any work, say what its result depends on, compute a
+labelled xarray Dataset and draw it. `make_products` runs a list of them for one checkpoint (or
+ensemble) into a folder through the store. Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import xarray as xr
+from matplotlib.figure import Figure
+
+from encoders.contract import ResponseModel
+from encoders.products.progress import Progress
+from encoders.products.store import get_or_make
+
+if TYPE_CHECKING:
+    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.twin import Twin
+
+
+@dataclass
+class ProductData:
+    """The recorded data a product may use: the data module (images, responses, tiers) and the twin, if any.
+
+    The twin is resolved once from the data file (`RecordedDataModule.twin`) and passed to whatever scores against it.
+    """
+
+    datamodule: RecordedDataModule | None = None
+    twin: Twin | None = None
+
+    @classmethod
+    def of(cls, datamodule: RecordedDataModule | None) -> "ProductData":
+        return cls(datamodule, datamodule.twin if datamodule is not None else None)
+
+
+class Product:
+    """Base of products; subclasses set `kind` and implement the methods below."""
+
+    kind = "product"
+
+    def stem(self) -> str:
+        """File name without suffix, e.g. mei_ga."""
+        return self.kind
+
+    def check(self, model: ResponseModel, data: ProductData) -> None:
+        """Raise EncodersError for anything that would fail later (ids, sessions, data): before any work."""
+
+    def request(self, model: ResponseModel, data: ProductData) -> dict:
+        """Everything the result depends on besides the model's weights (enters the fingerprint)."""
+        raise NotImplementedError
+
+    def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
+        raise NotImplementedError
+
+    def figure(self, results: xr.Dataset) -> Figure:
+        raise NotImplementedError
+
+    def describe(self, results: xr.Dataset) -> str:
+        """One line for the log."""
+        return self.stem()
+
+
+@dataclass
+class Made:
+    """One product of one checkpoint: where it is, the new figures, how it was obtained, its log line."""
+
+    path: Path
+    figures: list[Path]
+    how: str
+    line: str
+    results: xr.Dataset
+
+
+def make_products(
+    products: Sequence[Product], paths: Sequence[Path], model: ResponseModel, data: ProductData, folder: Path,
+    progress: Progress | None = None,
+) -> list[Made]:
+    """Make (or keep, or copy) each product of the model of checkpoints `paths` into `folder`."""
+    progress = progress or Progress.quiet()
+    for product in products:  # everything is checked before the first product starts
+        product.check(model, data)
+    made = []
+    for product in products:
+        nc = Path(folder) / f"{product.stem()}.nc"
+        results, figures, how = get_or_make(
+            list(paths), nc, product.request(model, data), lambda p=product: p.compute(model, data, progress), product.figure,
+        )
+        made.append(Made(nc, figures, how, f"{product.describe(results)} -> {nc} ({how})", results))
+    return made

@@ -1,0 +1,167 @@
+"""MEIs: the images that drive each chosen neuron most (or least), by gradient ascent or energy-guided diffusion.
+
+A MENI (most exciting naturalistic image) is an MEI with EGG settings that keep the prior's own
+contrast (`EGGSettings(contrast=None, ...)`) under another name; inhibitory images are
+`minimize=True`. On a synthetic twin every image is also scored on the true neuron.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from matplotlib.figure import Figure
+
+from encoders.contract import ResponseModel
+from encoders.errors import EncodersError
+from encoders.products.base import Product, ProductData
+from encoders.products.figures import mei_figure
+from encoders.products.progress import Progress
+from encoders.synthesis.energies import NeuronActivation
+from encoders.synthesis.gradient_ascent import GASettings
+from encoders.synthesis.methods import EGGSettings, Method, method_attrs, method_name, synthesize, truth_settings
+from encoders.synthesis.targets import Target, check_choice, resolve_targets, top_k_targets
+
+KINDS = {"mei": "most exciting images", "meni": "most exciting naturalistic images", "mii": "most inhibitory images"}
+
+
+def compute_meis(
+    model: ResponseModel, targets: Sequence[Target], method: Method, minimize: bool = False, progress: Progress | None = None,
+) -> xr.Dataset:
+    """MEIs of `targets` (one per seed), batched over neurons and seeds, as a labelled Dataset.
+
+    Dims: method, neuron (coords session, neuron_id), seed, channel, y, x, step. Variables: image
+    (model space), image_pixels (pixel space), activation (final predicted rate), trace (rate at
+    the start of each step), best_seed (per neuron, the seed of the highest activation; all seeds stay).
+    """
+    resolve_targets(model, targets)  # every id checked before the first step
+    model.eval()
+    seeds = list(method.seeds)
+    pairs = [(target, seed) for target in targets for seed in seeds]
+    name = method_name(method)
+    with (progress or Progress.quiet()).task(f"MEIs ({name}) of {len(targets)} neurons x {len(seeds)} seeds", len(pairs)) as advance:
+        result = synthesize(
+            method, lambda index: NeuronActivation(model, [pairs[i][0] for i in index], minimize=minimize),
+            [seed for _, seed in pairs], model, advance,
+        )
+    sign = 1.0 if minimize else -1.0  # energy = -rate, or +rate for inhibitory images
+    data = mei_dataset(name, targets, seeds, result.images, sign * result.energy, sign * result.trace, model.image_transform, minimize)
+    data.attrs.update(method_attrs(method, model.input_shape))
+    data.attrs["product"] = "inhibitory images" if minimize else "most exciting images"
+    data.attrs["minimize"] = int(minimize)
+    return data
+
+
+def mei_dataset(
+    method: str, targets: Sequence[Target], seeds: Sequence[int], images: torch.Tensor, activation: torch.Tensor,
+    trace: torch.Tensor, transform, minimize: bool = False,
+) -> xr.Dataset:
+    """Labelled MEIs of any method: images (targets x seeds, C, H, W) in target-major order,
+    activation (targets x seeds,), trace (steps, targets x seeds)."""
+    n, s = len(targets), len(seeds)
+    shape = tuple(images.shape[1:])
+    images = images.reshape(n, s, *shape)
+    activation = activation.reshape(1, n, s)
+    best = (activation.argmin(2) if minimize else activation.argmax(2))[0].numpy()
+    image_dims = ("method", "neuron", "seed", "channel", "y", "x")
+    data = xr.Dataset(
+        {
+            "image": (image_dims, images[None].numpy()),
+            "image_pixels": (image_dims, transform.to_pixels(images)[None].numpy()),
+            "activation": (("method", "neuron", "seed"), activation.numpy()),
+            "trace": (("method", "step", "neuron", "seed"), trace.reshape(1, -1, n, s).numpy()),
+            "best_seed": (("method", "neuron"), np.asarray(seeds)[best][None]),
+        },
+        coords={
+            "method": [method],
+            "session": ("neuron", [t[0] for t in targets]),
+            "neuron_id": ("neuron", [t[1] for t in targets]),
+            "seed": list(seeds),
+            "step": np.arange(trace.shape[0]),
+        },
+    )
+    data["image"].attrs.update({"long_name": "image in the model's input space", "units": "z-scored pixel"})
+    data["image_pixels"].attrs.update({"long_name": "image in pixel space after the data's grayscale/crop/resize", "units": "pixel value (0..255)"})
+    data["activation"].attrs.update({"long_name": "predicted rate of the final image", "units": "spikes per bin"})
+    data["trace"].attrs.update({"long_name": "predicted rate at the start of each step", "units": "spikes per bin"})
+    data["best_seed"].attrs.update({"long_name": "seed whose image drives the neuron most (least when minimising)", "units": "1"})
+    data.attrs["image_transform"] = json.dumps(transform.state())
+    return data
+
+
+class MEIs(Product):
+    """Most exciting (or inhibitory) images of chosen neurons -> `<kind>_<method>.nc` + PNG.
+
+    Args:
+        neurons: explicit "SESSION/NEURON_ID" list; or
+        top_k: the k neurons best predicted on the validation tier (by each checkpoint's model).
+        method: GASettings (gradient ascent) or EGGSettings (energy-guided diffusion).
+        minimize: make inhibitory images (lowest response) instead.
+        kind: "mei", "meni" (EGG at the prior's contrast) or "mii" (with minimize): the file name and title.
+        ground_truth: on a synthetic twin, score the images on the true neurons (and find their true MEIs).
+    """
+
+    def __init__(
+        self,
+        neurons: list[str] | None = None,
+        top_k: int | None = None,
+        method: GASettings | EGGSettings = GASettings(),
+        minimize: bool = False,
+        kind: str = "mei",
+        ground_truth: bool = True,
+    ):
+        self.targets = check_choice(neurons, top_k)
+        self.top_k = top_k
+        if kind not in KINDS:
+            raise EncodersError(f"kind: must be one of {list(KINDS)}, got {kind!r}")
+        self.method = method
+        self.minimize = minimize
+        self.kind = kind
+        self.ground_truth = ground_truth
+
+    def stem(self) -> str:
+        return f"{self.kind}_{method_name(self.method)}"
+
+    def check(self, model: ResponseModel, data: ProductData) -> None:
+        if self.targets is not None:
+            resolve_targets(model, self.targets)
+        elif data.datamodule is None:
+            raise EncodersError("top_k needs data (a data module or --data) to rank neurons by validation correlation")
+        if self._scored(data):
+            data.twin.check(model)
+
+    def _scored(self, data: ProductData) -> bool:
+        return self.ground_truth and data.twin is not None
+
+    def request(self, model: ResponseModel, data: ProductData) -> dict:
+        return {"settings": method_attrs(self.method, model.input_shape), "neurons": self.targets, "top_k": self.top_k,
+                "minimize": self.minimize, "ground_truth": self._scored(data), "product": self.kind}
+
+    def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
+        from encoders.twin.scoring import ground_truth_summary, score_on_ground_truth
+
+        model.eval()
+        if self.targets is None:
+            targets, scores = top_k_targets(model, data.datamodule, self.top_k)
+        else:
+            targets, scores = list(self.targets), None
+        results = compute_meis(model, targets, self.method, self.minimize, progress)
+        results.attrs["product"] = KINDS[self.kind]
+        if scores is not None:
+            results["validation_correlation"] = ("neuron", np.asarray(scores))
+            results["validation_correlation"].attrs.update({"long_name": "correlation of prediction and response, validation tier", "units": "1"})
+        if self._scored(data):
+            results = score_on_ground_truth(results, model, data.twin, truth_settings(self.method))
+            results.attrs["ground_truth_summary"] = ground_truth_summary(results)
+        return results
+
+    def figure(self, results: xr.Dataset) -> Figure:
+        return mei_figure(results, method=method_name(self.method))
+
+    def describe(self, results: xr.Dataset) -> str:
+        line = f"{self.kind.upper()}s ({method_name(self.method)}) of {results.sizes['neuron']} neurons"
+        summary = results.attrs.get("ground_truth_summary")
+        return f"{line}; {summary}" if summary else line
