@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from encoders.datasets.datamodule import RecordedDataModule  # noqa: E402
-from encoders.ensemble import Ensemble, load_checkpoint  # noqa: E402
+from encoders.ensemble import load_models  # noqa: E402
 from encoders.synthesis.energies import NeuronActivation  # noqa: E402
 from encoders.synthesis.gradient_ascent import GASettings, optimize_images  # noqa: E402
 from encoders.synthesis.guided_diffusion import egg_sample  # noqa: E402
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     paths = args.checkpoint
-    model = load_checkpoint(paths[0]) if len(paths) == 1 else Ensemble.from_checkpoints(paths)
+    model = load_models(paths)
     transform, shape = model.image_transform, tuple(model.input_shape)
     datamodule = RecordedDataModule(args.data, sessions=model.sessions, grayscale=transform.grayscale,
                                     crop=transform.crop, resize=transform.resize)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         brain = GroundTruthActivation(twin.truth, twin.columns(model, targets), twin.geometry(model))
     elif args.score_on:
         # real data has no ground truth: a held-out model (other architecture or seeds) plays the brain
-        held_out = load_checkpoint(args.score_on[0]) if len(args.score_on) == 1 else Ensemble.from_checkpoints(args.score_on)
+        held_out = load_models(args.score_on)
         brain = NeuronActivation(held_out, targets)
     else:
         raise SystemExit(f"{args.data} has no ground truth: name held-out checkpoints with --score-on")

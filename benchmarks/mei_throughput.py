@@ -19,8 +19,8 @@ import torch
 import yaml
 
 from encoders.datasets.transforms import ImageTransform
-from encoders.ensemble import load_checkpoint
-from encoders.model import EncodingModel
+from encoders.checkpoints import load_encoder
+from encoders.encoder import Encoder
 from encoders.synthesis import GASettings, NeuronActivation, all_targets, optimize_in_batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +30,10 @@ COWLEY_NEURONS = {  # session -> neurons, as in the Cowley et al. 2023 release (
 }
 
 
-def build_model(config: Path, size: int, data: str | None, checkpoint: str | None) -> EncodingModel:
+def build_model(config: Path, size: int, data: str | None, checkpoint: str | None) -> Encoder:
     """The trained checkpoint if given; otherwise the config's architecture with random weights."""
     if checkpoint:
-        return load_checkpoint(checkpoint)
+        return load_encoder(checkpoint)
     model_config = yaml.safe_load(config.read_text())["model"]
     if data:
         from encoders.datasets.datamodule import RecordedDataModule
@@ -48,14 +48,11 @@ def build_model(config: Path, size: int, data: str | None, checkpoint: str | Non
         }
         transform = ImageTransform(resize=(size, size), mean=120.0, std=60.0)
     torch.manual_seed(0)
-    model = EncodingModel(
-        core=model_config["core"], readout=model_config["readout"], sessions=sessions, input_shape=[1, size, size],
-        transform=transform.state(),
-    )
+    model = Encoder(model_config["core"], model_config["readout"], sessions, [1, size, size], transform.state())
     return model.eval()
 
 
-def run(model: EncodingModel, targets: list, settings: GASettings) -> tuple[float, torch.Tensor, torch.Tensor]:
+def run(model: Encoder, targets: list, settings: GASettings) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Seconds, final activations and images of one batched run over `targets` (all seed 0)."""
     device = next(model.parameters()).device
     start = time.perf_counter()

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.metrics import poisson_loss
-from encoders.model import EncodingModel
+from encoders.training import EncodingModel
 
 CONFIGS = ["experiments/cowley_attention.yaml", "experiments/cowley_gaussian.yaml"]
 
@@ -34,8 +34,8 @@ def bench(config_path: str, data: str, steps: int, channels_last: bool | None) -
     model_args = dict(config["model"])
     if channels_last is not None:
         model_args["channels_last"] = channels_last
-    model = EncodingModel(**model_args, sessions=dm.session_info(), input_shape=list(dm.input_shape()),
-                          transform=dm.transform.state())
+    model = EncodingModel(**model_args, data_info={"sessions": dm.session_info(), "input_shape": list(dm.input_shape()),
+                                                    "transform": dm.transform.state()})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batches = itertools.cycle(list(dm.train_dataloader()))
     images = 0

@@ -88,6 +88,11 @@ def build_parser() -> ArgumentParser:
     prior_train = prior_parser()
     prior_train.exit_on_error = False
     prior_actions.add_subcommand("train", prior_train, help="train a diffusion prior on dataset images")
+    from encoders.synthesis.prior_quality import report
+
+    quality = _parser("Fréchet distance and image statistics of a prior's samples vs held-out data images")
+    quality.add_function_arguments(report, as_positional=False)
+    prior_actions.add_subcommand("quality", quality, help="how natural a prior's samples are (vs held-out data)")
     return parser
 
 
@@ -95,6 +100,7 @@ def build_parser() -> ArgumentParser:
 def _prepare(options) -> int:
     from encoders.datasets.summary import print_summary
 
+    options = options.prepare
     if options.source == "cowley2023":
         from encoders.datasets.cowley2023 import convert_cowley2023
 
@@ -180,6 +186,11 @@ def _similarity(options) -> int:
 
 
 def _prior(options) -> int:
+    if options.prior.action == "quality":
+        from encoders.synthesis.prior_quality import report
+
+        report(**{k: v for k, v in options.prior.quality.as_dict().items() if k != "config"})
+        return 0
     from encoders.synthesis.prior_training import run
 
     run(options.prior.train)

@@ -109,7 +109,7 @@ class EGGConfig:
 
     prior: str
     num_steps: int = 50
-    energy_scale: float = 2.0
+    energy_scale: float = 0.0625  # per-pixel RMS of the guidance step (encoders.synthesis.EGGSettings)
     batch_size: int = 64
     guide_at_norm: bool = True
 

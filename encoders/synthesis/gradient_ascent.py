@@ -194,6 +194,15 @@ class GASettings:
         if self.norm is not None and not self.norm > 0:
             raise EncodersError(f"norm must be positive, got {self.norm}")
 
+    @classmethod
+    def paper(cls, seeds: tuple[int, ...] = (0,)) -> "GASettings":
+        """Pierzchlewicz et al. 2023 (sinzlab/energy-guided-diffusion, scripts/meis_ga.py): 1,000 steps of AdamW at
+        lr 10 on the raw gradient blurred with sigma 1, every image rescaled to norm 25 at 100x100 (contrast
+        0.25), no clamp. (The paper's AdamW keeps torch's default weight decay 0.01; here decay is 0: the
+        norm is fixed after every step anyway.)"""
+        return cls(seeds=tuple(seeds), steps=1000, optimizer="adamw", lr=10.0, normalize_gradient=False, blur_sigma=1.0,
+                   contrast=0.25, clamp=False)
+
     def image_norm(self, shape: Sequence[int]) -> float:
         return float(self.norm) if self.norm is not None else default_norm(shape, self.contrast)
 

@@ -10,6 +10,7 @@ differ only in the `method` coordinate ("ga" or "egg") and the settings recorded
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ class SynthesisResult:
     trace: torch.Tensor
 
 
+PAPER_EGG_ENERGY_SCALE = 10 / math.sqrt(3 * 256 * 256)  # per pixel: the paper's 10 over its 3x256x256 prior images
+
+
 @dataclass(frozen=True)
 class EGGSettings:
     """Energy-guided diffusion (Pierzchlewicz et al. 2023) from a local diffusers prior.
@@ -39,7 +43,9 @@ class EGGSettings:
         prior: local diffusers-format folder of the diffusion prior (nothing downloads).
         seeds: one sample per target and seed.
         num_steps: respaced diffusion steps.
-        energy_scale: L2 length, in prior space, of the guidance step at every diffusion step.
+        energy_scale: per-pixel RMS, in prior space ([-1, 1] pixels), of the guidance step taken at every
+            diffusion step (the step's L2 length is energy_scale * sqrt(C * S * S) of the prior), so one
+            value means the same guidance at any prior size.
         contrast: per-pixel RMS (model space) of the final images (the GA norm rule), so GA and EGG
             compare fairly; None keeps the prior's own contrast (MENIs, reconstructions).
         guide_at_norm: the energy sees each x0 estimate already at that contrast (the image finally
@@ -51,13 +57,25 @@ class EGGSettings:
     prior: str
     seeds: tuple[int, ...] = (0,)
     num_steps: int = 50
-    energy_scale: float = 2.0
+    energy_scale: float = 0.0625  # = an L2 step of 2 on the 32x32 natural32 prior
     contrast: float | None = DEFAULT_CONTRAST
     guide_at_norm: bool = True
     clip_denoised: bool = True
     batch_size: int = 128
 
     method = "egg"
+
+    @classmethod
+    def paper(cls, prior: str, seeds: tuple[int, ...] = (0,)) -> "EGGSettings":
+        """Pierzchlewicz et al. 2023 (sinzlab/energy-guided-diffusion, scripts/meis_egg.py): 100 respaced steps,
+        energy_scale 10 on a unit-norm gradient of 3x256x256 images (10 / sqrt(196608) per pixel), x0 not
+        clipped, images at norm 25 for 100x100 (contrast 0.25), guided at that norm."""
+        return cls(prior=prior, seeds=tuple(seeds), num_steps=100, energy_scale=PAPER_EGG_ENERGY_SCALE, contrast=0.25,
+                   guide_at_norm=True, clip_denoised=False)
+
+    def step_length(self, prior_shape: Sequence[int]) -> float:
+        """The guidance step's L2 length for a prior of (C, S, S) images."""
+        return self.energy_scale * math.sqrt(math.prod(int(s) for s in prior_shape))
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -77,7 +95,7 @@ class EGGSettings:
 
     def attrs(self, shape: Sequence[int]) -> dict:
         norm = self.norm(shape)
-        return {"egg_prior": self.prior, "egg_num_steps": self.num_steps, "egg_energy_scale": self.energy_scale,
+        return {"egg_prior": self.prior, "egg_num_steps": self.num_steps, "egg_energy_scale_per_pixel": self.energy_scale,
                 "egg_norm": norm if norm is not None else float("nan"), "egg_seeds": list(self.seeds),
                 "egg_guide_at_norm": int(self.guide_at_norm and norm is not None), "egg_clip_denoised": int(self.clip_denoised)}
 
@@ -126,7 +144,7 @@ def synthesize(
             norm = method.norm(shape)
             adapter = ModelSpace.of(model, norm if method.guide_at_norm else None)
             result = egg_sample(prior, energy_for(index), len(index), num_steps=method.num_steps,
-                                energy_scale=method.energy_scale, seeds=chunk, norm=norm, adapter=adapter,
+                                energy_scale=method.step_length(prior.image_shape), seeds=chunk, norm=norm, adapter=adapter,
                                 clip_denoised=method.clip_denoised)
         else:
             result = optimize_in_batches(lambda i: energy_for([index[j] for j in i]), chunk, shape, method,

@@ -60,3 +60,33 @@ def loss_figure(loss_curve: Sequence[tuple[int, float]], path: str | Path) -> No
     axis.grid(alpha=0.3)
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def quality_figure(result: dict, path: str | Path) -> None:
+    """Samples next to held-out images, and a table of Fréchet distance and image statistics (prior, data floor, noise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from encoders.outputs import save_figure
+
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.2), layout="constrained", gridspec_kw={"width_ratios": [1, 1, 1.2]})
+    for ax, images, title in ((axes[0], result["samples"], "prior samples (unguided)"), (axes[1], result["held_out"], "held-out data crops")):
+        grid = image_grid(((images[:16] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy(), scale=1)
+        ax.imshow(np.asarray(grid), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    rows = ["prior", "data", "noise"]
+    columns = ["frechet_distance", "rms_contrast", "mean_luminance", "spectrum_slope"]
+    cells = [[f"{result[r][c]:.3g}" for c in columns] for r in rows]
+    axes[2].axis("off")
+    table = axes[2].table(cellText=cells, rowLabels=["prior samples", "other held-out data (floor)", "matched noise (ceiling)"],
+                          colLabels=["Fréchet dist.", "RMS contrast", "mean lum.", "spectrum slope"], loc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.6)
+    settings = result["settings"]
+    axes[2].set_title(f"{settings['prior']}\nvs {settings['n']} {'/'.join(settings['tiers'])} crops of {Path(settings['data']).name}; "
+                      f"{settings['num_steps']} sampling steps", fontsize=9)
+    save_figure(figure, path)
