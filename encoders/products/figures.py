@@ -53,6 +53,18 @@ def _grid(rows: int, columns: int) -> tuple[Figure, np.ndarray]:
     return figure, axes
 
 
+def _mean_pixel(results: xr.Dataset) -> float:
+    """The pixel value that 0 in model space stands for (the data's mean), from the stored transform."""
+    import json
+
+    import torch
+
+    from encoders.datasets.transforms import ImageTransform
+
+    transform = ImageTransform.from_state(json.loads(results.attrs["image_transform"]))
+    return float(transform.to_pixels(torch.zeros(1, 1, 1, 1)).mean())
+
+
 def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
     """Rows = neurons (first MAX_ROWS), columns = seeds, then the twin's true MEI when scored."""
     data = results.isel(method=results.method.values.tolist().index(method))
@@ -78,14 +90,18 @@ def mei_figure(results: xr.Dataset, method: str = "ga") -> Figure:
                 ax.set_title(f"seed {seed}\n{title}", fontsize=6)
         axes[row, 0].set_ylabel(f"{neuron.session.item()}\n{neuron.neuron_id.item()}", fontsize=6)
         if has_truth:
-            show_image(axes[row, -1], neuron.true_mei_pixels.values)
+            true_pixels = neuron.true_mei_pixels.values
+            if "true_mei_seen" in neuron:  # pixels the true neuron cannot see hold leftover noise: grey them out
+                grey = _mean_pixel(results)
+                true_pixels = np.where(neuron.true_mei_seen.values[None].astype(bool), true_pixels, grey)
+            show_image(axes[row, -1], true_pixels)
             title = f"true r={float(neuron.true_mei_activation):.1f}"
             axes[row, -1].set_title(f"true MEI\n{title}" if row == 0 else title, fontsize=6)
     shown = "" if n_rows == results.sizes["neuron"] else f" (first {n_rows} of {results.sizes['neuron']})"
     kind = "inhibitory images" if results.attrs.get("minimize", 0) else "MEIs"
     legend = f"r = predicted rate; red frame = failed (below {FAILED_FRACTION:.0%} of the neuron's best seed)"
     if has_truth:
-        legend += "; rel = true rate / true rate of the true MEI (true r)"
+        legend += "; rel = true rate / true rate of the true MEI (true r); true MEI shown where the true neuron sees"
     figure.suptitle(f"{kind} by {METHOD_NAMES.get(method, method)}{shown}\n{legend}", fontsize=8)
     return figure
 

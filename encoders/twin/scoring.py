@@ -163,9 +163,32 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, twin: Twin, set
     out["true_mei_pixels"] = (("neuron", "channel", "y", "x"), true_pixels.numpy())
     out["true_mei_activation"] = ("neuron", reference.numpy())
     out["true_mei_seed"] = ("neuron", np.asarray(seeds)[best.numpy()])
+    out["true_mei_seen"] = (("neuron", "y", "x"), seen_pixels(truth, geometry, columns, shape, device).numpy())
+    out["true_mei_seen"].attrs.update({
+        "long_name": "pixels the true neuron responds to (mean |d drive / d pixel| over random images >= 2% of its maximum)",
+        "units": "1"})
     out["ground_truth_activation"].attrs["units"] = "true rate (spikes per bin)"
     out.attrs["ground_truth"] = str(twin.path)
     return out
+
+
+def seen_pixels(truth: nn.Module, geometry, columns: torch.Tensor, shape: tuple, device: torch.device,
+                probes: int = 8, threshold: float = 0.02) -> torch.Tensor:
+    """(n_neurons, H, W) bool: the model-space pixels each true neuron's drive depends on.
+
+    Gradient ascent leaves the pixels a neuron does not see at their initial noise (they get no
+    gradient), so figures grey them out instead of showing that noise as part of the MEI.
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((probes, *shape), generator=generator).to(device)
+    n = len(columns)
+    with torch.enable_grad(), torch.inference_mode(False):
+        images = x.repeat(n, 1, 1, 1).requires_grad_(True)
+        own = columns.to(device).repeat_interleave(probes)[:, None]
+        drive = truth.drive(geometry.to_twin(images)).gather(1, own)
+        (gradient,) = torch.autograd.grad(drive.sum(), images)
+    sensitivity = gradient.abs().view(n, probes, *shape).mean((1, 2)).cpu()
+    return sensitivity >= threshold * sensitivity.flatten(1).amax(1).clamp_min(1e-20)[:, None, None]
 
 
 def ground_truth_summary(results: xr.Dataset) -> str:
