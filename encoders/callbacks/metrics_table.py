@@ -36,13 +36,29 @@ class MetricsTable(pl.Callback):
             for logger in trainer.loggers:
                 logger.log_metrics({"test/ground_truth_correlation": float(np.nanmean(results["ground_truth_correlation"].values))})
         results.attrs["checkpoint"] = str(getattr(trainer, "ckpt_path", "") or "")
+        if datamodule is not None:
+            results.attrs["test_images_used"] = self._coverage(results, datamodule)
         path = write_netcdf(results, Path(trainer.default_root_dir) / self.filename)
         self._print(results, path)
         self._log_wandb(trainer, results)
 
     @staticmethod
+    def _coverage(results: xr.Dataset, datamodule) -> str:
+        """'complete', or which sessions' test images were partly or not at all used (e.g. limit_test_batches)."""
+        used = dict(item.split(":") for item in np.atleast_1d(results.attrs.get("images_per_session", [])))
+        parts = []
+        for session in datamodule.sessions:
+            total = int((datamodule.tables[session].tiers == "test").sum())
+            n = int(used.get(session, 0))
+            if n != total:
+                parts.append(f"{session} {n} of {total}")
+        return "complete" if not parts else "PARTIAL: " + ", ".join(parts)
+
+    @staticmethod
     def _print(results: xr.Dataset, path: Path) -> None:
-        table = Table(title=f"test metrics per session (mean over neurons) → {path}")
+        coverage = results.attrs.get("test_images_used", "complete")
+        note = "" if coverage == "complete" else f"\n{coverage} test images (ground_truth_correlation uses all)"
+        table = Table(title=f"test metrics per session (mean over neurons) → {path}{note}")
         names = list(results.data_vars)
         table.add_column("session")
         for name in names:
