@@ -12,7 +12,7 @@ Layout (see experiments/compare_*.yaml):
     early_stopping: {...} | null   EarlyStopping arguments (monitor is val/correlation)
     meis: {top_k, seeds}           neurons well predicted by every architecture; one MEI per neuron and seed
     ga: {...}                      GASettings (gradient ascent), without seeds
-    egg: {...}                     energy-guided diffusion settings
+    egg: {...}                     EGGSettings (energy-guided diffusion), without seeds and contrast (GA's)
     scoring: {natural_tiers, ground_truth}
     similarity: {...} | null       measures between the architectures' representations
     wandb: {project, name} | null  offline W&B runs (training curves, report tables and figures)
@@ -36,6 +36,7 @@ from encoders.errors import EncodersError
 from encoders.encoder import CORES, READOUTS
 from encoders.similarity import MEASURES
 from encoders.synthesis.gradient_ascent import GASettings
+from encoders.synthesis.methods import EGGSettings
 from encoders.training import EncodingModel
 
 SET_BY_COMPARE = {
@@ -102,19 +103,6 @@ class Architecture:
 
 
 @dataclass(frozen=True)
-class EGGConfig:
-    """Energy-guided diffusion MEIs (encoders.synthesis.methods.EGGSynthesis): prior folder, respaced
-    steps, guidance length, images per batch. Final images take GA's image norm; with
-    guide_at_norm the guidance already sees them at that norm (what is scored)."""
-
-    prior: str
-    num_steps: int = 50
-    energy_scale: float = 0.0625  # per-pixel RMS of the guidance step (encoders.synthesis.EGGSettings)
-    batch_size: int = 64
-    guide_at_norm: bool = True
-
-
-@dataclass(frozen=True)
 class SimilarityConfig:
     """Measures between the models' predicted test responses and core features (encoders.similarity)."""
 
@@ -142,7 +130,7 @@ class CompareConfig:
     top_k: int
     mei_seeds: tuple[int, ...]
     ga: GASettings
-    egg: EGGConfig
+    egg: EGGSettings
     natural_tiers: tuple[str, ...]
     ground_truth: bool
     similarity: SimilarityConfig | None
@@ -241,11 +229,11 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
     if not mei_seeds:
         raise reader.fail("meis.seeds", "needs at least one seed")
     ga = _dataclass_from(reader, GASettings, reader.mapping(top.get("ga"), "ga"), "ga", seeds=tuple(mei_seeds))
-    egg = _dataclass_from(reader, EGGConfig, reader.mapping(top["egg"], "egg"), "egg")
+    # EGG takes GA's seeds, and its images GA's norm (encoders.compare.meis.egg_synthesis)
+    egg = _dataclass_from(reader, EGGSettings, reader.mapping(top["egg"], "egg"), "egg", exclude={"contrast"},
+                          seeds=tuple(mei_seeds))
     if not Path(egg.prior).is_dir():
         raise reader.fail("egg.prior", f"{egg.prior}: diffusion prior folder not found")
-    if egg.num_steps < 1 or egg.energy_scale < 0 or egg.batch_size < 1:
-        raise reader.fail("egg", "num_steps and batch_size must be positive, energy_scale non-negative")
 
     scoring = reader.mapping(top.get("scoring"), "scoring")
     reader.keys(scoring, {"natural_tiers", "ground_truth"}, "scoring")

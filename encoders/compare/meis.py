@@ -8,17 +8,16 @@ the settings, so a re-run reuses it and a retrained member or a changed setting 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import xarray as xr
 from torch import nn
 
-from encoders.compare.config import EGGConfig
 from encoders.contract import device_of
 from encoders.errors import EncodersError
 from encoders.outputs import write_netcdf
@@ -35,22 +34,21 @@ def mei_path(out: Path, architecture: str, method: str) -> Path:
     return out / "meis" / architecture / f"mei_{method}.nc"
 
 
-def egg_synthesis(egg: EGGConfig, ga: GASettings, shape: Sequence[int]) -> EGGSettings:
+def egg_synthesis(egg: EGGSettings, ga: GASettings, shape: Sequence[int]) -> EGGSettings:
     """EGG with the same seeds as GA and final images rescaled to GA's image norm, so both compare fairly."""
     contrast = ga.image_norm(shape) / math.sqrt(math.prod(int(s) for s in shape))  # the norm as a per-pixel RMS
-    return EGGSettings(prior=egg.prior, seeds=tuple(ga.seeds), num_steps=egg.num_steps, energy_scale=egg.energy_scale,
-                       contrast=contrast, batch_size=egg.batch_size, guide_at_norm=egg.guide_at_norm)
+    return dataclasses.replace(egg, seeds=tuple(ga.seeds), contrast=contrast)
 
 
 def make_mei_set(
     method: str, checkpoints: Sequence[Path], model: nn.Module, targets: Sequence[Target], ga: GASettings,
-    egg: EGGConfig, path: Path,
+    egg: EGGSettings, path: Path,
 ) -> xr.Dataset:
     """The MEI set at `path` if it exists for these inputs, else make it (timed), write it, and return it."""
     if method not in METHODS:
         raise EncodersError(f"method must be one of {list(METHODS)}, got {method!r}")
     request = {"method": method, "targets": [list(t) for t in targets], "ga": ga.attrs(model.input_shape),
-               "egg": asdict(egg) if method == "egg" else None}
+               "egg": egg.attrs(model.input_shape) if method == "egg" else None}
     key = fingerprint(checkpoints, request)
     found = existing(path, key)
     if found is not None:
