@@ -18,9 +18,9 @@ import h5py
 import torch
 
 from encoders.contract import ResponseModel
-from encoders.datasets.io import read_arrays, read_ground_truth
-from encoders.datasets.schema import GROUND_TRUTH_GROUP, SESSIONS_GROUP
-from encoders.errors import DatasetError, EncodersError
+from encoders.datasets.io import list_sessions, read_arrays, read_ground_truth
+from encoders.datasets.schema import GROUND_TRUTH_GROUP
+from encoders.errors import EncodersError
 from encoders.twin.generation import make_twin, write_twin
 from encoders.twin.geometry import TwinGeometry
 from encoders.twin.neurons import GroundTruthV4
@@ -44,17 +44,11 @@ class Twin:
         The only place that asks a file whether it is a twin.
         """
         path = Path(path)
-        if not path.is_file():
-            raise DatasetError(path, "file not found")
-        try:
-            handle = h5py.File(path, "r")
-        except OSError as error:
-            raise DatasetError(path, f"not a readable HDF5 file (corrupt or truncated?): {error}") from None
-        with handle as f:
+        sessions = list_sessions(path)  # validates the file: one clear error for a missing or broken one
+        with h5py.File(path, "r") as f:
             if GROUND_TRUTH_GROUP not in f:
                 return None
-            sessions = sorted(f[SESSIONS_GROUP].keys()) if SESSIONS_GROUP in f else []
-        return cls(path, sessions)
+        return cls(path, sorted(sessions))
 
     def __repr__(self) -> str:
         return f"Twin({str(self.path)!r}, sessions={self.sessions})"
