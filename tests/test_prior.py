@@ -1,0 +1,160 @@
+"""Diffusion-prior training on dataset images (resumable bit for bit), its quality figure, and the paper presets."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from encoders.datasets.io import write_dataset
+from encoders.synthesis.gradient_ascent import GASettings
+from encoders.synthesis.methods import EGGSettings
+from encoders.synthesis.prior_quality import frechet_distance, image_statistics, noise_like, quality, random_features
+from encoders.synthesis.prior_training import DatasetImages, PriorData, dataset_images, random_crops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smooth_images(n: int, size: int, seed: int) -> np.ndarray:
+    """Natural-ish uint8 images: low-pass filtered noise (a 1/f-like spectrum), varied contrast."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(n, size, size))
+    f = np.fft.fftfreq(size)
+    radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    spectrum = np.fft.fft2(noise) / np.maximum(radius, 1 / size)
+    images = np.fft.ifft2(spectrum).real
+    images = (images - images.mean((1, 2), keepdims=True)) / images.std((1, 2), keepdims=True)
+    return np.clip(128 + 40 * images, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    from conftest import make_session
+
+    path = tmp_path_factory.mktemp("prior") / "images.h5"
+    sessions = []
+    for i in range(2):
+        session = make_session(f"s{i}", n_images=40, size=16, seed=i)
+        session.images = smooth_images(40, 16, seed=10 + i)
+        sessions.append(session)
+    write_dataset(path, sessions)
+    return path
+
+
+def test_dataset_images_take_only_the_chosen_tiers(image_file):
+    train = dataset_images(DatasetImages(path=str(image_file)), 16, grayscale=True)
+    everything = dataset_images(DatasetImages(path=str(image_file), tiers=["train", "validation", "test"]), 16, grayscale=True)
+    assert train.shape == (2 * 24, 1, 16, 16) and train.dtype == torch.uint8  # 60% of 40 per session
+    assert everything.shape[0] == 80
+
+
+def test_random_crops_cover_the_scale_range_and_flip():
+    images = torch.arange(16 * 16, dtype=torch.float32).view(1, 1, 16, 16).expand(64, -1, -1, -1).to(torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    crops = random_crops(images, 8, (0.5, 1.0), True, generator)
+    assert crops.shape == (64, 1, 8, 8) and crops.min() >= -1 and crops.max() <= 1
+    whole = random_crops(images, 16, (1.0, 1.0), False, torch.Generator().manual_seed(0))
+    assert torch.allclose((whole + 1) * 127.5, images.float(), atol=1e-3)  # scale 1, no flip: the image itself
+    spread = crops.flatten(1).std(1)
+    assert spread.max() > 1.3 * spread.min()  # different scales cut different pixel ranges
+
+
+CONFIG = """\
+data:
+  size: 16
+  datasets: [{{path: {path}, tiers: [train]}}]
+  source_size: 16
+  batch_size: 4
+model: {{block_out_channels: [8, 16], norm_num_groups: 4, attention: false}}
+optimisation: {{max_steps: 24, checkpoint_every: 6, warmup_steps: 5, sample_steps: 4}}
+"""
+
+
+def _train(config: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
+    return subprocess.Popen([sys.executable, "-m", "encoders.cli", "prior", "train", "--config", str(config), "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_prior_training_resumes_bit_exact_after_a_kill(tmp_path, image_file):
+    config = tmp_path / "prior.yaml"
+    config.write_text(CONFIG.format(path=image_file))
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = _train(config, whole)
+    run = _train(config, killed)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.is_file() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert reference.wait() == 0, reference.stderr.read()
+    step = torch.load(last, weights_only=False)["global_step"]
+    assert 0 < step < 24  # killed mid-run
+    resumed = _train(config, killed)
+    assert resumed.wait() == 0, resumed.stderr.read()
+    a = load_file(whole / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(killed / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("samples.png", "loss.png", "training_log.json", "model_index.json"):
+        assert (killed / name).is_file()
+
+
+def test_quality_of_data_beats_noise():
+    """The quality figure ranks real images (a prior that samples its own data) above matched noise."""
+    images = torch.as_tensor(smooth_images(192, 32, seed=3)).float()[:, None] / 127.5 - 1
+    reference, same = images[:96], images[96:]
+    features = random_features(1)
+    real = quality(same, reference, features)
+    noise = quality(noise_like(same), reference, features)
+    assert real["frechet_distance"] < 0.5 * noise["frechet_distance"]
+    assert real["spectrum_slope"] < -1.5 < noise["spectrum_slope"]  # 1/f images fall off, white noise is flat
+    assert abs(image_statistics(same)["rms_contrast"] - noise["rms_contrast"]) < 3
+
+
+def test_frechet_distance_is_zero_for_the_same_gaussian_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(12.0, rel=1e-3)  # |shift|^2 = 3 * 4
+
+
+def test_paper_presets_are_the_papers_values():
+    """Pierzchlewicz et al. 2023, sinzlab/energy-guided-diffusion scripts/meis_ga.py and scripts/meis_egg.py."""
+    ga = GASettings.paper()
+    assert (ga.steps, ga.optimizer, ga.lr, ga.normalize_gradient, ga.blur_sigma, ga.clamp) == (1000, "adamw", 10.0, False, 1.0, False)
+    assert ga.image_norm((1, 100, 100)) == pytest.approx(25.0)  # ChangeNorm(25) on 100x100 images
+    egg = EGGSettings.paper("data/priors/natural32")
+    assert (egg.num_steps, egg.contrast, egg.guide_at_norm, egg.clip_denoised) == (100, 0.25, True, False)
+    assert egg.step_length((3, 256, 256)) == pytest.approx(10.0)  # energy_scale 10 on the paper's 256-px RGB prior
+    assert egg.norm((1, 100, 100)) == pytest.approx(25.0)
+    assert EGGSettings(prior="p").guide_at_norm  # the library default guides at the kept norm
+
+
+def test_presets_on_disk_match_the_code():
+    import yaml
+
+    ga = yaml.safe_load((ROOT / "experiments/presets/mei_ga_paper.yaml").read_text())["method"]
+    assert GASettings(**{**ga, "seeds": (0,)}) == GASettings.paper()
+    egg = yaml.safe_load((ROOT / "experiments/presets/mei_egg_paper.yaml").read_text())["method"]["init_args"]
+    assert EGGSettings(**{**egg, "seeds": (0,), "energy_scale": EGGSettings.paper(egg["prior"]).energy_scale}) == EGGSettings.paper(egg["prior"])
+    assert egg["energy_scale"] == pytest.approx(10 / math.sqrt(3 * 256 * 256), rel=1e-4)
+
+
+def test_prior_data_rejects_what_cannot_work(image_file):
+    from encoders.errors import EncodersError
+    from encoders.synthesis.prior_training import PriorModel, check_model
+
+    with pytest.raises(EncodersError, match="data.size"):
+        check_model(PriorModel(block_out_channels=[8, 16, 32]), PriorData(size=18))
+    with pytest.raises(EncodersError, match="tiers"):
+        dataset_images(DatasetImages(path=str(image_file), tiers=["training"]), 16, True)
