@@ -87,7 +87,27 @@ class EncodingModel(pl.LightningModule):
                 "transform": datamodule.transform.state(),
             }
             self._build(self.hparams.data_info)
+        else:
+            self._check_data(stage)
         self._allow_unused_readouts()
+
+    def _check_data(self, stage: str) -> None:
+        """A model restored from a checkpoint must meet the data it was trained on: same sessions, neuron ids, image shape."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is None:
+            return
+        datamodule.setup(stage)
+        info = self.hparams.data_info
+        for session, table in datamodule.session_info().items():
+            if session not in info["sessions"]:
+                raise EncodersError(f"{datamodule.path}: session {session!r} is not one the checkpoint was trained on "
+                                    f"({sorted(info['sessions'])}); choose data.sessions")
+            if list(table["neuron_ids"]) != list(info["sessions"][session]["neuron_ids"]):
+                raise EncodersError(f"{datamodule.path}: session {session!r} has other neurons ({len(table['neuron_ids'])}) "
+                                    f"than the checkpoint ({len(info['sessions'][session]['neuron_ids'])}); use the data it was trained on")
+        if list(datamodule.input_shape()) != list(info["input_shape"]):
+            raise EncodersError(f"{datamodule.path}: images map to {tuple(datamodule.input_shape())} in model space, "
+                                f"the checkpoint takes {tuple(info['input_shape'])}; set data.grayscale/crop/resize as in training")
 
     def _allow_unused_readouts(self) -> None:
         """Under DDP, let a step leave other sessions' readouts without gradients.
