@@ -35,7 +35,6 @@ from encoders.synthesis.gradient_ascent import GASettings, optimize_images  # no
 from encoders.synthesis.guided_diffusion import egg_sample  # noqa: E402
 from encoders.synthesis.prior import DiffusionPrior, ModelSpace  # noqa: E402
 from encoders.synthesis.targets import all_targets, model_space_images, top_k_targets  # noqa: E402
-from encoders.twin import Twin  # noqa: E402
 from encoders.twin.scoring import GroundTruthActivation  # noqa: E402
 
 
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         targets = all_targets(model)[: args.neurons]
     n = len(targets)
     seeds = [args.seed + i for i in range(n)]
-    twin = Twin.from_file(args.data)
+    twin = datamodule.twin
     if twin is not None:
         brain = GroundTruthActivation(twin.truth, twin.columns(model, targets), twin.geometry(model))
     elif args.score_on:
