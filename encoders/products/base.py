@@ -38,7 +38,7 @@ class ProductData:
 
     @classmethod
     def of(cls, datamodule: RecordedDataModule | None) -> "ProductData":
-        return cls(datamodule, datamodule.twin if datamodule is not None else None)
+        return cls(datamodule, getattr(datamodule, "twin", None))
 
 
 class Product:
