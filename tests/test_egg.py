@@ -4,20 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from encoders.datasets.transforms import ImageTransform
+from encoders.encoder import Encoder
 from encoders.errors import EncodersError
-from encoders.model import EncodingModel
 from encoders.synthesis.energies import NeuronActivation
 from encoders.synthesis.guided_diffusion import egg_sample, guidance_gradient
 from encoders.synthesis.prior import DiffusionPrior, ModelSpace, to_model_space
-from encoders.synthesis.prior_training import PriorImages, PriorTraining, dataset_images
+from encoders.synthesis.prior_training import (
+    DatasetImages,
+    PriorData,
+    PriorModel,
+    PriorOptimisation,
+    PriorTraining,
+    dataset_images,
+    random_crops,
+)
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny UNets: thread start-up dominates on 2 shared cores
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "data" / "priors" / "natural32"
@@ -35,13 +42,13 @@ def tiny_prior(channels: int = 1, seed: int = 0) -> DiffusionPrior:
     return DiffusionPrior(unet, scheduler)
 
 
-def tiny_model() -> EncodingModel:
+def tiny_model() -> Encoder:
     torch.manual_seed(0)
     n = 4
     sessions = {"s0": {"neuron_ids": [f"n{i}" for i in range(n)], "mean_response": [3.0] * n}}
     core = {"type": "stacked", "hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3}
-    model = EncodingModel(core=core, readout={"type": "gaussian", "gauss_type": "isotropic"}, sessions=sessions,
-                          input_shape=list(MODEL_SHAPE), transform=TRANSFORM.state())
+    model = Encoder(core=core, readout={"type": "gaussian", "gauss_type": "isotropic"}, sessions=sessions,
+                    input_shape=list(MODEL_SHAPE), transform=TRANSFORM.state())
     return model.eval()
 
 
@@ -232,19 +239,22 @@ def test_guidance_lowers_the_energy():
 
 
 # ---- training ----------------------------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_prior_training_step_and_export(tmp_path, session_factory):
     from encoders.datasets.io import write_dataset
 
     path = tmp_path / "data.h5"
     write_dataset(path, [session_factory(size=20)])
-    own = dataset_images(path, None, "train", 16)
-    assert own.shape == (36, 16, 16) and own.dtype == np.uint8
-    batch = torch.stack([PriorImages(own)[i] for i in range(4)])
-    assert batch.min() >= -1 and batch.max() <= 1
+    own = dataset_images(DatasetImages(str(path)), 16, grayscale=True)  # the train tier only, by default
+    assert own.shape == (36, 1, 16, 16) and own.dtype == torch.uint8
+    batch = random_crops(own[:4], 16, (0.5, 1.0), True, torch.Generator().manual_seed(0))
+    assert batch.shape == (4, 1, 16, 16) and batch.min() >= -1 and batch.max() <= 1
 
-    module = PriorTraining(sample_size=16, block_out_channels=(8, 16), attention=True, norm_num_groups=4, max_steps=2)
-    loss = module.training_step(batch, 0)
+    data = PriorData(size=16, batch_size=4)
+    model = PriorModel(block_out_channels=[8, 16], attention=True, norm_num_groups=4)
+    module = PriorTraining(own, data, model, PriorOptimisation(max_steps=2), seed=0)
+    first, again = module.draw(3), module.draw(3)  # step k's draws depend on (seed, k) only: resuming is exact
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and not torch.equal(first[2], module.draw(4)[2])
+    loss = module.training_step(None, 0)
     assert loss.ndim == 0 and torch.isfinite(loss)
     folder = module.prior().save(tmp_path / "trained")
     assert DiffusionPrior.load(folder).image_shape == (1, 16, 16)

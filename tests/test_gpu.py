@@ -10,20 +10,20 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import xarray as xr
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from encoders.callbacks import MEICallback
+from encoders.callbacks import Products
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
-from encoders.model import EncodingModel
-from encoders.synthesis import NeuronActivation, all_targets, optimize_images
+from encoders.products import MEIs
+from encoders.synthesis import GASettings, NeuronActivation, all_targets, optimize_images
+from encoders.training import EncodingModel, ModelCheckpoint
 from conftest import make_session
 from test_gradient_ascent import NORM, SHAPE, tiny_model
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none; the same checks on CPU are in test_gradient_ascent.py and "
-           "test_mei_callbacks.py); run on a GPU machine with `pytest -m gpu`"),
+           "test_meis.py); run on a GPU machine with `pytest -m gpu`"),
 ]
 
 
@@ -60,7 +60,7 @@ def test_gpu_fit_makes_mei_products(tmp_path):
         accelerator="gpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=tmp_path,
         callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, monitor="val/correlation", mode="max"),
-                   MEICallback(top_k=2, seeds=[0, 1], steps=4)],
+                   Products([MEIs(top_k=2, method=GASettings(seeds=(0, 1), steps=4))])],
     )
     model = EncodingModel(core={"type": "stacked", "hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3},
                           readout={"type": "attention", "embed_dim": 4, "heads": 1, "dropout": 0.0})

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from encoders.datasets.transforms import ImageTransform
+from encoders.encoder import Encoder
 from encoders.ensemble import Ensemble
 from encoders.errors import EncodersError
 from encoders.metrics import correlation
-from encoders.model import EncodingModel
+from encoders.readouts import GaussianReadout
 from encoders.synthesis import (
     GASettings,
     NeuronActivation,
@@ -21,38 +22,42 @@ from encoders.synthesis import (
     gaussian_blur,
     optimize_images,
     optimize_in_batches,
+    synthesize,
 )
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: thread start-up dominates on 2 shared cores
 SHAPE = (1, 16, 16)
 NORM = default_norm(SHAPE)  # 0.25 * 16 = 4
 
 
-def tiny_model(seed: int = 0, readout: str = "attention") -> EncodingModel:
+def tiny_model(seed: int = 0, readout: str = "attention") -> Encoder:
     """A random-weight model of two sessions (5 and 4 neurons) on 1x16x16 images, eval mode."""
     torch.manual_seed(seed)
     sessions = {
         s: {"neuron_ids": [f"{s}-n{i}" for i in range(n)], "mean_response": [2.0] * n, "n_train": 50}
         for s, n in (("s0", 5), ("s1", 4))
     }
-    model = EncodingModel(
+    model = Encoder(
         core={"type": "stacked", "hidden_channels": 8, "layers": 2, "input_kernel": 5, "hidden_kernel": 3},
         readout={"type": "attention", "embed_dim": 8, "heads": 2, "dropout": 0.0} if readout == "attention" else {"type": readout},
         sessions=sessions, input_shape=list(SHAPE), transform=ImageTransform(mean=120.0, std=60.0).state(),
     )
     with torch.no_grad():  # the initial readout weights barely modulate the rates; make neurons selective
         for readout in model.readouts.values():
-            readout.features.normal_(0.0, 1.0)
+            if isinstance(readout, GaussianReadout):  # drawn in its earlier (F, neurons) layout: the neurons the thresholds were set on
+                readout.features.copy_(torch.randn(readout.features.shape[::-1]).T)
+            else:
+                readout.features.normal_(0.0, 1.0)
     return model.eval()
 
 
 @pytest.fixture(scope="module")
-def model() -> EncodingModel:
+def model() -> Encoder:
     return tiny_model()
 
 
 @pytest.fixture(scope="module")
-def selective_model() -> EncodingModel:
+def selective_model() -> Encoder:
     """Random attention readouts pool over all positions, which flattens tuning; a Gaussian readout keeps it."""
     return tiny_model(readout="gaussian")
 
@@ -141,6 +146,20 @@ def test_batched_run_equals_single_runs(model):
     )
     unclamped = optimize_images(NeuronActivation(model, targets), len(targets), SHAPE, seeds, 15, "sgd", 0.05, 1.0, NORM)
     torch.testing.assert_close(chunked.images, unclamped.images, atol=1e-6, rtol=0)
+
+
+def test_synthesize_runs_ga_in_chunks_of_batch_size(model):
+    """`synthesize` (the one path of every product) equals one GA batch, and reports each chunk's progress."""
+    targets = [("s1", "s1-n2"), ("s0", "s0-n0"), ("s0", "s0-n3")]
+    seeds = [3, 5, 7]
+    settings = GASettings(steps=5, lr=0.05, blur_sigma=1.0, batch_size=2)
+    done = []
+    result = synthesize(settings, lambda index: NeuronActivation(model, [targets[i] for i in index]), seeds, model, done.append)
+    whole = optimize_images(NeuronActivation(model, targets), 3, SHAPE, seeds, steps=5, lr=0.05, blur_sigma=1.0, norm=NORM,
+                            pixel_range=settings.pixel_range(model.image_transform))
+    assert done == [2, 1] and result.trace.shape == (5, 3)
+    torch.testing.assert_close(result.images, whole.images, atol=1e-6, rtol=0)
+    torch.testing.assert_close(result.energy, whole.energy, atol=1e-5, rtol=1e-5)
 
 
 def test_meis_drive_their_neuron_far_above_noise(selective_model):

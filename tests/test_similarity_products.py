@@ -1,4 +1,4 @@
-"""Similarity diagnostics and SimilarityCallback: a real (tiny) Lightning fit on a synthetic twin."""
+"""Similarity diagnostics, and the SimilarityDiagnostics product after a real (tiny) Lightning fit on a synthetic twin."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ import pytorch_lightning as pl
 import torch
 import xarray as xr
 
-from encoders.training import ModelCheckpoint, SimilarityCallback
-from encoders.errors import EncodersError
+from encoders.callbacks import Products
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
-from encoders.model import EncodingModel
+from encoders.encoder import Encoder
+from encoders.errors import EncodersError
+from encoders.products import SimilarityDiagnostics
+from encoders.products.store import recorded_checkpoints
 from encoders.similarity import cka_linear, nbs
 from encoders.similarity.diagnostics import BASELINES, reduce_features, split_half
+from encoders.training import EncodingModel, ModelCheckpoint
 from encoders.twin import make_twin
 
 CORE = {"type": "stacked", "hidden_channels": 8, "layers": 2, "input_kernel": 5, "hidden_kernel": 3, "gamma_input": 0.1}
@@ -29,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: thread sta
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """A 3-epoch fit with the callback attached: (root, trainer, checkpoint callback, similarity callback)."""
+    """A 3-epoch fit with the similarity product attached: (root, trainer, checkpoint callback, products callback)."""
     sessions, truth = make_twin(n_sessions=1, neurons_per_session=8, images_per_session=240, image_size=24, seed=0,
                                 test_repeats=10)
     root = tmp_path_factory.mktemp("similarity")
@@ -38,7 +41,7 @@ def fitted(tmp_path_factory):
     pl.seed_everything(0, workers=True)
     checkpoint = ModelCheckpoint(dirpath=root / "ckpt", filename="best-{epoch:02d}", monitor="val/correlation",
                                  mode="max", save_last=True)
-    similarity = SimilarityCallback(measures=MEASURES, layers=True, seed=0, max_features=64)
+    similarity = Products([SimilarityDiagnostics(measures=MEASURES, layers=True, seed=0, max_features=64)])
     trainer = pl.Trainer(
         max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
         callbacks=[checkpoint, similarity], default_root_dir=root, deterministic=True,
@@ -54,7 +57,7 @@ def _products(root, checkpoint):
     return {stem: root / "products" / stem / "similarity.nc" for stem in stems}
 
 
-def test_callback_writes_labelled_scores_for_best_and_last(fitted):
+def test_product_writes_labelled_scores_for_best_and_last(fitted):
     root, _, checkpoint, _ = fitted
     products = _products(root, checkpoint)
     assert "last" in products and len(products) == 2, products  # best-epoch=.. and last
@@ -69,7 +72,8 @@ def test_callback_writes_labelled_scores_for_best_and_last(fitted):
             assert list(data.session.values) == ["twin0"]
             assert data.higher_is_better.values.tolist() == [True, True, True, True, False]
             assert (data.n_features.values[1:] <= 64).all() and data.n_features.values[0] == 8
-            assert data.attrs["checkpoint"].endswith(f"{stem}.ckpt") and "pooling" in data.attrs["feature_reduction"]
+            assert recorded_checkpoints(data) == [str(root / "ckpt" / f"{stem}.ckpt")]
+            assert "pooling" in data.attrs["feature_reduction"]
             output = score.sel(layer="output", session="twin0")
             for measure in ("cka_linear", "nbs", "ridge_r2"):
                 trained = float(output.sel(measure=measure, baseline="model"))
@@ -138,13 +142,13 @@ def test_reduce_features_is_fixed_and_bounded():
     torch.testing.assert_close(reduce_features(features, 4, projection)[:2], reduce_features(features[:2], 4, projection))
 
 
-def test_callback_rejects_bad_arguments():
+def test_product_rejects_bad_arguments():
     with pytest.raises(EncodersError, match="checkpoints must be one of"):
-        SimilarityCallback(checkpoints="every")
+        Products([SimilarityDiagnostics()], checkpoints="every")
     with pytest.raises(EncodersError, match="unknown \\['cka'\\]"):
-        SimilarityCallback(measures=["cka"])
+        SimilarityDiagnostics(measures=["cka"])
     with pytest.raises(EncodersError, match="max_features"):
-        SimilarityCallback(max_features=0)
+        SimilarityDiagnostics(max_features=0)
 
 
 def test_wandb_table_has_one_row_per_score(fitted):
@@ -153,20 +157,25 @@ def test_wandb_table_has_one_row_per_score(fitted):
     from pytorch_lightning.loggers import WandbLogger
 
     class Recorder(WandbLogger):
-        def __init__(self) -> None:  # no W&B run: only the table call is recorded
-            self.tables = {}
+        def __init__(self) -> None:  # no W&B run: only the calls are recorded
+            self.tables, self.images = {}, {}
 
         def log_table(self, key, columns=None, data=None, dataframe=None, step=None) -> None:
             self.tables[key] = dataframe
 
+        def log_image(self, key, images, step=None, **kwargs) -> None:
+            self.images[key] = images
+
     root, _, checkpoint, _ = fitted
-    with xr.open_dataset(_products(root, checkpoint)["last"], engine="h5netcdf") as stored:
+    path = _products(root, checkpoint)["last"]
+    with xr.open_dataset(path, engine="h5netcdf") as stored:
         scores = stored.load()
     recorder = Recorder()
-    SimilarityCallback._log_wandb(SimpleNamespace(loggers=[recorder]), scores, "last")
+    Products._log_wandb(SimpleNamespace(loggers=[recorder]), "last", path, [path.with_suffix(".png")], scores)
     frame = recorder.tables["similarity/last"]
     assert len(frame) == scores["score"].size
     assert {"measure", "layer", "baseline", "session", "score"} <= set(frame.columns)
+    assert recorder.images == {"products/last/similarity": [str(path.with_suffix(".png"))]}
 
 
 def test_too_few_stimuli_and_no_trials_give_nan_with_a_note(tmp_path, session_factory):
@@ -177,8 +186,8 @@ def test_too_few_stimuli_and_no_trials_give_nan_with_a_note(tmp_path, session_fa
     write_dataset(path, [session_factory("s0", n_images=60, n_neurons=5, size=16, trials=False)])
     dm = RecordedDataModule(str(path))
     dm.setup("test")
-    model = EncodingModel(core=CORE, readout=READOUT, sessions=dm.session_info(), input_shape=list(dm.input_shape()),
-                          transform=dm.transform.state())
+    model = Encoder(core=CORE, readout=READOUT, sessions=dm.session_info(), input_shape=list(dm.input_shape()),
+                    transform=dm.transform.state())
     scores = similarity_diagnostics(model, dm, ["cka_linear", "ridge_r2"], layers=False, seed=1, max_features=16)
     assert list(scores.layer.values) == ["output"] and int(scores.n_stimuli.sel(session="s0")) == 12
     assert np.isnan(scores["score"].sel(measure="ridge_r2").values).all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")  # products are drawn on servers without a display
@@ -20,12 +22,16 @@ FAILED_FRACTION = 0.5  # a sample below this fraction of its neuron's best sampl
 
 
 def failed_samples(activation: np.ndarray, minimize: bool = False) -> np.ndarray:
-    """(neuron, seed) activations -> bool mask of samples that did not work: below FAILED_FRACTION of the neuron's best."""
-    if minimize:  # inhibitory images: lower is better; a failed one stays well above the best
-        best = np.nanmin(activation, axis=1, keepdims=True)
-        return activation > best / FAILED_FRACTION
-    best = np.nanmax(activation, axis=1, keepdims=True)
-    return activation < FAILED_FRACTION * best
+    """(neuron, seed) activations -> bool mask of samples that did not work: below FAILED_FRACTION of the
+    neuron's best, or NaN (a diverged optimisation)."""
+    activation = np.asarray(activation, dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a neuron whose samples are all NaN: all failed
+        if minimize:  # inhibitory images: lower is better; a failed one stays well above the best
+            best = np.nanmin(activation, axis=1, keepdims=True)
+            return ~(activation <= best / FAILED_FRACTION)
+        best = np.nanmax(activation, axis=1, keepdims=True)
+        return ~(activation >= FAILED_FRACTION * best)
 
 
 def _mark_failed(ax) -> None:

@@ -22,7 +22,15 @@ from encoders.products.figures import mei_figure
 from encoders.products.progress import Progress
 from encoders.synthesis.energies import NeuronActivation
 from encoders.synthesis.gradient_ascent import GASettings
-from encoders.synthesis.methods import EGGSettings, Method, method_attrs, method_name, synthesize, truth_settings
+from encoders.synthesis.methods import (
+    EGGSettings,
+    Method,
+    check_method,
+    method_attrs,
+    method_name,
+    synthesize,
+    truth_settings,
+)
 from encoders.synthesis.targets import Target, check_choice, resolve_targets, top_k_targets
 
 KINDS = {"mei": "most exciting images", "meni": "most exciting naturalistic images", "mii": "most inhibitory images"}
@@ -65,7 +73,9 @@ def mei_dataset(
     shape = tuple(images.shape[1:])
     images = images.reshape(n, s, *shape)
     activation = activation.reshape(1, n, s)
-    best = (activation.argmin(2) if minimize else activation.argmax(2))[0].numpy()
+    # the seed of the best activation; a NaN one (a diverged optimisation) is never the best
+    ranked = activation.masked_fill(activation.isnan(), float("inf") if minimize else float("-inf"))
+    best = (ranked.argmin(2) if minimize else ranked.argmax(2))[0].numpy()
     image_dims = ("method", "neuron", "seed", "channel", "y", "x")
     data = xr.Dataset(
         {
@@ -99,8 +109,8 @@ class MEIs(Product):
         neurons: explicit "SESSION/NEURON_ID" list; or
         top_k: the k neurons best predicted on the validation tier (by each checkpoint's model).
         method: GASettings (gradient ascent) or EGGSettings (energy-guided diffusion).
-        minimize: make inhibitory images (lowest response) instead.
-        kind: "mei", "meni" (EGG at the prior's contrast) or "mii" (with minimize): the file name and title.
+        minimize: make inhibitory images (lowest response) instead: kind "mii".
+        kind: "mei", "meni" (EGG with contrast None: the prior's own contrast) or "mii" (= minimize): the file name and title.
         ground_truth: on a synthetic twin, score the images on the true neurons (and find their true MEIs).
     """
 
@@ -117,6 +127,13 @@ class MEIs(Product):
         self.top_k = top_k
         if kind not in KINDS:
             raise EncodersError(f"kind: must be one of {list(KINDS)}, got {kind!r}")
+        # the kind names the file and the title, so it must say what the images are: minimize makes
+        # "mii" (and "mii" minimises); MENIs are EGG images at the prior's own contrast
+        if (minimize and kind == "mei") or kind == "mii":
+            kind, minimize = "mii", True
+        if kind == "meni" and (minimize or not (isinstance(method, EGGSettings) and method.contrast is None)):
+            raise EncodersError("kind: meni (most exciting naturalistic images) is EGG at the prior's own contrast: "
+                                "give method EGGSettings with contrast: null, and no minimize")
         self.method = method
         self.minimize = minimize
         self.kind = kind
@@ -132,6 +149,7 @@ class MEIs(Product):
             raise EncodersError("top_k needs data (a data module or --data) to rank neurons by validation correlation")
         if self._scored(data):
             data.twin.check(model)
+        check_method(self.method)
 
     def _scored(self, data: ProductData) -> bool:
         return self.ground_truth and data.twin is not None

@@ -14,6 +14,7 @@ from encoders.contract import ResponseModel
 from encoders.errors import EncodersError
 from encoders.products.base import Product, ProductData
 from encoders.products.progress import Progress
+from encoders.products.store import recorded_checkpoints
 from encoders.similarity import MEASURES
 from encoders.similarity.diagnostics import DEFAULT_MEASURES, similarity_diagnostics
 
@@ -109,8 +110,7 @@ class SimilarityDiagnostics(Product):
         return scores
 
     def figure(self, results: xr.Dataset) -> Figure:
-        checkpoint = results.attrs.get("checkpoint", "")
-        name = checkpoint[0] if isinstance(checkpoint, (list, np.ndarray)) and len(checkpoint) else checkpoint
+        name = "; ".join(recorded_checkpoints(results))
         return plot_similarity(results, f"similarity with test responses: {name}")
 
     def describe(self, results: xr.Dataset) -> str:

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import xarray as xr
 from matplotlib.figure import Figure
@@ -57,17 +58,37 @@ def _model_digest(path: str, mtime_ns: int, size: int) -> str:  # mtime_ns and s
     return digest.hexdigest()
 
 
+def recorded_checkpoints(data: xr.Dataset) -> list[str]:
+    """The checkpoint paths a product file records (attribute "checkpoint"), as a list.
+
+    NetCDF has no scalar attributes: a list of one path is stored as a one-element array and read
+    back as a plain string, so readers must not take the attribute as it comes.
+    """
+    value = data.attrs.get("checkpoint")
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in np.atleast_1d(value)]
+
+
 def existing(path: Path, key: str) -> xr.Dataset | None:
-    """The product at `path`, loaded, if it exists and was made from the same fingerprint."""
+    """The product at `path`, loaded, if it exists and was made from the same fingerprint.
+
+    Its "checkpoint" attribute is a list however many checkpoints it records (see `recorded_checkpoints`).
+    """
     if not path.is_file():
         return None
     try:
         with xr.open_dataset(path, engine="h5netcdf") as data:
             if data.attrs.get("fingerprint") != key:
                 return None
-            return data.load()
+            data = data.load()
     except (OSError, ValueError):  # a foreign or damaged file: make it again
         return None
+    if "checkpoint" in data.attrs:
+        data.attrs["checkpoint"] = recorded_checkpoints(data)
+    return data
 
 
 def same_product_nearby(nc: Path, key: str) -> tuple[Path, xr.Dataset] | None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from encoders.contract import device_of
 from encoders.errors import EncodersError
 from encoders.metrics import correlation
 
@@ -86,7 +87,8 @@ def validation_correlations(model: nn.Module, datamodule: RecordedDataModule, ti
         if session not in datamodule.sessions:
             continue
         data = model_space_images(model, datamodule, session, tier)
-        rates = torch.cat([model(x, session) for x in data["images"].split(batch_size)])
+        device = device_of(model)
+        rates = torch.cat([model(x.to(device), session).cpu() for x in data["images"].split(batch_size)])
         out[session] = correlation(rates, data["responses"]).numpy()
     return out
 
