@@ -13,6 +13,7 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -52,8 +53,15 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def upgrade(checkpoint: dict) -> dict:
-    """Bring a checkpoint of an earlier format to the current one, in place; returns it."""
+def upgrade(checkpoint: dict, trainable: Sequence[str] | None = None) -> dict:
+    """Bring a checkpoint of an earlier format to the current one, in place; returns it.
+
+    `trainable`: the names of the parameters the optimizer of today's model trains, in its order
+    (a LightningModule's `named_parameters()` that require grad). Given, the optimizer states are
+    brought along too, so a fit resumes from an old checkpoint: format 1 registered the readouts
+    before the core, so its optimizer state is in another parameter order (and Gaussian features
+    were transposed).
+    """
     if checkpoint.get("encoders_format", 1) >= FORMAT:
         return checkpoint
     upgrade_hparams(checkpoint.setdefault("hyper_parameters", {}))
@@ -61,13 +69,48 @@ def upgrade(checkpoint: dict) -> dict:
     state = {}
     for key, value in checkpoint["state_dict"].items():
         if key.startswith(("core.", "readouts.")):
-            if gaussian and key.startswith("readouts.") and key.endswith(".features"):
+            if _transposed(key, gaussian):
                 value = value.T.contiguous()  # (channels, neurons) -> (neurons, channels)
             key = f"encoder.{key}"
         state[key] = value
     checkpoint["state_dict"] = state
+    if trainable is not None and checkpoint.get("optimizer_states"):
+        _upgrade_optimizer_states(checkpoint, list(state), list(trainable), gaussian)
     checkpoint["encoders_format"] = FORMAT
     return checkpoint
+
+
+def _transposed(key: str, gaussian: bool) -> bool:
+    """Format 1 stored Gaussian readout features as (channels, neurons)."""
+    return gaussian and ".readouts." in f".{key}" and key.endswith(".features")
+
+
+def _upgrade_optimizer_states(checkpoint: dict, old_order: list[str], trainable: list[str], gaussian: bool) -> None:
+    """Re-index format-1 optimizer states from the old parameter order to today's, in place.
+
+    The old order is the state dict's key order (parameters and buffers, module by module, as
+    `parameters()` walks them) restricted to the parameters being trained.
+    """
+    wanted = set(trainable)
+    old = [name for name in old_order if name in wanted]
+    if sorted(old) != sorted(trainable):
+        raise EncodersError(f"cannot resume from this format-1 checkpoint: its parameters {sorted(set(old) ^ wanted)} "
+                            "differ from the model's; start a new fit from its weights instead")
+    position = {name: i for i, name in enumerate(trainable)}
+    for optimizer in checkpoint["optimizer_states"]:
+        groups = optimizer.get("param_groups", [])
+        if sum(len(g["params"]) for g in groups) != len(old):
+            raise EncodersError("cannot resume from this format-1 checkpoint: its optimizer holds "
+                                f"{sum(len(g['params']) for g in groups)} parameters, the model trains {len(old)}")
+        states = {}
+        for index, values in optimizer.get("state", {}).items():
+            name = old[int(index)]
+            if _transposed(name, gaussian):
+                values = {k: v.T.contiguous() if isinstance(v, torch.Tensor) and v.ndim == 2 else v for k, v in values.items()}
+            states[position[name]] = values
+        optimizer["state"] = states
+        for group in groups:  # one group per optimizer here; params are indices in parameter order
+            group["params"] = sorted(position[old[int(i)]] for i in group["params"])
 
 
 def upgrade_hparams(hparams: dict) -> dict:

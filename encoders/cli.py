@@ -22,10 +22,59 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from encoders.errors import EncodersError
 
 
+class CheckedConfigFile(ActionConfigFile):
+    """`--config FILE` that names the file and its unknown keys in one line before jsonargparse reads it.
+
+    jsonargparse (4.x) cannot report an unknown key of a config file given to a nested subcommand
+    (`encoders prepare synthetic`, `encoders prior train`): it fails with a bare KeyError naming the
+    outer subcommand. Checking the keys here also makes the message name the file.
+    """
+
+    def __call__(self, parser, cfg, values, option_string=None):
+        check_config_keys(parser, values)
+        super().__call__(parser, cfg, values, option_string)
+
+
+def check_config_keys(parser: ArgumentParser, value: object) -> None:
+    """EncodersError naming `value` (a YAML file) and every key of it that `parser` does not accept."""
+    import yaml
+
+    path = Path(str(value))
+    if not path.is_file():
+        return  # not a file (a YAML string, or missing): jsonargparse reports it
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise EncodersError(f"{path}: not a readable YAML file ({type(error).__name__})") from None
+    if not isinstance(content, dict):
+        return
+    # options that take a value; groups (dataclass arguments) are the prefixes of their dotted names
+    skip = ("_HelpAction", "_ActionHelpClassPath", "_ActionPrintConfig", "_ActionConfigLoad")
+    dests = {action.dest for action in parser._actions
+             if type(action).__name__ not in skip and not isinstance(action, ActionConfigFile)}
+    unknown, allowed = [], set()
+
+    def walk(mapping: dict, prefix: str) -> None:
+        level = sorted({d[len(prefix):].split(".")[0] for d in dests if d.startswith(prefix)})
+        for key, item in mapping.items():
+            full = f"{prefix}{key}"
+            if full in dests or key == "__path__":
+                continue
+            if isinstance(item, dict) and any(d.startswith(f"{full}.") for d in dests):
+                walk(item, f"{full}.")
+            else:
+                unknown.append(full)
+                allowed.update(f"{prefix}{name}" for name in level)
+
+    walk(content, "")
+    if unknown:
+        raise EncodersError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
 def _parser(description: str, config: bool = True) -> ArgumentParser:
     parser = ArgumentParser(description=description, exit_on_error=False, default_env=False)
     if config:
-        parser.add_argument("--config", action=ActionConfigFile, help="YAML file whose keys set the options below")
+        parser.add_argument("--config", action=CheckedConfigFile, help="YAML file whose keys set the options below")
     return parser
 
 
@@ -38,7 +87,10 @@ def _prepare_parser(commands) -> None:
     commands.add_subcommand("prepare", prepare, help="convert or generate a dataset file")
     sources = prepare.add_subcommands(dest="source")
     cowley = _parser("the Cowley et al. 2023 macaque V4 release, in its own layout")
-    cowley.add_function_arguments(convert_cowley2023, as_positional=True)
+    cowley.add_function_arguments(convert_cowley2023, as_positional=True, skip={"sessions"})
+    # Cowley session ids are numbers: `--sessions 210305` or `--sessions '[210305, 210325]'` (YAML reads ints)
+    cowley.add_argument("--sessions", type=list[str | int] | str | int | None, default=None,
+                        help="session ids to convert, e.g. '[210305, 210325]'; all when omitted")
     sources.add_subcommand("cowley2023", cowley, help="the Cowley et al. 2023 macaque V4 release")
     twin = _parser("a synthetic V4 digital twin with stored ground-truth neurons")
     twin.add_function_arguments(write_twin, as_positional=True)
@@ -56,43 +108,61 @@ def _product_parser(description: str, product: type, data_required: bool) -> Arg
     return parser
 
 
-def build_parser() -> ArgumentParser:
-    from encoders.products import MEIs, Reconstructions
-    from encoders.synthesis.prior_training import parser as prior_parser
-
+def build_parser(only: str | None = None) -> ArgumentParser:
+    """The `encoders` parser; with `only`, just that command's (each pulls in its own heavy imports:
+    products load diffusers, priors their trainer), so `encoders info` does not wait for the rest."""
     parser = ArgumentParser(prog="encoders", description=__doc__.splitlines()[0], exit_on_error=False)
     commands = parser.add_subcommands(dest="command")
-    _prepare_parser(commands)
-    info = _parser("validate a dataset file and summarise its sessions", config=False)
-    info.add_argument("path", type=str)
-    commands.add_subcommand("info", info, help="validate a dataset file and summarise its sessions")
-    commands.add_subcommand("mei", _product_parser("MEIs (GA or EGG) of trained checkpoints", MEIs, False),
-                            help="MEIs, MENIs or inhibitory images (GA or EGG) of trained checkpoints")
-    reconstruct = _product_parser("reconstruct test images from their responses", Reconstructions, True)
-    commands.add_subcommand("reconstruct", reconstruct, help="reconstruct test images from their responses (GA or EGG)")
-    compare = _parser("train architectures x seeds; compare accuracy, GA vs EGG MEI transfer, similarity", config=False)
-    compare.add_argument("experiment", type=str, help="comparison YAML, e.g. experiments/compare_twin.yaml")
-    compare.add_argument("--out", type=str | None, default=None, help="output folder (overrides the config's `out`)")
-    commands.add_subcommand("compare", compare, help="compare architectures: accuracy, MEI transfer, similarity")
-    similarity = _parser("similarity-score tools (Cloos et al. 2024)", config=False)
-    commands.add_subcommand("similarity", similarity, help="similarity-score tools (Cloos et al. 2024)")
-    actions = similarity.add_subcommands(dest="action")
-    from encoders.similarity.optimize import add_arguments
 
-    optimize = _parser("maximise a score of synthetic data against a target")
-    add_arguments(optimize)
-    actions.add_subcommand("optimize", optimize, help="maximise a score of synthetic data against a target")
-    prior = _parser("diffusion image priors (for EGG)", config=False)
-    commands.add_subcommand("prior", prior, help="train a diffusion image prior on dataset images")
-    prior_actions = prior.add_subcommands(dest="action")
-    prior_train = prior_parser()
-    prior_train.exit_on_error = False
-    prior_actions.add_subcommand("train", prior_train, help="train a diffusion prior on dataset images")
-    from encoders.synthesis.prior_quality import report
+    def wanted(name: str) -> bool:
+        return only is None or only == name
 
-    quality = _parser("Fréchet distance and image statistics of a prior's samples vs held-out data images")
-    quality.add_function_arguments(report, as_positional=False)
-    prior_actions.add_subcommand("quality", quality, help="how natural a prior's samples are (vs held-out data)")
+    if wanted("prepare"):
+        _prepare_parser(commands)
+    if wanted("info"):
+        info = _parser("validate a dataset file and summarise its sessions", config=False)
+        info.add_argument("path", type=str)
+        commands.add_subcommand("info", info, help="validate a dataset file and summarise its sessions")
+    if wanted("mei"):
+        from encoders.products import MEIs
+
+        commands.add_subcommand("mei", _product_parser("MEIs (GA or EGG) of trained checkpoints", MEIs, False),
+                                help="MEIs, MENIs or inhibitory images (GA or EGG) of trained checkpoints")
+    if wanted("reconstruct"):
+        from encoders.products import Reconstructions
+
+        reconstruct = _product_parser("reconstruct test images from their responses", Reconstructions, True)
+        commands.add_subcommand("reconstruct", reconstruct, help="reconstruct test images from their responses (GA or EGG)")
+    if wanted("compare"):
+        compare = _parser("train architectures x seeds; compare accuracy, GA vs EGG MEI transfer, similarity", config=False)
+        compare.add_argument("experiment", type=str, help="comparison YAML, e.g. experiments/compare_twin.yaml")
+        compare.add_argument("--out", type=str | None, default=None, help="output folder (overrides the config's `out`)")
+        commands.add_subcommand("compare", compare, help="compare architectures: accuracy, MEI transfer, similarity")
+    if wanted("similarity"):
+        from encoders.similarity.optimize import add_arguments
+
+        similarity = _parser("similarity-score tools (Cloos et al. 2024)", config=False)
+        commands.add_subcommand("similarity", similarity, help="similarity-score tools (Cloos et al. 2024)")
+        actions = similarity.add_subcommands(dest="action")
+        optimize = _parser("maximise a score of synthetic data against a target")
+        add_arguments(optimize)
+        actions.add_subcommand("optimize", optimize, help="maximise a score of synthetic data against a target")
+    if wanted("prior"):
+        from encoders.synthesis.prior_quality import report
+        from encoders.synthesis.prior_training import parser as prior_parser
+
+        prior = _parser("diffusion image priors (for EGG)", config=False)
+        commands.add_subcommand("prior", prior, help="train a diffusion image prior on dataset images")
+        prior_actions = prior.add_subcommands(dest="action")
+        prior_train = prior_parser()
+        prior_train.exit_on_error = False
+        for action in prior_train._actions:  # its --config names unknown keys and the file, like the others
+            if type(action) is ActionConfigFile:
+                action.__class__ = CheckedConfigFile
+        prior_actions.add_subcommand("train", prior_train, help="train a diffusion prior on dataset images")
+        quality = _parser("Fréchet distance and image statistics of a prior's samples vs held-out data images")
+        quality.add_function_arguments(report, as_positional=False)
+        prior_actions.add_subcommand("quality", quality, help="how natural a prior's samples are (vs held-out data)")
     return parser
 
 
@@ -106,7 +176,9 @@ def _prepare(options) -> int:
 
         o = options.cowley2023
         out = _new_output_file(o.out)
-        convert_cowley2023(o.source_dir, out, sessions=o.sessions, validation_fraction=o.validation_fraction,
+        sessions = o.sessions if isinstance(o.sessions, list) or o.sessions is None else [o.sessions]
+        sessions = [str(s) for s in sessions] if sessions is not None else None
+        convert_cowley2023(o.source_dir, out, sessions=sessions, validation_fraction=o.validation_fraction,
                            test_fraction=o.test_fraction, seed=o.seed)
     else:
         from encoders.twin.generation import write_twin
@@ -141,6 +213,10 @@ def _products(options, which: str) -> int:
     product_class = {"mei": MEIs, "reconstruct": Reconstructions}[which]
     product = product_class(**{name: chosen[name] for name in inspect.signature(product_class).parameters})
     out = _output_folder(chosen.out)
+    from encoders.synthesis.methods import EGGSettings, load_prior
+
+    if isinstance(product.method, EGGSettings):
+        load_prior(product.method.prior)  # a missing or broken prior fails now, not after ranking or scoring (cached)
     model = load_models(chosen.checkpoints)
     datamodule = None
     if chosen.data is None:
@@ -209,6 +285,86 @@ COMMANDS = {"prepare": _prepare, "info": _info, "mei": lambda o: _products(o, "m
             "prior": _prior}
 
 
+def fold_method_flags(argv: Sequence[str]) -> list[str]:
+    """`--method VALUE` and `--method.X V` flags (and a config file's `method`), in order, as one `--method` mapping.
+
+    jsonargparse (4.x) reads each `--method.X` flag of a union of settings types on its own: for
+    EGGSettings a second flag drops the first (`--method.num_steps 5 --method.prior P` ran 50
+    steps), or the class (`--method '{class_path: EGGSettings, ...}' --method.steps 5` ran GA).
+    One mapping, read once, keeps every value and fails on a flag of another method.
+    """
+    import yaml
+
+    def load(text: str) -> object:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return None
+
+    flags = [i for i, a in enumerate(argv) if a.partition("=")[0] == "--method" or a.startswith("--method.")]
+    if not any(argv[i].startswith("--method.") for i in flags):
+        return list(argv)  # nothing to fold: jsonargparse reads --method values whole
+    class_path, values = None, {}
+
+    def take(method: object) -> None:
+        nonlocal class_path, values
+        if isinstance(method, str):
+            method = {"class_path": method}
+        if not isinstance(method, dict):
+            return
+        if "class_path" in method:
+            if method["class_path"] != class_path:
+                values = {}
+            class_path = method["class_path"]
+            method = method.get("init_args") or {}
+        values.update(method)
+
+    out, skip = [], set()
+    for i, arg in enumerate(argv):
+        if i in skip:
+            continue
+        flag, equals, value = arg.partition("=")
+        if flag == "--config" and i < flags[0]:  # a config's method is where the flags start from
+            path = Path(value if equals else (argv[i + 1] if i + 1 < len(argv) else ""))
+            content = load(path.read_text()) if path.is_file() else None
+            if isinstance(content, dict) and "method" in content:
+                take(content["method"])
+        if flag == "--method" or flag.startswith("--method."):
+            if not equals and i + 1 < len(argv):
+                value = argv[i + 1]
+                skip.add(i + 1)
+            if flag == "--method":
+                take(load(value))
+            else:
+                values[flag[len("--method."):]] = value  # jsonargparse converts strings to the field's type
+            if i == flags[0]:
+                out.append("--method")
+                out.append(None)  # the folded mapping goes here
+            continue
+        out.append(arg)
+    import dataclasses
+    import typing
+
+    from encoders.synthesis.methods import Method
+
+    fields = {cls: {f.name for f in dataclasses.fields(cls)} for cls in typing.get_args(Method)}
+    named = {cls: names for cls, names in fields.items() if str(class_path).rsplit(".", 1)[-1] == cls.__name__}
+    for cls, names in named.items():  # the method asked for by name takes only its own options
+        if set(values) - names:
+            raise EncodersError(f"--method: {sorted(set(values) - names)} not option(s) of {cls.__name__}, the method "
+                                f"asked for; its options are {sorted(names)}")
+    if class_path is None:  # the one settings type that has every key given (jsonargparse would guess wrong)
+        fits = [cls for cls, names in fields.items() if set(values) <= names]
+        if not fits:
+            lacking = ", ".join(f"{cls.__name__} has no {sorted(set(values) - names)}" for cls, names in fields.items())
+            raise EncodersError(f"--method: no one method takes all of {sorted(values)} ({lacking}); give one method's options")
+        if len(fits) == 1:
+            class_path = f"{fits[0].__module__}.{fits[0].__name__}"
+    method = {"class_path": class_path, "init_args": values} if class_path else values
+    out[out.index(None)] = yaml.safe_dump(method, default_flow_style=True, width=10**6).strip()
+    return out
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
@@ -222,7 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jsonargparse import ArgumentError
 
     try:
-        parser = build_parser()
+        parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
+        if argv[:1] in (["mei"], ["reconstruct"]):
+            argv = fold_method_flags(argv)
         options = parser.instantiate(parser.parse_args(argv))
         return COMMANDS[options.command](options)
     except (ArgumentError, EncodersError, ValueError, FileNotFoundError) as error:

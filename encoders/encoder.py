@@ -48,6 +48,12 @@ def check_config(registry: dict[str, type[nn.Module]], config: dict, what: str, 
     clash = sorted(keys & set(given))
     if clash:
         raise ConfigError(f"{what}: {clash} are set from the data, not the config")
+    check = getattr(cls, "check_arguments", None)
+    if check is not None:  # values out of range, before anything is built or written
+        try:
+            check(**{k: v for k, v in config.items() if k != "type"})
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{what}: {error}") from None
     return cls
 
 

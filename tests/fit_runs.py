@@ -117,12 +117,19 @@ def train(args: list[str], env: dict[str, str], timeout: float = 300) -> subproc
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def train_in_process(args: list[str]):
-    """train.py's main(ARGS) in this process (no second start of torch and Lightning); returns the CLI."""
+def train_in_process(args: list[str]) -> int:
+    """train.py's main(ARGS) in this process (no second start of torch and Lightning); returns its exit status."""
     spec = importlib.util.spec_from_file_location("encoders_train_script", ROOT / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main(args)
+
+
+def fit_in_process(args: list[str]):
+    """The training CLI run on ARGS in this process, without main's error handling; returns the CLI (its trainer, model)."""
+    from encoders.training.cli import run
+
+    return run(args)
 
 
 def wait_for(flag: Path, process: subprocess.Popen, timeout: float = 120) -> None:

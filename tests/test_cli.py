@@ -15,9 +15,10 @@ def _cli(*args, cwd=None):
 
 def test_prepare_synthetic_from_config_with_flag_override(tmp_path):
     config = tmp_path / "twin.yaml"
-    config.write_text("sessions: 2\nneurons: 5\nimages: 100\nimage_size: 24\nseed: 3\ntest_repeats: 4\n")
+    config.write_text("n_sessions: 2\nneurons_per_session: 5\nimages_per_session: 100\nimage_size: 24\nseed: 3\n"
+                      "test_repeats: 4\n")
     out = tmp_path / "twin.h5"
-    result = _cli("prepare", "synthetic", str(out), "--config", str(config), "--neurons", "6")
+    result = _cli("prepare", "synthetic", str(out), "--config", str(config), "--neurons_per_session", "6")
     assert result.returncode == 0, result.stderr
     rows = summarise(out)
     assert [r["session"] for r in rows] == ["twin0", "twin1"]
@@ -32,11 +33,12 @@ def test_prepare_synthetic_from_config_with_flag_override(tmp_path):
 
 def test_config_with_unknown_key_fails_before_any_output(tmp_path):
     config = tmp_path / "twin.yaml"
-    config.write_text("sessions: 2\nneurones: 5\n")
+    config.write_text("n_sessions: 2\nneurones: 5\n")
     out = tmp_path / "twin.h5"
     result = _cli("prepare", "synthetic", str(out), "--config", str(config))
     assert result.returncode == 2
     assert "twin.yaml: unknown key(s) ['neurones']" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     assert not out.exists()
 
 
@@ -52,7 +54,8 @@ def test_info_on_a_broken_file(tmp_path):
 
 def test_bad_argument_values_are_user_errors(tmp_path):
     out = tmp_path / "twin.h5"
-    result = _cli("prepare", "synthetic", str(out), "--validation-fraction", "0.6", "--test-fraction", "0.6",
-                  "--sessions", "1", "--neurons", "2", "--images", "50", "--image-size", "16")
+    result = _cli("prepare", "synthetic", str(out), "--validation_fraction", "0.6", "--test_fraction", "0.6",
+                  "--n_sessions", "1", "--neurons_per_session", "2", "--images_per_session", "50", "--image_size", "16")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "validation_fraction + test_fraction" in result.stderr, result.stderr
     assert not out.exists()

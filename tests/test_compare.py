@@ -19,6 +19,7 @@ from encoders.cli import main
 from encoders.compare.config import load_config
 from encoders.compare.generalisation import relation
 from encoders.errors import EncodersError
+from encoders.products.store import recorded_checkpoints
 from encoders.twin import write_twin
 
 torch.set_num_threads(1)
@@ -85,7 +86,7 @@ def test_labels_and_bookkeeping(compared):
     for architecture in result.architecture.values.tolist():
         for method in ("ga", "egg"):
             with xr.open_dataset(out / "meis" / architecture / f"mei_{method}.nc") as meis:
-                makers = meis.attrs["checkpoint"].split("; ")
+                makers = recorded_checkpoints(meis)
                 assert meis.image.shape[:3] == (1, 3, 2) and meis.wall_seconds.item() > 0
                 norms = np.sqrt((meis.image.values ** 2).sum(axis=(-3, -2, -1)))
                 assert (norms <= 0.25 * 16 * (1 + 1e-4)).all()  # GA's norm for both methods (GA clamps below it)
@@ -164,10 +165,15 @@ def test_relation_never_calls_a_generating_member_within():
     assert relation("a", None, None, [0, 1]) == "ground_truth"
 
 
-def test_egg_guided_at_norm_needs_a_norm():
-    from encoders.synthesis.methods import EGGSynthesis
+def test_egg_guides_at_norm_only_with_a_norm():
+    """Guiding at the kept norm needs a norm: without a contrast (the prior's own, as for MENIs) the
+    settings record that it was not done, so such images never share a fingerprint with guided ones."""
+    from encoders.synthesis.methods import EGGSettings
 
-    with pytest.raises(EncodersError, match="guide_at_norm needs a contrast"):
-        EGGSynthesis.load(PRIOR, guide_at_norm=True)
-    assert "egg_guide_at_norm" not in EGGSynthesis.load(PRIOR, contrast=0.25).attrs((1, 16, 16))  # old fingerprints kept
-    assert EGGSynthesis.load(PRIOR, contrast=0.25, guide_at_norm=True).attrs((1, 16, 16))["egg_guide_at_norm"] == 1
+    guided = EGGSettings(prior=PRIOR, contrast=0.25, guide_at_norm=True).attrs((1, 16, 16))
+    assert guided["egg_guide_at_norm"] == 1 and guided["egg_norm"] == pytest.approx(0.25 * 16)
+    free = EGGSettings(prior=PRIOR, contrast=None, guide_at_norm=True).attrs((1, 16, 16))
+    assert free["egg_guide_at_norm"] == 0 and np.isnan(free["egg_norm"])
+    assert EGGSettings(prior=PRIOR, contrast=0.25, guide_at_norm=False).attrs((1, 16, 16))["egg_guide_at_norm"] == 0
+    with pytest.raises(EncodersError, match="method.contrast: must be positive or null"):
+        EGGSettings(prior=PRIOR, contrast=0.0)

@@ -68,7 +68,7 @@ def _cli(*args):
 
 def test_cli_converts_selected_sessions(tmp_path, cowley_source):
     out = tmp_path / "two.h5"
-    result = _cli("prepare", "cowley2023", str(cowley_source), str(out), "--sessions", "210305", "210325")
+    result = _cli("prepare", "cowley2023", str(cowley_source), str(out), "--sessions", "[210305, 210325]")
     assert result.returncode == 0, result.stderr
     assert list_sessions(out) == ["210305", "210325"]
     assert "210325" in result.stdout and "total" in result.stdout

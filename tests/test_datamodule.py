@@ -126,7 +126,7 @@ def test_each_epoch_of_a_fit_has_its_own_order(tiny_file):
     a batch sampler), so epoch e gets exactly SessionBatchSampler's order for (seed, e)."""
     import pytorch_lightning as pl
 
-    from encoders.model import EncodingModel
+    from encoders.training import EncodingModel
 
     class Record(pl.Callback):
         def __init__(self):

@@ -16,14 +16,16 @@ import xarray as xr
 
 import fit_runs
 from encoders.datasets.datamodule import RecordedDataModule, SessionBatchSampler
-from encoders.ensemble import load_checkpoint
+from encoders.training import EncodingModel
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 PRODUCTS = [
     {"class_path": "encoders.callbacks.MetricsTable"},
-    {"class_path": "encoders.callbacks.MEICallback", "init_args": {"top_k": 2, "steps": 5, "ground_truth": False}},
+    {"class_path": "encoders.callbacks.Products", "init_args": {"products": [
+        {"class_path": "encoders.products.MEIs", "init_args": {"top_k": 2, "method": {"steps": 5}, "ground_truth": False}},
+    ]}},
 ]
 
 
@@ -61,7 +63,8 @@ def test_two_processes_train_like_one(fits):
 def test_metrics_are_computed_over_all_ranks(fits):
     """The DDP-logged val/correlation of the best checkpoint = one process validating those weights."""
     state = fit_runs.read_checkpoint_state(fits["two"] / "checkpoints" / "last.ckpt")
-    model = load_checkpoint(fits["two"] / "checkpoints" / state["best_model_path"])
+    model = EncodingModel.load_from_checkpoint(fits["two"] / "checkpoints" / state["best_model_path"], map_location="cpu",
+                                               weights_only=True)
     datamodule = RecordedDataModule(str(fits["data"]), batch_size=16)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     single = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/correlation"]

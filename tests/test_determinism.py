@@ -19,7 +19,7 @@ def _fit(folder, data, name: str, seed: int) -> dict:
     callbacks = [{"class_path": "encoders.callbacks.MetricsTable"}, fit_runs.record_callback(history)]
     config = fit_runs.tiny_config(folder / name, data, max_epochs=3, callbacks=callbacks, test_after_fit=True)
     config["seed_everything"] = seed
-    fit_runs.train_in_process(["fit", "--config", str(fit_runs.write_config(folder / f"{name}.yaml", config))])
+    assert fit_runs.train_in_process(["fit", "--config", str(fit_runs.write_config(folder / f"{name}.yaml", config))]) == 0
     with xr.open_dataset(folder / name / "test_metrics.nc", engine="h5netcdf") as table:
         tests = table.load()
     return {
@@ -41,4 +41,5 @@ def test_same_seed_same_everything_other_seed_other_model(tmp_path, monkeypatch)
 
     other = _fit(tmp_path, data, "other", 1)
     assert other["val"][-1]["val/correlation"] != first["val"][-1]["val/correlation"]
-    assert not torch.equal(other["state"]["state_dict"]["core.layers.0.0.weight"], first["state"]["state_dict"]["core.layers.0.0.weight"])
+    weight = "encoder.core.layers.0.0.weight"
+    assert not torch.equal(other["state"]["state_dict"][weight], first["state"]["state_dict"][weight])

@@ -1,4 +1,4 @@
-"""EncodingModel, ensembles and train.py: real (tiny) Lightning runs on a tiny synthetic twin."""
+"""Encoder, EncodingModel, ensembles and train.py: real (tiny) Lightning runs on a tiny synthetic twin."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pytorch_lightning as pl
 import torch
 
 from encoders.callbacks import ReadoutFigures
-from encoders.training import ModelCheckpoint
+from encoders.checkpoints import load_encoder
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
-from encoders.ensemble import Ensemble, load_checkpoint
+from encoders.encoder import ConfigError, Encoder
+from encoders.ensemble import Ensemble
 from encoders.errors import EncodersError
-from encoders.model import ConfigError, EncodingModel
+from encoders.training import EncodingModel, ModelCheckpoint
 from encoders.twin import make_twin
 
 CORE = {"type": "stacked", "hidden_channels": 8, "layers": 2, "input_kernel": 5, "hidden_kernel": 3, "gamma_input": 0.1}
@@ -49,8 +50,7 @@ def _fit(path, root, readout="attention", epochs=2, seed=0):
 @pytest.mark.parametrize("readout", ["gaussian", "attention"])
 def test_fit_lowers_validation_loss_and_reloads_identically(twin_file, tmp_path, readout):
     model, dm, trainer, checkpoint = _fit(twin_file, tmp_path, readout)
-    before = EncodingModel(core=CORE, readout=READOUTS[readout], sessions=model.hparams.sessions,
-                           input_shape=model.hparams.input_shape, transform=model.hparams.transform)
+    before = EncodingModel(core=CORE, readout=READOUTS[readout], data_info=model.hparams.data_info)
     val = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     untrained = val.validate(before, datamodule=dm, verbose=False)[0]
     trained = val.validate(model, datamodule=dm, verbose=False)[0]
@@ -61,7 +61,7 @@ def test_fit_lowers_validation_loss_and_reloads_identically(twin_file, tmp_path,
 
     # best and last are both kept; last is the final state even when the last epoch did not improve
     assert checkpoint.best_model_path and checkpoint.best_model_path != checkpoint.last_model_path
-    reloaded = load_checkpoint(checkpoint.last_model_path)
+    reloaded = load_encoder(checkpoint.last_model_path)
     model.eval()
     images = dm.tier_data("twin1", "test")["images"]
     with torch.no_grad():
@@ -74,7 +74,7 @@ def test_fit_lowers_validation_loss_and_reloads_identically(twin_file, tmp_path,
 def test_rates_are_positive_and_sessions_checked(twin_file):
     dm = RecordedDataModule(str(twin_file))
     dm.setup("fit")
-    model = EncodingModel(core=CORE, readout=READOUTS["gaussian"], sessions=dm.session_info(), input_shape=list(dm.input_shape()))
+    model = Encoder(CORE, READOUTS["gaussian"], dm.session_info(), dm.input_shape(), dm.transform.state())
     rates = model(torch.randn(4, 1, 24, 24) * 5, "twin0")
     assert rates.shape == (4, 6) and (rates > 0).all()
     with pytest.raises(KeyError, match="unknown session 'nope'"):
@@ -93,7 +93,7 @@ def test_ensemble_is_the_mean_of_its_members(twin_file, tmp_path):
         _, dm, _, checkpoint = _fit(twin_file, tmp_path / str(seed), "gaussian", epochs=1, seed=seed)
         paths.append(checkpoint.last_model_path)
     ensemble = Ensemble.from_checkpoints(paths)
-    members = [load_checkpoint(p) for p in paths]
+    members = [load_encoder(p) for p in paths]
     images = dm.tier_data("twin0", "test")["images"]
     with torch.no_grad():
         expected = (members[0](images, "twin0") + members[1](images, "twin0")) / 2
@@ -103,12 +103,17 @@ def test_ensemble_is_the_mean_of_its_members(twin_file, tmp_path):
 
 
 def test_misspelt_config_keys_fail_clearly():
+    sessions = {"s": {"neuron_ids": ["a"], "mean_response": [1.0], "n_train": 1}}
+    transform = {"grayscale": True, "crop": [0, 0, 0, 0], "resize": None, "mean": 0.0, "std": 1.0}
     with pytest.raises(ConfigError, match=r"core: unknown argument\(s\) \['hiden_channels'\] for core type 'stacked'; allowed: .*hidden_channels"):
-        EncodingModel(core={"type": "stacked", "hiden_channels": 8}, readout=READOUTS["gaussian"],
-                      sessions={"s": {"neuron_ids": ["a"], "mean_response": [1.0], "n_train": 1}}, input_shape=[1, 16, 16])
+        EncodingModel(core={"type": "stacked", "hiden_channels": 8}, readout=READOUTS["gaussian"])
     with pytest.raises(ConfigError, match=r"readout.type must be one of \['attention', 'gaussian'\], got 'atention'"):
-        EncodingModel(core=CORE, readout={"type": "atention"},
-                      sessions={"s": {"neuron_ids": ["a"], "mean_response": [1.0], "n_train": 1}}, input_shape=[1, 16, 16])
+        EncodingModel(core=CORE, readout={"type": "atention"})
+    # the plain Encoder checks the same, and the data-derived readout arguments are not the config's to set
+    with pytest.raises(ConfigError, match=r"core: unknown argument\(s\) \['hiden_channels'\]"):
+        Encoder({"type": "stacked", "hiden_channels": 8}, READOUTS["gaussian"], sessions, [1, 16, 16], transform)
+    with pytest.raises(ConfigError, match=r"readout: \['n_neurons'\] are set from the data"):
+        Encoder(CORE, {**READOUTS["gaussian"], "n_neurons": 3}, sessions, [1, 16, 16], transform)
 
 
 def test_train_py_rejects_a_misspelt_key(tmp_path):
@@ -116,14 +121,14 @@ def test_train_py_rejects_a_misspelt_key(tmp_path):
     config.write_text("model:\n  core: {type: stacked}\n  readout: {type: gaussian}\n  learning_rate: 0.1\ndata:\n  path: x.h5\n")
     result = subprocess.run([sys.executable, "train.py", "fit", "--config", str(config)], capture_output=True, text=True,
                             cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-    assert result.returncode != 0
-    assert "learning_rate" in result.stderr
+    assert result.returncode == 2
+    assert "learning_rate" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_bad_checkpoint_is_named(tmp_path):
     bad = tmp_path / "broken.ckpt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(EncodersError, match="broken.ckpt: not a readable encoders checkpoint"):
-        load_checkpoint(bad)
+        load_encoder(bad)
     with pytest.raises(EncodersError, match="missing.ckpt: checkpoint not found"):
-        load_checkpoint(tmp_path / "missing.ckpt")
+        load_encoder(tmp_path / "missing.ckpt")

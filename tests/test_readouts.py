@@ -350,25 +350,26 @@ def test_paired_mode_equals_gathering_the_full_output(kind):
 
 
 def test_readout_locations_in_feature_grid_cells():
-    from encoders.callbacks.readout_figures import readout_locations
-    from encoders.model import EncodingModel
+    from encoders.encoder import Encoder
+    from encoders.datasets.transforms import ImageTransform
 
     sessions = {"s": {"neuron_ids": ["a", "b", "c"], "mean_response": [1.0] * 3, "n_train": 10}}
     core = {"type": "stacked", "hidden_channels": 4, "layers": 1, "input_kernel": 5}
-    gaussian = EncodingModel(core=core, readout={"type": "gaussian"}, sessions=sessions, input_shape=[1, 16, 16])
-    assert gaussian.readouts["s"].in_shape == (4, 12, 12)
+    transform = ImageTransform().state()
+    gaussian = Encoder(core, {"type": "gaussian"}, sessions, [1, 16, 16], transform).readouts["s"]
+    assert gaussian.in_shape == (4, 12, 12)
     with torch.no_grad():
-        gaussian.readouts["s"].mu.copy_(torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 1.0]]))
+        gaussian.mu.copy_(torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 1.0]]))
     # align_corners=True: -1 and 1 are the centres of the border cells 0 and 11
-    torch.testing.assert_close(readout_locations(gaussian, "s", None), torch.tensor([[0.0, 0.0], [11.0, 11.0], [5.5, 11.0]]))
+    torch.testing.assert_close(gaussian.locations(), torch.tensor([[0.0, 0.0], [11.0, 11.0], [5.5, 11.0]]))
 
-    attention = EncodingModel(core=core, readout={"type": "attention", "embed_dim": 4, "heads": 1}, sessions=sessions,
-                              input_shape=[1, 16, 16])
+    attention = Encoder(core, {"type": "attention", "embed_dim": 4, "heads": 1}, sessions, [1, 16, 16], transform).readouts["s"]
     maps = torch.zeros(3, 12, 12)
     maps[0, 2, 7] = 1.0  # all weight on row 2, column 7
     maps[1, 4, 0] = maps[1, 4, 10] = 0.5  # halfway between two cells
     maps[2] = 1 / 144  # uniform: the grid's middle
-    torch.testing.assert_close(readout_locations(attention, "s", maps), torch.tensor([[7.0, 2.0], [5.0, 4.0], [5.5, 5.5]]))
+    attention.spatial_maps = lambda features: maps[None].expand(features.shape[0], -1, -1, -1)
+    torch.testing.assert_close(attention.locations(torch.zeros(2, 4, 12, 12)), torch.tensor([[7.0, 2.0], [5.0, 4.0], [5.5, 5.5]]))
 
 
 def test_every_readout_says_where_it_reads():

@@ -52,7 +52,7 @@ def runs(tmp_path_factory):
     data = fit_runs.write_tiny_twin(folder / "twin.h5")
     env = fit_runs.environment(folder)
     config = fit_runs.write_config(folder / "reference.yaml", fit_runs.tiny_config(folder / "reference", data))
-    fit_runs.train_in_process(["fit", "--config", str(config)])
+    assert fit_runs.train_in_process(["fit", "--config", str(config)]) == 0
     return {"folder": folder, "data": data, "env": env,
             "reference": fit_runs.read_checkpoint_state(folder / "reference" / "checkpoints" / "last.ckpt")}
 
@@ -72,7 +72,7 @@ def _kill_then_resume(runs, name: str, every_n_steps: int | None, by_keyword: bo
     resumed = fit_runs.write_config(folder / f"{name}_resumed.yaml", config)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cli = fit_runs.train_in_process(["fit", "--config", str(resumed), "--ckpt_path", "last" if by_keyword else str(last)])
+        cli = fit_runs.fit_in_process(["fit", "--config", str(resumed), "--ckpt_path", "last" if by_keyword else str(last)])
     assert cli.trainer.ckpt_path == str(last)  # it did resume, from the killed run's last.ckpt
     assert not [w for w in caught if "not resumable" in str(w.message)]
     return interrupted, fit_runs.read_checkpoint_state(last)
@@ -123,8 +123,8 @@ sys.exit(main(sys.argv[2:]))
 def test_product_killed_mid_write_reruns_to_completion(runs, tmp_path, capsys):
     checkpoint = runs["folder"] / "reference" / "checkpoints" / "last.ckpt"
     out = tmp_path / "products"
-    args = ["mei", str(checkpoint), "--neurons", "twin0/twin0-n000", "twin1/twin1-n003", "--seeds", "0", "1",
-            "--steps", "5", "--out", str(out)]
+    args = ["mei", str(checkpoint), "--neurons", "[twin0/twin0-n000, twin1/twin1-n003]", "--method.seeds", "[0, 1]",
+            "--method.steps", "5", "--out", str(out)]
     driver, flag = tmp_path / "stall_write.py", tmp_path / "writing.flag"
     driver.write_text(STALL_WRITE)
     process = subprocess.Popen([sys.executable, str(driver), str(flag), *args], env=runs["env"],
@@ -136,7 +136,7 @@ def test_product_killed_mid_write_reruns_to_completion(runs, tmp_path, capsys):
         process.communicate()
     # the half-written file is a hidden temporary; the product itself does not exist
     assert not (out / "mei_ga.nc").exists()
-    assert [p.name.startswith(".mei_ga.nc.tmp-") for p in out.iterdir()] == [True]
+    assert [p.name.startswith(".mei_ga.tmp-") for p in out.iterdir()] == [True]
 
     assert encoders_main(args) == 0
     with xr.open_dataset(out / "mei_ga.nc", engine="h5netcdf") as mei:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 
@@ -72,28 +74,11 @@ class StackedCore(nn.Module):
             gamma_hidden: weight of the group-sparsity penalty on the hidden spatial kernels.
         """
         super().__init__()
-        for name, value in (
-            ("input_channels", input_channels),
-            ("hidden_channels", hidden_channels),
-            ("layers", layers),
-            ("input_kernel", input_kernel),
-            ("hidden_kernel", hidden_kernel),
-        ):
-            _check_positive_int(name, value)
-        if hidden_padding is not None and (
-            isinstance(hidden_padding, bool) or not isinstance(hidden_padding, int) or hidden_padding < 0
-        ):
-            raise ValueError(f"hidden_padding must be None or a non-negative integer, got {hidden_padding!r}")
-        if not 0.0 < batch_norm_momentum <= 1.0:
-            raise ValueError(f"batch_norm_momentum must be in (0, 1], got {batch_norm_momentum}")
-        if se_reduction is not None:
-            _check_positive_int("se_reduction", se_reduction)
-            if se_reduction > hidden_channels:
-                raise ValueError(
-                    f"se_reduction ({se_reduction}) must not exceed hidden_channels ({hidden_channels})"
-                )
-        if gamma_input < 0 or gamma_hidden < 0:
-            raise ValueError(f"gamma_input and gamma_hidden must be >= 0, got {gamma_input}, {gamma_hidden}")
+        self.check_arguments(
+            input_channels=input_channels, hidden_channels=hidden_channels, layers=layers, input_kernel=input_kernel,
+            hidden_kernel=hidden_kernel, hidden_padding=hidden_padding, batch_norm_momentum=batch_norm_momentum,
+            se_reduction=se_reduction, gamma_input=gamma_input, gamma_hidden=gamma_hidden,
+        )
 
         self.out_channels: int = hidden_channels
         self.gamma_input = gamma_input
@@ -129,6 +114,29 @@ class StackedCore(nn.Module):
                 nn.init.xavier_normal_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    @classmethod
+    def check_arguments(cls, **arguments: object) -> None:
+        """ValueError naming the first constructor argument out of range, without building anything
+        (so a config is checked before a run starts; the constructor runs the same checks)."""
+        bound = inspect.signature(cls.__init__).bind(None, **arguments)
+        bound.apply_defaults()
+        a = bound.arguments
+        for name in ("input_channels", "hidden_channels", "layers", "input_kernel", "hidden_kernel"):
+            _check_positive_int(name, a[name])
+        padding = a["hidden_padding"]
+        if padding is not None and (isinstance(padding, bool) or not isinstance(padding, int) or padding < 0):
+            raise ValueError(f"hidden_padding must be None or a non-negative integer, got {padding!r}")
+        if not 0.0 < a["batch_norm_momentum"] <= 1.0:
+            raise ValueError(f"batch_norm_momentum must be in (0, 1], got {a['batch_norm_momentum']}")
+        if a["se_reduction"] is not None:
+            _check_positive_int("se_reduction", a["se_reduction"])
+            if a["se_reduction"] > a["hidden_channels"]:
+                raise ValueError(
+                    f"se_reduction ({a['se_reduction']}) must not exceed hidden_channels ({a['hidden_channels']})"
+                )
+        if not (a["gamma_input"] >= 0 and a["gamma_hidden"] >= 0):
+            raise ValueError(f"gamma_input and gamma_hidden must be >= 0, got {a['gamma_input']}, {a['gamma_hidden']}")
 
     @property
     def input_conv(self) -> nn.Conv2d:

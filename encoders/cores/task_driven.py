@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -86,10 +87,8 @@ class TaskDrivenCore(nn.Module):
             batch_norm_momentum: momentum of the trainable output BatchNorm2d.
         """
         super().__init__()
-        if input_channels not in (1, 3):
-            raise ValueError(f"input_channels must be 1 (grayscale) or 3 (RGB), got {input_channels!r}")
-        if not 0.0 < batch_norm_momentum <= 1.0:
-            raise ValueError(f"batch_norm_momentum must be in (0, 1], got {batch_norm_momentum}")
+        self.check_arguments(model_name=model_name, layer=layer, input_channels=input_channels,
+                             weights_path=weights_path, batch_norm_momentum=batch_norm_momentum)
         models = _import_torchvision_models()
         if not model_name.startswith("resnet") or not hasattr(models, model_name):
             raise ValueError(f"model_name must name a torchvision ResNet (e.g. 'resnet50'), got {model_name!r}")
@@ -112,6 +111,22 @@ class TaskDrivenCore(nn.Module):
         self.out_channels: int = int(channels)
         self.head = nn.Sequential(nn.BatchNorm2d(self.out_channels, momentum=batch_norm_momentum), nn.ReLU())
         self.train(self.training)
+
+    @staticmethod
+    def check_arguments(
+        model_name: str = "resnet50", layer: str = "layer3.0", input_channels: int = 1, fine_tune: bool = False,
+        weights_path: str | None = None, batch_norm_momentum: float = 0.1,
+    ) -> None:
+        """ValueError naming the first constructor argument out of range, without importing torchvision
+        or reading weights (so a config is checked before a run starts; the constructor runs it too)."""
+        if input_channels not in (1, 3):
+            raise ValueError(f"input_channels must be 1 (grayscale) or 3 (RGB), got {input_channels!r}")
+        if not 0.0 < batch_norm_momentum <= 1.0:
+            raise ValueError(f"batch_norm_momentum must be in (0, 1], got {batch_norm_momentum}")
+        if not isinstance(model_name, str) or not model_name.startswith("resnet"):
+            raise ValueError(f"model_name must name a torchvision ResNet (e.g. 'resnet50'), got {model_name!r}")
+        if weights_path is not None and not Path(weights_path).is_file():
+            raise ValueError(f"weights_path {weights_path}: file not found")
 
     def train(self, mode: bool = True) -> TaskDrivenCore:
         """Set train/eval mode; a frozen ResNet always stays in eval mode."""

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from encoders.datasets.io import list_sessions, read_arrays
 from encoders.datasets.schema import SESSIONS_GROUP, TIERS
 from encoders.datasets.transforms import ImageTransform
-from encoders.errors import DatasetError
+from encoders.errors import DatasetError, EncodersError
 
 if TYPE_CHECKING:
     from encoders.twin import Twin
@@ -283,6 +283,29 @@ class ResumableSessionLoader(SessionLoader):
         sampler.resume(epoch, done)
 
 
+class DataArgumentError(EncodersError, ValueError):
+    """A data module argument out of range (batch size, crop, resize, ...)."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_arguments(batch_size: int, eval_batch_size: int, crop, resize, memory_limit_gb: float, num_workers: int) -> None:
+    """Values out of range fail here, in one line naming the argument, before any file is read or written."""
+    for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if not _is_int(value) or value < 1:
+            raise DataArgumentError(f"data.{name}: must be a positive integer, got {value!r}")
+    if crop is None or len(crop) != 4 or not all(_is_int(c) and c >= 0 for c in crop):
+        raise DataArgumentError(f"data.crop: must be four non-negative pixel counts (top, bottom, left, right), got {crop!r}")
+    if resize is not None and (len(resize) != 2 or not all(_is_int(r) and r >= 1 for r in resize)):
+        raise DataArgumentError(f"data.resize: must be null or (height, width) with positive sizes, got {list(resize)!r}")
+    if not _is_int(num_workers) or num_workers < 0:
+        raise DataArgumentError(f"data.num_workers: must be a non-negative integer, got {num_workers!r}")
+    if not memory_limit_gb >= 0:
+        raise DataArgumentError(f"data.memory_limit_gb: must be >= 0, got {memory_limit_gb!r}")
+
+
 class RecordedDataModule(pl.LightningDataModule):
     """Batches of (images, responses) from a dataset file in the encoders format.
 
@@ -314,6 +337,8 @@ class RecordedDataModule(pl.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
+        check_arguments(batch_size=batch_size, eval_batch_size=eval_batch_size, crop=crop, resize=resize,
+                        memory_limit_gb=memory_limit_gb, num_workers=num_workers)
         self.save_hyperparameters()
         self.path = Path(path)
         self.requested_sessions = list(sessions) if sessions else None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from encoders.checkpoints import read_checkpoint, upgrade_hparams
 from encoders.datasets.datamodule import RecordedDataModule
@@ -62,6 +64,79 @@ class EncodersCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best", weights_only=True)
 
 
+class HeldLines(logging.Handler):
+    """Holds Lightning's start-up lines (seed, accelerators, tips) until the run is set up.
+
+    A user error found while parsing or setting up (a bad data file, model option or checkpoint)
+    then prints as the only line on stderr; once the data and model are ready the held lines are
+    passed on as they would have been, and so is everything after.
+    """
+
+    LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.saved: dict[str, tuple[list[logging.Handler], bool]] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def hold(self) -> "HeldLines":
+        self.saved = {}
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self.saved[name] = (list(logger.handlers), logger.propagate)
+            logger.handlers, logger.propagate = [self], False
+        return self
+
+    def pass_on(self, show: bool = True) -> None:
+        """Give the loggers back their handlers and, if `show`, pass the held lines on through them."""
+        if self.saved is None:
+            return
+        for name, (handlers, propagate) in self.saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers, logger.propagate = handlers, propagate
+        self.saved = None
+        records, self.records = self.records, []
+        for record in records if show else []:
+            logging.getLogger(record.name).handle(record)
+
+
+_held: HeldLines | None = None
+
+
+def _ready() -> None:
+    """The data and model are set up: from here on Lightning's lines print as they come."""
+    if _held is not None:
+        _held.pass_on()
+
+
+class SaveConfigWhenReady(SaveConfigCallback):
+    """Lightning's config.yaml, written once the data and model are set up rather than before:
+    a run that fails while setting up (a bad data file or model option) leaves nothing behind."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pass
+
+    def _save(self, trainer, pl_module, stage: str) -> None:
+        _ready()
+        super().setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module, "fit")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._save(trainer, pl_module, "validate")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module, "test")
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module, "predict")
+
+
 def check_devices(trainer: dict) -> None:
     """A device count or accelerator the machine lacks fails in one line, before anything is built."""
     import torch
@@ -86,17 +161,38 @@ def main(args: list[str] | None = None) -> int:
 
     # Lightning turns Ctrl-C inside fit into exit status 1; remembering it lets us answer 130
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    global _held
+    _held = HeldLines().hold()
     try:
-        EncodersCLI(EncodingModel, RecordedDataModule, save_config_kwargs={"overwrite": True}, args=args)
-    except EncodersError as error:
-        print(f"train: error: {error}", file=sys.stderr)
+        run(args)
+    except (EncodersError, argparse.ArgumentError) as error:
+        _held.pass_on(show=False)
+        print(f"train: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, SystemExit) as stop:
         if not interrupted and isinstance(stop, SystemExit):
             raise
+        _held.pass_on(show=False)
         print("train: interrupted; files are written whole or not at all. Continue with the same command plus "
               "--ckpt_path last", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
+        _held.pass_on()  # whatever else happened (--help, a bug): the lines as Lightning meant them
+        _held = None
     return 0
+
+
+# parse errors raise (one line in `main`) instead of printing the whole usage and exiting
+PARSER_KWARGS = {"exit_on_error": False, **{name: {"exit_on_error": False} for name in ("fit", "validate", "test", "predict")}}
+
+
+def run(args: list[str] | None = None) -> EncodersCLI:
+    """The CLI run on `args`, with no error handling (tests call it to inspect the trainer afterwards)."""
+    return EncodersCLI(EncodingModel, RecordedDataModule, save_config_callback=SaveConfigWhenReady,
+                       save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args)
+
+
+def _one_line(error: BaseException) -> str:
+    """jsonargparse's messages run over several indented lines: one line, for the terminal and for logs."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())

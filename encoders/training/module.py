@@ -287,7 +287,8 @@ class EncodingModel(pl.LightningModule):
         checkpoint["rng_states"] = rng.capture()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        upgrade(checkpoint)  # checkpoints of earlier versions: state-dict keys and hyperparameters
+        # checkpoints of earlier versions: state-dict keys, hyperparameters, and the optimizer's parameter order
+        upgrade(checkpoint, [name for name, p in self.named_parameters() if p.requires_grad])
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self._rng_to_restore = checkpoint.get("rng_states")
 
