@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from encoders.errors import EncodersError
+from encoders.errors import EncodersError, one_line
 
 
 class CheckedConfigFile(ActionConfigFile):
@@ -365,8 +365,6 @@ def fold_method_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -385,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[options.command](options)
     except (ArgumentError, EncodersError, ValueError, FileNotFoundError) as error:
         # ValueError/FileNotFoundError: values the parser could not judge alone (fractions, sizes, paths)
-        print(f"encoders: error: {_one_line(error)}", file=sys.stderr)
+        print(f"encoders: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("encoders: interrupted; files are written whole or not at all, and a re-run makes only what is missing",

@@ -24,3 +24,8 @@ class DatasetError(EncodersError, ValueError):
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{': '.join([', '.join(where), problem])}")
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line: jsonargparse's run over several indented lines, the terminal and logs want one."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())

@@ -230,6 +230,16 @@ def _edit(path, edit):
         edit(f)
 
 
+def _refusal(tmp_path, good_file, edit) -> str:
+    """The message of validating a copy of the good file after `edit` (which must make it invalid)."""
+    path = tmp_path / "edited.h5"
+    shutil.copy(good_file, path)
+    _edit(path, edit)
+    with pytest.raises(DatasetError) as info:
+        validate_file(path)
+    return str(info.value)
+
+
 @pytest.mark.parametrize(
     "edit, field, words",
     [
@@ -245,12 +255,7 @@ def _edit(path, edit):
     ids=["schema_version", "no_version", "missing_responses", "missing_tier", "nan", "negative", "duplicate_ids", "empty_tier"],
 )
 def test_corrupt_file_fields(tmp_path, good_file, edit, field, words):
-    path = tmp_path / "edited.h5"
-    shutil.copy(good_file, path)
-    _edit(path, edit)
-    with pytest.raises(DatasetError) as info:
-        validate_file(path)
-    message = str(info.value)
+    message = _refusal(tmp_path, good_file, edit)
     assert "edited.h5" in message and f"field {field!r}" in message and words in message, message
 
 
@@ -313,10 +318,5 @@ def _overflow_responses(f):
     ids=["no_images", "zero_sized", "constant", "nan_pixel", "float32_overflow"],
 )
 def test_untrainable_file_is_refused_on_open(tmp_path, good_file, edit, words):
-    path = tmp_path / "edited.h5"
-    shutil.copy(good_file, path)
-    _edit(path, edit)
-    with pytest.raises(DatasetError) as info:
-        validate_file(path)
-    message = str(info.value)
+    message = _refusal(tmp_path, good_file, edit)
     assert "edited.h5" in message and "session 's0'" in message and words in message and "\n" not in message, message

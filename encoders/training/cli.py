@@ -13,7 +13,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from encoders.checkpoints import read_checkpoint, upgrade_hparams
 from encoders.datasets.datamodule import RecordedDataModule
-from encoders.errors import EncodersError
+from encoders.errors import EncodersError, one_line
 from encoders.training.module import EncodingModel
 
 KEYWORDS = ("last", "best", "hpc")  # checkpoints Lightning finds itself ("last" may not exist yet: it then starts fresh)
@@ -167,7 +167,7 @@ def main(args: list[str] | None = None) -> int:
         run(args)
     except (EncodersError, argparse.ArgumentError) as error:
         _held.pass_on(show=False)
-        print(f"train: error: {_one_line(error)}", file=sys.stderr)
+        print(f"train: error: {one_line(error)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, SystemExit) as stop:
         if not interrupted and isinstance(stop, SystemExit):
@@ -193,6 +193,3 @@ def run(args: list[str] | None = None) -> EncodersCLI:
                        save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args)
 
 
-def _one_line(error: BaseException) -> str:
-    """jsonargparse's messages run over several indented lines: one line, for the terminal and for logs."""
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
