@@ -356,11 +356,6 @@ def train_prior(
     return out
 
 
-def unet_parameters(model: PriorModel, size: int, channels: int = 1) -> int:
-    """Parameter count of the UNet a PriorModel describes."""
-    return sum(p.numel() for p in small_unet(size, channels, model).parameters())
-
-
 def check_model(model: PriorModel, data: PriorData) -> None:
     """Reject UNet shapes that cannot work, before any data is read."""
     levels = len(model.block_out_channels)
