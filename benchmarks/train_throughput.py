@@ -44,7 +44,7 @@ def bench(config_path: str, data: str, steps: int, channels_last: bool | None) -
             start, images = time.perf_counter(), 0
         batch = next(batches)
         rates = model(batch["images"], batch["session"])
-        loss = poisson_loss(rates, batch["responses"]) + model.regularizer(batch["session"])
+        loss = poisson_loss(rates, batch["responses"]) + model.encoder.regularizer(batch["session"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.cores import StackedCore, TaskDrivenCore
+from encoders.datasets.receptive_fields import pixels_to_grid
 from encoders.datasets.transforms import ImageTransform
 from encoders.errors import EncodersError
 from encoders.readouts import AttentionReadout, GaussianReadout, Readout
@@ -22,8 +23,9 @@ from encoders.readouts import AttentionReadout, GaussianReadout, Readout
 CORES: dict[str, type[nn.Module]] = {"stacked": StackedCore, "task_driven": TaskDrivenCore}
 READOUTS: dict[str, type[Readout]] = {"gaussian": GaussianReadout, "attention": AttentionReadout}
 
-# arguments of readouts that come from the data (features of the core, neurons of the session)
-READOUT_FROM_DATA = frozenset({"in_shape", "n_neurons", "mean_activity"})
+# arguments of readouts that come from the data (features of the core, neurons of the session, their
+# receptive-field centres); `rf_centres` goes only to readouts whose constructor takes it
+READOUT_FROM_DATA = frozenset({"in_shape", "n_neurons", "mean_activity", "rf_centres"})
 
 
 class ConfigError(EncodersError, ValueError):
@@ -73,7 +75,9 @@ class Encoder(nn.Module):
     Args:
         core: {"type": "stacked" | "task_driven", ...} constructor arguments of the core.
         readout: {"type": "gaussian" | "attention", ...} constructor arguments shared by all sessions.
-        sessions: per session {"neuron_ids": [...], "mean_response": [...], "n_train": int} (from the data).
+        sessions: per session {"neuron_ids": [...], "mean_response": [...], "n_train": int} (from the data),
+            and "rf_centre": [[x, y], ...] receptive-field centres in input pixels where the data gave them
+            (older checkpoints have none).
         input_shape: (C, H, W) of model-space images.
         transform: the `ImageTransform.state()` that maps stored pixels to model space.
         elu_offset: output nonlinearity ELU(y + offset) + 1.
@@ -93,15 +97,25 @@ class Encoder(nn.Module):
         core_config.setdefault("input_channels", int(input_shape[0]))
         self.core = build_from_config(CORES, core_config, "core")
         feature_shape = self.core.output_shape(tuple(int(s) for s in input_shape))
+        readout_class = READOUTS.get(readout.get("type")) if isinstance(readout, dict) else None
+        takes_centres = readout_class is not None and "rf_centres" in inspect.signature(readout_class.__init__).parameters
         self.readouts = nn.ModuleDict()
         for session, info in sessions.items():
             mean = torch.tensor(info["mean_response"], dtype=torch.float32)
+            given: dict[str, Any] = {}
+            if takes_centres:  # on the readout's grid; None where the data gave no centres
+                centres = info.get("rf_centre")
+                given["rf_centres"] = None if centres is None else pixels_to_grid(centres, input_shape[1:], feature_shape[1:])
             module = build_from_config(
                 READOUTS, readout, "readout", in_shape=feature_shape, n_neurons=len(info["neuron_ids"]), mean_activity=mean,
+                **given,
             )
             with torch.no_grad():
                 module.bias -= elu_offset  # the readout's bias init assumes offset 0
             self.readouts[session] = module
+        first = next(iter(self.readouts.values()), None)
+        for module in list(self.readouts.values())[1:]:
+            module.share_with(first)
         self.elu_offset = float(elu_offset)
         self.channels_last = bool(channels_last)
         self._transform = ImageTransform.from_state(transform)

@@ -9,7 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from encoders.callbacks import ReadoutFigures
+from encoders.callbacks import EpochTimer, ReadoutFigures
 from encoders.checkpoints import load_encoder
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
@@ -41,7 +41,7 @@ def _fit(path, root, readout="attention", epochs=2, seed=0):
     checkpoint = ModelCheckpoint(dirpath=root / "ckpt", monitor="val/correlation", mode="max", save_last=True)
     trainer = pl.Trainer(
         max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[checkpoint, ReadoutFigures(neurons_per_session=3)], default_root_dir=root, deterministic=True, accelerator="cpu",
+        callbacks=[checkpoint, ReadoutFigures(neurons_per_session=3), EpochTimer()], default_root_dir=root, deterministic=True, accelerator="cpu",
     )
     trainer.fit(model, datamodule=dm)
     return model, dm, trainer, checkpoint
@@ -69,6 +69,9 @@ def test_fit_lowers_validation_loss_and_reloads_identically(twin_file, tmp_path,
     assert reloaded.neuron_ids("twin0")[:2] == ["twin0-n000", "twin0-n001"]
     assert reloaded.image_transform == dm.transform
     assert (tmp_path / "readouts.png").stat().st_size > 1000  # the end-of-fit readout figure
+    # EpochTimer: the last epoch's seconds and the running total over both epochs
+    seconds, elapsed = (float(trainer.callback_metrics[f"time/{k}_seconds"]) for k in ("epoch", "elapsed"))
+    assert 0 < seconds < elapsed
 
 
 def test_rates_are_positive_and_sessions_checked(twin_file):

@@ -226,6 +226,27 @@ def test_attention_output_shape_and_maps_sum_to_one(in_shape, embed_dim, heads, 
     assert (maps >= 0).all()
 
 
+@pytest.mark.parametrize("in_shape", [(8, 6, 8), (8, 5, 7)])
+def test_attention_pool_attends_over_pooled_positions(in_shape):
+    """pool=2 is the same readout applied to 2x2-average-pooled features; its maps, back on the core's grid, sum to 1."""
+    torch.manual_seed(0)
+    pooled = AttentionReadout(in_shape, 5, embed_dim=8, heads=2, pool=2).eval()
+    channels, h, w = in_shape
+    plain = AttentionReadout((channels, h // 2, w // 2), 5, embed_dim=8, heads=2).eval()
+    plain.load_state_dict(pooled.state_dict())
+    features = torch.randn(3, *in_shape)
+    torch.testing.assert_close(pooled(features), plain(F.avg_pool2d(features, 2)))
+    neurons = torch.tensor([4, 0, 2])
+    torch.testing.assert_close(pooled(features, neurons), pooled(features)[torch.arange(3), neurons])
+    maps = pooled.spatial_maps(features)
+    assert maps.shape == (3, 5, h, w)
+    torch.testing.assert_close(maps.sum(dim=(2, 3)), torch.ones(3, 5))
+    # each pooled weight spread evenly over its 2x2 window; rows/columns beyond the pooled windows get none
+    small = plain.spatial_maps(F.avg_pool2d(features, 2))
+    torch.testing.assert_close(maps[..., 0:2, 0:2], small[..., :1, :1].expand(-1, -1, 2, 2) / 4)
+    assert (maps[..., 2 * (h // 2):, :] == 0).all() and (maps[..., 2 * (w // 2):] == 0).all()
+
+
 def test_attention_positional_encoding_is_a_fixed_buffer():
     readout = AttentionReadout((8, 3, 4), 2)
     assert "position_encoding" in dict(readout.named_buffers())
@@ -321,6 +342,8 @@ def test_attention_dropout_only_in_training():
         ((8, 3, 3), {"temperature": 0.0}, "temperature"),
         ((8, 3, 3), {"dropout": 1.0}, "dropout"),
         ((8, 3, 3), {"gamma_query": -1.0}, "gamma_query"),
+        ((8, 3, 3), {"pool": 4}, "pool must be an integer from 1 to the feature size 3"),
+        ((8, 3, 3), {"pool": 0}, "pool"),
     ],
 )
 def test_attention_rejects_invalid_args(in_shape, overrides, message):
@@ -388,3 +411,33 @@ def test_every_readout_says_where_it_reads():
     assert maps.shape == (2, 3, 5, 7) and torch.allclose(maps.sum((2, 3)), torch.ones(2, 3), atol=1e-5)
     xy = attention.locations(features)
     assert xy.shape == (3, 2) and (xy[:, 0] >= 0).all() and (xy[:, 0] <= 6).all() and (xy[:, 1] <= 4).all()
+
+
+def test_attention_shared_key_value_is_one_projection_for_all_sessions():
+    from encoders.datasets.transforms import ImageTransform
+    from encoders.encoder import Encoder
+
+    sessions = {s: {"neuron_ids": [f"{s}{i}" for i in range(n)], "mean_response": [1.0] * n, "n_train": 10}
+                for s, n in (("a", 3), ("b", 5), ("c", 2))}
+    core = {"type": "stacked", "hidden_channels": 4, "layers": 1, "input_kernel": 5}
+    readout = {"type": "attention", "embed_dim": 4, "heads": 1}
+    args = (core, sessions, [1, 12, 12], ImageTransform().state())
+    torch.manual_seed(0)
+    shared = Encoder(args[0], {**readout, "shared_key_value": True}, *args[1:])
+    separate = Encoder(args[0], readout, *args[1:])
+    assert shared.readouts["a"].to_key_value is shared.readouts["b"].to_key_value is shared.readouts["c"].to_key_value
+    assert separate.readouts["a"].to_key_value is not separate.readouts["b"].to_key_value
+    n_projection = 4 * 2 * 4
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(separate) - count(shared) == 2 * n_projection
+    # one session's loss moves the projection every session uses
+    before = shared.readouts["c"].to_key_value.weight.detach().clone()
+    shared(torch.randn(2, 1, 12, 12), "a").sum().backward()
+    torch.optim.SGD(shared.parameters(), lr=0.1).step()
+    assert not torch.equal(before, shared.readouts["c"].to_key_value.weight)
+    # a state dict round trip keeps the tie and the values
+    copy = Encoder(args[0], {**readout, "shared_key_value": True}, *args[1:])
+    copy.load_state_dict(shared.state_dict())
+    assert copy.readouts["a"].to_key_value is copy.readouts["c"].to_key_value
+    images = torch.randn(2, 1, 12, 12)
+    torch.testing.assert_close(copy.eval()(images, "b"), shared.eval()(images, "b"))

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from encoders.datasets.io import list_sessions, read_arrays
+from encoders.datasets.receptive_fields import rf_centres
 from encoders.datasets.schema import SESSIONS_GROUP, TIERS
 from encoders.datasets.transforms import ImageTransform
 from encoders.errors import DatasetError, EncodersError
@@ -444,7 +445,11 @@ class RecordedDataModule(pl.LightningDataModule):
             return tuple(f[f"{SESSIONS_GROUP}/{session}/images"].shape[1:])
 
     def session_info(self) -> dict[str, dict]:
-        """Per session: neuron ids and mean training response (readout bias initialisation)."""
+        """Per session: neuron ids, mean training response (readout bias initialisation), the number of
+        training images and, when the images are held in memory, "rf_centre": each neuron's receptive-field
+        centre [x, y] in model-input pixels estimated from the training tier
+        (`encoders.datasets.receptive_fields.rf_centres`; a readout's init_mu "data" starts there).
+        The lazy path has no centres: it would have to read every training image once more."""
         info = {}
         for s, table in self.tables.items():
             train = torch.from_numpy(np.flatnonzero(table.tiers == "train"))
@@ -453,7 +458,21 @@ class RecordedDataModule(pl.LightningDataModule):
                 "mean_response": table.responses[train].mean(0).tolist(),
                 "n_train": int(len(train)),
             }
+            if table.images is not None:
+                info[s]["rf_centre"] = [list(xy) for xy in self._rf_centres(s, train)]
         return info
+
+    @functools.cached_property
+    def _rf_cache(self) -> dict[str, list[tuple[float, float]]]:
+        return {}
+
+    def _rf_centres(self, session: str, train: torch.Tensor) -> list[tuple[float, float]]:
+        """A session's receptive-field centres as plain (x, y) floats, estimated once (tens of ms a session)."""
+        if session not in self._rf_cache:
+            table = self.tables[session]
+            centres = rf_centres(table.images[train], table.responses[train])
+            self._rf_cache[session] = [(round(float(x), 4), round(float(y), 4)) for x, y in centres.tolist()]
+        return self._rf_cache[session]
 
     def tier_data(self, session: str, tier: str) -> dict[str, torch.Tensor]:
         """A whole tier of one session in memory: images (model space), responses, trials, ids."""

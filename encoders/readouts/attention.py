@@ -32,6 +32,9 @@ class AttentionReadout(Readout):
         dropout: float = 0.1,
         gamma_features: float = 0.0076,
         gamma_query: float = 0.0,
+        pool: int = 1,
+        query_init: str = "normal",
+        shared_key_value: bool = False,
     ) -> None:
         """
         Args:
@@ -46,6 +49,13 @@ class AttentionReadout(Readout):
             dropout: dropout probability on the position-encoded features.
             gamma_features: weight of the L1 penalty (sum) on the per-neuron feature weights.
             gamma_query: weight of the L1 penalty (sum) on the queries.
+            pool: average-pool the core features over pool x pool windows before attending: pool**2 times
+                fewer positions, the readout's cost scales with them.
+            query_init: "normal" draws every query entry from N(0, 1); "constant" sets every entry to
+                1 / C (C = in_shape channels), as nnvision's SharedMultiHeadAttention2d (Pierzchlewicz et al.
+                2023): all neurons then start with the same query, hence the same attention map.
+            shared_key_value: one key/value projection for every session of a model (the paper's single
+                readout over all neurons): the sessions' neurons then learn it together from all the data.
         """
         super().__init__()
         check_readout_args(in_shape, n_neurons)
@@ -62,8 +72,12 @@ class AttentionReadout(Readout):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= min(h, w):
+            raise ValueError(f"pool must be an integer from 1 to the feature size {min(h, w)}, got {pool!r}")
         if gamma_features < 0 or gamma_query < 0:
             raise ValueError(f"gamma_features and gamma_query must be >= 0, got {gamma_features}, {gamma_query}")
+        if query_init not in ("normal", "constant"):
+            raise ValueError(f"query_init must be 'normal' or 'constant', got {query_init!r}")
 
         self.in_shape = tuple(in_shape)
         self.n_neurons = n_neurons
@@ -74,18 +88,30 @@ class AttentionReadout(Readout):
         self.gamma_features = gamma_features
         self.gamma_query = gamma_query
 
-        self.register_buffer("position_encoding", sinusoidal_2d(channels, h, w))
+        self.pool = pool
+        self.positions = (h // pool, w // pool)
+        self.register_buffer("position_encoding", sinusoidal_2d(channels, *self.positions))
         self.dropout = nn.Dropout(dropout)
+        self.shared_key_value = bool(shared_key_value)
         self.to_key_value = nn.Linear(channels, 2 * embed_dim, bias=False)
-        self.query = nn.Parameter(torch.randn(n_neurons, embed_dim))
+        if query_init == "normal":
+            self.query = nn.Parameter(torch.randn(n_neurons, embed_dim))
+        else:
+            self.query = nn.Parameter(torch.full((n_neurons, embed_dim), 1.0 / channels))
         self.features = nn.Parameter(torch.full((n_neurons, embed_dim), 1.0 / embed_dim))
         self.bias = nn.Parameter(initial_bias(mean_activity, n_neurons))
+
+    def share_with(self, first: "AttentionReadout") -> None:
+        if self.shared_key_value:
+            self.to_key_value = first.to_key_value
 
     def _keys_values(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """Per-head keys and values, each (B, heads, h*w, head_dim)."""
         if features.shape[1:] != self.in_shape:
             raise ValueError(f"expected features of shape (B, *{self.in_shape}), got {tuple(features.shape)}")
         batch = features.shape[0]
+        if self.pool > 1:
+            features = nn.functional.avg_pool2d(features, self.pool)
         x = self.dropout(features + self.position_encoding)
         key, value = self.to_key_value(x.flatten(2).transpose(1, 2)).chunk(2, dim=-1)  # (B, hw, E) each
         key = key.reshape(batch, -1, self.heads, self.embed_dim // self.heads).transpose(1, 2)
@@ -124,8 +150,12 @@ class AttentionReadout(Readout):
         """
         features = core_features
         attention, _ = self._attend(features)
-        _, h, w = self.in_shape
-        return attention.mean(dim=1).transpose(1, 2).reshape(features.shape[0], self.n_neurons, h, w)
+        maps = attention.mean(dim=1).transpose(1, 2).reshape(features.shape[0], self.n_neurons, *self.positions)
+        if self.pool > 1:  # back on the core's grid; each pooled weight spread evenly over its window
+            _, h, w = self.in_shape
+            maps = nn.functional.interpolate(maps, scale_factor=self.pool, mode="nearest") / self.pool**2
+            maps = nn.functional.pad(maps, (0, w - maps.shape[-1], 0, h - maps.shape[-2]))
+        return maps
 
     def regularizer(self) -> Tensor:
         """gamma_features * sum|feature weights| + gamma_query * sum|queries|."""

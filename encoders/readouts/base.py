@@ -26,6 +26,9 @@ class Readout(nn.Module):
     def regularizer(self) -> Tensor:
         raise NotImplementedError
 
+    def share_with(self, first: "Readout") -> None:
+        """Take over parts that all sessions share from the first session's readout (default: none)."""
+
     def spatial_maps(self, core_features: Tensor) -> Tensor:
         """How much each neuron weights each grid position, (B, n_neurons, h, w), each map summing to 1."""
         raise NotImplementedError

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -10,6 +12,7 @@ from encoders.readouts.base import Readout
 from encoders.readouts.common import check_readout_args, initial_bias
 
 GAUSS_TYPES = ("isotropic", "uncorrelated", "full")
+INIT_MU = ("random", "data")
 
 
 class GaussianReadout(Readout):
@@ -30,6 +33,8 @@ class GaussianReadout(Readout):
         init_mu_range: float = 0.3,
         init_sigma: float = 0.1,
         gamma_features: float = 0.0076,
+        init_mu: str = "random",
+        rf_centres: Tensor | Sequence | None = None,
     ) -> None:
         """
         Args:
@@ -39,11 +44,19 @@ class GaussianReadout(Readout):
                 (see ``initial_bias``).
             gauss_type: "isotropic" (one sigma), "uncorrelated" (sigma_x, sigma_y) or "full"
                 (2x2 matrix L with position = mu + L @ noise).
-            init_mu_range: mu is initialised uniformly in [-init_mu_range, init_mu_range]^2.
+            init_mu_range: mu is initialised uniformly in [-init_mu_range, init_mu_range]^2
+                (with init_mu "random").
             init_sigma: sigma initial value (for "full", entries uniform in ±init_sigma,
                 as in neuralpredictors).
             gamma_features: weight of the L1 penalty, summed over all feature weights
                 (the Sensorium 2022 baseline value).
+            init_mu: "random" (uniform in ±init_mu_range) or "data": each neuron's mu starts at its
+                receptive-field centre estimated from the training data (`rf_centres`), clipped
+                into [-1, 1]. The uniform draw is made either way, so the random stream (and every
+                later initialisation) is the same for both.
+            rf_centres: (n_neurons, 2) receptive-field centres as (x, y) in this readout's grid
+                coordinates [-1, 1] (set from the data: the Encoder maps the session's centres
+                from input pixels onto the core's feature grid); needed by init_mu "data" only.
         """
         super().__init__()
         check_readout_args(in_shape, n_neurons)
@@ -55,6 +68,13 @@ class GaussianReadout(Readout):
             raise ValueError(f"init_sigma must be > 0, got {init_sigma}")
         if gamma_features < 0:
             raise ValueError(f"gamma_features must be >= 0, got {gamma_features}")
+        if init_mu not in INIT_MU:
+            raise ValueError(f"init_mu must be one of {INIT_MU}, got {init_mu!r}")
+        if init_mu == "data" and rf_centres is None:
+            raise ValueError(
+                "init_mu 'data' needs receptive-field centres from the data (the sessions' 'rf_centre', which the "
+                "data module computes when it holds the images in memory); use init_mu 'random' or data.in_memory: true"
+            )
         channels = in_shape[0]
         self.in_shape = tuple(in_shape)
         self.n_neurons = n_neurons
@@ -62,6 +82,12 @@ class GaussianReadout(Readout):
         self.gamma_features = gamma_features
 
         self.mu = nn.Parameter(torch.empty(n_neurons, 2).uniform_(-init_mu_range, init_mu_range))
+        if init_mu == "data":
+            centres = torch.as_tensor(rf_centres, dtype=torch.float32)
+            if centres.shape != (n_neurons, 2) or not torch.isfinite(centres).all():
+                raise ValueError(f"rf_centres must be {n_neurons} finite (x, y) pairs, got shape {tuple(centres.shape)}")
+            with torch.no_grad():
+                self.mu.copy_(centres.clamp(-1.0, 1.0))
         if gauss_type == "full":
             self.sigma = nn.Parameter(torch.empty(n_neurons, 2, 2).uniform_(-init_sigma, init_sigma))
         else:
