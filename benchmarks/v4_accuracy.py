@@ -190,11 +190,13 @@ def best_checkpoint(run_dir: Path) -> Path:
     return found[0]
 
 
-def mean_sd(values: np.ndarray) -> str:
+def mean_sd(values: np.ndarray, digits: int = 3) -> str:
     values = values[np.isfinite(values)]
     if not len(values):
         return "–"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values.mean():.3f}"
+    if len(values) == 1:
+        return f"{values.mean():.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def tables(results: xr.Dataset, args: argparse.Namespace) -> list[Table]:
@@ -205,7 +207,7 @@ def tables(results: xr.Dataset, args: argparse.Namespace) -> list[Table]:
     for config in results["config"].values:
         r = results.sel(config=config)
         summary.add_row(str(config), mean_sd(r["correlation"].mean("session").values), mean_sd(r["feve"].mean("session").values),
-                        mean_sd(r["best_val_correlation"].values), mean_sd(r["epochs"].values).replace(".000", ""),
+                        mean_sd(r["best_val_correlation"].values), mean_sd(r["epochs"].values, digits=0),
                         f"{float(r['seconds_per_epoch'].mean()):.1f}", f"{float(r['images_per_second'].mean()):.0f}",
                         f"{float(r['peak_rss_gb'].max()):.2f}")
     if "ensemble_correlation" in results:
