@@ -107,9 +107,9 @@ def train(config: Path, seed: int, args: argparse.Namespace) -> dict:
                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{config} seed {seed}: training failed (exit {process.returncode}); see {run_dir / 'train.log'}")
+    code = os.waitstatus_to_exitcode(status)  # wait4, not Popen.wait: it also gives this child's peak memory
+    if code != 0:
+        raise SystemExit(f"{config} seed {seed}: training failed (exit {code}); see {run_dir / 'train.log'}")
     return {"config": config.stem, "seed": seed, "run_dir": run_dir, "seconds": seconds, "peak_rss_gb": usage.ru_maxrss / 2**20}
 
 

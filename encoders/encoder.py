@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.cores import StackedCore, TaskDrivenCore
-from encoders.datasets.receptive_fields import pixels_to_grid
+from encoders.cores.output_shape import pixels_to_grid
 from encoders.datasets.transforms import ImageTransform
 from encoders.errors import EncodersError
 from encoders.readouts import AttentionReadout, GaussianReadout, Readout
@@ -97,8 +97,8 @@ class Encoder(nn.Module):
         core_config.setdefault("input_channels", int(input_shape[0]))
         self.core = build_from_config(CORES, core_config, "core")
         feature_shape = self.core.output_shape(tuple(int(s) for s in input_shape))
-        readout_class = READOUTS.get(readout.get("type")) if isinstance(readout, dict) else None
-        takes_centres = readout_class is not None and "rf_centres" in inspect.signature(readout_class.__init__).parameters
+        readout_class = check_config(READOUTS, readout, "readout", READOUT_FROM_DATA)
+        takes_centres = "rf_centres" in inspect.signature(readout_class.__init__).parameters
         self.readouts = nn.ModuleDict()
         for session, info in sessions.items():
             mean = torch.tensor(info["mean_response"], dtype=torch.float32)

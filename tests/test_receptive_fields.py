@@ -22,7 +22,8 @@ import torch
 from encoders.checkpoints import load_encoder
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.datasets.io import write_dataset
-from encoders.datasets.receptive_fields import _gaussian_blur, pixels_to_grid, rf_centres, rf_estimate
+from encoders.cores.output_shape import pixels_to_grid
+from encoders.datasets.receptive_fields import _gaussian_blur, rf_centres, rf_estimate
 from encoders.datasets.transforms import ImageTransform
 from encoders.encoder import ConfigError, Encoder
 from encoders.readouts import GaussianReadout

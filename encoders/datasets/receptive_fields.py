@@ -34,13 +34,12 @@ Estimator (`rf_estimate`):
 
 Coordinates: (x, y) in model-input pixels (after the data's crop and resize), x along the width,
 pixel centres at integers 0 .. W-1 (the convention of `encoders.twin.geometry` and of the readouts'
-`locations`). `pixels_to_grid` maps them onto a core's feature grid in grid_sample's [-1, 1]
-coordinates (what the Gaussian readout's mu is).
+`locations`). `encoders.cores.output_shape.pixels_to_grid` maps them onto a core's feature grid in
+grid_sample's [-1, 1] coordinates (what the Gaussian readout's mu is).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -155,21 +154,3 @@ def rf_centres(images: Tensor, responses: Tensor, **options) -> Tensor:
     """(n_neurons, 2) receptive-field centres as (x, y) in model-input pixels (pixel centres at 0, 1, ...);
     the image centre for neurons without a reliable peak. Options: those of `rf_estimate`."""
     return rf_estimate(images, responses, **options).centres
-
-
-def pixels_to_grid(xy: Tensor | Sequence, input_hw: Sequence[int], feature_hw: Sequence[int]) -> Tensor:
-    """Points (N, 2) as (x, y) in input pixels -> (x, y) on a core's feature grid in grid_sample's
-    [-1, 1] coordinates (align_corners=True: -1 and 1 are the border cells' centres), not clipped.
-
-    A grid more than half the input's size is a stride-1 core of valid (unpadded) convolutions, which
-    trims the border symmetrically: cell j is centred on input pixel j + (W - w) / 2 (for the stacked
-    core, (input_kernel - 1) / 2 pixels in from the edge). A smaller grid (a strided, padded core) is
-    taken to scale the input uniformly. The same rule as `TwinGeometry.rf_centres_on_grid`.
-    """
-    xy = torch.as_tensor(xy, dtype=torch.float32).reshape(-1, 2)
-    size = torch.tensor([float(input_hw[1]), float(input_hw[0])])  # (x, y) = (width, height)
-    grid = torch.tensor([float(feature_hw[1]), float(feature_hw[0])])
-    trimmed = xy - (size - grid) / 2
-    scaled = (xy + 0.5) * grid / size - 0.5
-    cells = torch.where(grid * 2 > size, trimmed, scaled)
-    return torch.where(grid > 1, cells * 2 / (grid - 1).clamp_min(1) - 1, torch.zeros_like(cells))

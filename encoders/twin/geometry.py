@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from encoders.cores.output_shape import pixels_to_cells
 from encoders.datasets.transforms import ImageTransform
 from encoders.errors import EncodersError
 
@@ -86,14 +87,6 @@ class TwinGeometry:
         """True receptive-field centres (N, 2) as (x, y) in stored pixels -> (x, y) on the core's feature grid.
 
         In grid-cell indices (cell centres at 0, 1, ...), for a grid of `feature_shape` (height,
-        width). A grid nearly as large as the input is a stride-1 core of valid convolutions (the
-        stacked core), which trims the border symmetrically; a much smaller one (a strided, padded
-        core) is taken to scale the input uniformly.
+        width), by `encoders.cores.output_shape.pixels_to_cells`.
         """
-        pixel = self.to_model_pixels(rf_xy)
-        _, height, width = self.input_shape
-        grid = torch.tensor([int(feature_shape[1]), int(feature_shape[0])], dtype=pixel.dtype)  # (x, y)
-        size = torch.tensor([width, height], dtype=pixel.dtype)
-        trimmed = pixel - (size - grid) / 2
-        scaled = (pixel + 0.5) * grid / size - 0.5
-        return torch.where(grid * 2 > size, trimmed, scaled)
+        return pixels_to_cells(self.to_model_pixels(rf_xy), self.input_shape[1:], feature_shape)
