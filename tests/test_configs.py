@@ -24,3 +24,24 @@ def test_there_are_training_configs():
 def test_training_config_names_a_valid_model(path):
     model = yaml.safe_load(path.read_text())["model"]
     EncodingModel(**model)  # checks every core and readout option before any data is read
+
+
+COMPARE_CONFIGS = sorted(ROOT.glob("experiments/compare_*.yaml"))
+
+
+@pytest.mark.parametrize("path", COMPARE_CONFIGS, ids=lambda p: p.name)
+def test_comparison_config_loads(path):
+    from encoders.compare.config import load_config
+
+    config = load_config(path)  # every key, method, pair and prior checked
+    assert config.pairs and all(a in config.methods and b in config.methods for a, b in config.pairs.values())
+
+
+def test_egg_sweep_reuses_the_twin_comparisons_models():
+    """The sweep trains nothing: its model requests are compare_twin.yaml's, so `models:` finds them finished."""
+    from encoders.compare.config import load_config
+
+    sweep, twin = (load_config(ROOT / "experiments" / f"{n}.yaml") for n in ("compare_twin_egg_sweep", "compare_twin"))
+    assert sweep.models == twin.models and sweep.seeds == twin.seeds and sweep.architectures == twin.architectures
+    assert (sweep.data, sweep.trainer, sweep.early_stopping) == (twin.data, twin.trainer, twin.early_stopping)
+    assert sweep.methods["ga"] == twin.methods["ga"] and sweep.methods["egg"] == twin.methods["egg"]

@@ -3,6 +3,8 @@
 Layout (see experiments/compare_*.yaml):
 
     out: runs/NAME                 folder of every output (models/, meis/, scores/, report.md, figures/)
+    models: PATH | null            where the models are trained or reused (default <out>/models): another
+                                   comparison's models, to compare synthesis settings without retraining
     device: cpu                    where MEIs, scores and similarities are computed (training: trainer.accelerator)
     threads: 1 | null              torch CPU threads of the whole run; null = torch's default (one per core)
     data: {...}                    RecordedDataModule arguments (its `seed` is each model's seed)
@@ -10,9 +12,16 @@ Layout (see experiments/compare_*.yaml):
     seeds: {generating: [...], held_out: [...]}
     trainer: {...}                 pytorch_lightning.Trainer arguments (not callbacks/logger/default_root_dir)
     early_stopping: {...} | null   EarlyStopping arguments (monitor is val/correlation)
-    meis: {top_k, seeds}           neurons well predicted by every architecture; one MEI per neuron and seed
-    ga: {...}                      GASettings (gradient ascent), without seeds
-    egg: {...}                     EGGSettings (energy-guided diffusion), without seeds and contrast (GA's)
+    meis: {top_k, seeds, contrast, keep}
+                                   neurons well predicted by every architecture; one MEI per neuron and seed,
+                                   every method's images at one per-pixel contrast; keep: best (each neuron's
+                                   best seed on the generating ensemble, the paper's protocol) or all seeds
+    methods:                       name -> {type: ga | egg, preset: paper (optional), GASettings/EGGSettings fields
+                                   without seeds and contrast}: every named method makes a set of MEIs
+    pairs: {label: [a, b]}         method a vs method b, paired per neuron (default: the one EGG vs the one GA)
+    meni: {...} | null             EGGSettings at the prior's own contrast: MENIs, compared with top natural images
+    reconstructions: {...} | null  {images, sessions, contrast, methods, metric}: reconstructions of test images
+                                   from the generating ensemble's predicted responses, by the named methods
     scoring: {natural_tiers, ground_truth}
     similarity: {...} | null       measures between the architectures' representations
     wandb: {project, name} | null  offline W&B runs (training curves, report tables and figures)
@@ -22,6 +31,7 @@ An unknown key anywhere raises EncodersError naming the file and the key's full 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,7 +45,8 @@ from encoders.datasets.datamodule import RecordedDataModule
 from encoders.errors import EncodersError
 from encoders.encoder import CORES, READOUTS
 from encoders.similarity import MEASURES
-from encoders.synthesis.gradient_ascent import GASettings
+from encoders.synthesis.energies import METRICS
+from encoders.synthesis.gradient_ascent import DEFAULT_CONTRAST, GASettings
 from encoders.synthesis.methods import EGGSettings
 from encoders.training import EncodingModel
 
@@ -48,6 +59,9 @@ SET_BY_COMPARE = {
 # filled from the data when a model is built, so a config may not set them
 DATA_DERIVED = {"core": set(), "readout": {"in_shape", "n_neurons", "mean_activity"}}
 TIERS = ("train", "validation", "test")
+METHOD_TYPES = {"ga": GASettings, "egg": EGGSettings}
+KEEP = ("best", "all")
+SET_BY_MEIS = {"seeds", "contrast", "norm"}  # every method takes them from `meis`, so all compare at one contrast
 
 
 def _parameters(callable_: Any) -> set[str]:
@@ -114,11 +128,23 @@ class SimilarityConfig:
 
 
 @dataclass(frozen=True)
+class ReconstructionConfig:
+    """Reconstructions of test images from the generating ensemble's predicted responses (`methods` by name)."""
+
+    images: int = 2
+    sessions: tuple[str, ...] | None = None
+    contrast: float = 1.0
+    methods: tuple[str, ...] = ()
+    metric: str = "correlation"
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     """A validated comparison config; `source` is the YAML it came from."""
 
     source: Path
     out: Path
+    models: Path
     device: str
     threads: int | None
     data: dict
@@ -129,8 +155,12 @@ class CompareConfig:
     early_stopping: dict | None
     top_k: int
     mei_seeds: tuple[int, ...]
-    ga: GASettings
-    egg: EGGSettings
+    contrast: float
+    keep: str
+    methods: dict[str, GASettings | EGGSettings]
+    pairs: dict[str, tuple[str, str]]
+    meni: EGGSettings | None
+    reconstructions: ReconstructionConfig | None
     natural_tiers: tuple[str, ...]
     ground_truth: bool
     similarity: SimilarityConfig | None
@@ -176,6 +206,49 @@ def _dataclass_from(reader: _Reader, cls: type, values: dict, where: str, exclud
         raise reader.fail(where, str(error)) from None
 
 
+def _method(reader: _Reader, name: str, value: Any, seeds: tuple[int, ...], contrast: float) -> GASettings | EGGSettings:
+    where = f"methods.{name}"
+    if not name.replace("_", "").isalnum() or not name.islower():
+        raise reader.fail(where, "method names are lower-case letters, digits and _ (they name files)")
+    values = reader.mapping(value, where)
+    kind = values.pop("type", None)
+    if kind not in METHOD_TYPES:
+        raise reader.fail(f"{where}.type", f"must be one of {sorted(METHOD_TYPES)}, got {kind!r}")
+    preset = values.pop("preset", None)
+    if preset not in (None, "paper"):
+        raise reader.fail(f"{where}.preset", f"must be paper or absent, got {preset!r}")
+    cls = METHOD_TYPES[kind]
+    reader.keys(values, {f.name for f in fields(cls)}, where, reserved=SET_BY_MEIS)
+    try:
+        if preset == "paper":
+            base = cls.paper(values.pop("prior"), seeds) if kind == "egg" else cls.paper(seeds)
+            return dataclasses.replace(base, **values, contrast=contrast)
+        return cls(**values, seeds=seeds, contrast=contrast)
+    except KeyError:
+        raise reader.fail(f"{where}.prior", "is required") from None
+    except (TypeError, ValueError, EncodersError) as error:
+        raise reader.fail(where, str(error)) from None
+
+
+def _check_prior(reader: _Reader, where: str, method: GASettings | EGGSettings) -> None:
+    if isinstance(method, EGGSettings) and not Path(method.prior).is_dir():
+        raise reader.fail(f"{where}.prior", f"{method.prior}: diffusion prior folder not found")
+
+
+def _pairs(reader: _Reader, value: Any, methods: dict) -> dict[str, tuple[str, str]]:
+    if value is None:
+        kinds = {k: [n for n, m in methods.items() if isinstance(m, METHOD_TYPES[k])] for k in METHOD_TYPES}
+        if len(kinds["egg"]) == 1 and len(kinds["ga"]) == 1:
+            return {"defaults": (kinds["egg"][0], kinds["ga"][0])}
+        return {}
+    pairs = {}
+    for label, pair in reader.mapping(value, "pairs").items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in methods for p in pair) and pair[0] != pair[1]):
+            raise reader.fail(f"pairs.{label}", f"must be [method, other method] of {sorted(methods)}, got {pair!r}")
+        pairs[str(label)] = (pair[0], pair[1])
+    return pairs
+
+
 def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfig:
     """Read and check a comparison YAML; `out` overrides its output folder."""
     path = Path(path)
@@ -187,10 +260,10 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
         raise EncodersError(f"{path}: not valid YAML ({error})") from None
     reader = _Reader(path)
     top = reader.mapping(raw, "top level")
-    sections = {"out", "device", "threads", "data", "architectures", "seeds", "trainer", "early_stopping", "meis", "ga", "egg",
-                "scoring", "similarity", "wandb"}
+    sections = {"out", "models", "device", "threads", "data", "architectures", "seeds", "trainer", "early_stopping", "meis", "methods",
+                "pairs", "meni", "reconstructions", "scoring", "similarity", "wandb"}
     reader.keys(top, sections, "")
-    for required in ("out", "data", "architectures", "seeds", "egg"):
+    for required in ("out", "data", "architectures", "seeds", "methods"):
         if required not in top:
             raise reader.fail(required, "is required")
 
@@ -221,19 +294,50 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
         reader.keys(early, _parameters(EarlyStopping.__init__), "early_stopping", reserved=SET_BY_COMPARE["early_stopping"])
 
     meis = reader.mapping(top.get("meis"), "meis")
-    reader.keys(meis, {"top_k", "seeds"}, "meis")
+    reader.keys(meis, {"top_k", "seeds", "contrast", "keep"}, "meis")
     top_k = meis.get("top_k", 12)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise reader.fail("meis.top_k", f"must be a positive integer, got {top_k!r}")
     mei_seeds = reader.seeds(meis.get("seeds", [0]), "meis.seeds")
     if not mei_seeds:
         raise reader.fail("meis.seeds", "needs at least one seed")
-    ga = _dataclass_from(reader, GASettings, reader.mapping(top.get("ga"), "ga"), "ga", seeds=tuple(mei_seeds))
-    # EGG takes GA's seeds, and its images GA's norm (encoders.compare.meis.egg_synthesis)
-    egg = _dataclass_from(reader, EGGSettings, reader.mapping(top["egg"], "egg"), "egg", exclude={"contrast"},
-                          seeds=tuple(mei_seeds))
-    if not Path(egg.prior).is_dir():
-        raise reader.fail("egg.prior", f"{egg.prior}: diffusion prior folder not found")
+    contrast = meis.get("contrast", DEFAULT_CONTRAST)
+    if isinstance(contrast, bool) or not isinstance(contrast, (int, float)) or not contrast > 0:
+        raise reader.fail("meis.contrast", f"must be a positive number, got {contrast!r}")
+    keep = meis.get("keep", "best")
+    if keep not in KEEP:
+        raise reader.fail("meis.keep", f"must be one of {list(KEEP)}, got {keep!r}")
+    seeds_ = tuple(mei_seeds)
+    method_values = reader.mapping(top["methods"], "methods")
+    if not method_values:
+        raise reader.fail("methods", "name at least one method")
+    methods = {str(name): _method(reader, str(name), value, seeds_, float(contrast)) for name, value in method_values.items()}
+    for name, method in methods.items():
+        _check_prior(reader, f"methods.{name}", method)
+    pairs = _pairs(reader, top.get("pairs"), methods)
+
+    meni = None
+    if top.get("meni") is not None:
+        meni_values = reader.mapping(top["meni"], "meni")
+        meni = _dataclass_from(reader, EGGSettings, meni_values, "meni", exclude=SET_BY_MEIS, seeds=seeds_, contrast=None)
+        _check_prior(reader, "meni", meni)
+
+    reconstructions = None
+    if top.get("reconstructions") is not None:
+        values = reader.mapping(top["reconstructions"], "reconstructions")
+        for key in ("methods", "sessions"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        reconstructions = _dataclass_from(reader, ReconstructionConfig, values, "reconstructions")
+        unknown = [m for m in reconstructions.methods if m not in methods]
+        if unknown or not reconstructions.methods:
+            raise reader.fail("reconstructions.methods", f"name methods of `methods` {sorted(methods)}, got {list(reconstructions.methods)}")
+        if isinstance(reconstructions.images, bool) or not isinstance(reconstructions.images, int) or reconstructions.images < 1:
+            raise reader.fail("reconstructions.images", f"must be a positive integer, got {reconstructions.images!r}")
+        if not reconstructions.contrast > 0:
+            raise reader.fail("reconstructions.contrast", f"must be positive, got {reconstructions.contrast!r}")
+        if reconstructions.metric not in METRICS:
+            raise reader.fail("reconstructions.metric", f"must be one of {list(METRICS)}, got {reconstructions.metric!r}")
 
     scoring = reader.mapping(top.get("scoring"), "scoring")
     reader.keys(scoring, {"natural_tiers", "ground_truth"}, "scoring")
@@ -265,9 +369,13 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
         wandb = reader.mapping(wandb, "wandb")
         reader.keys(wandb, {"project", "name"}, "wandb")
 
+    out_dir = Path(out if out is not None else top["out"])
+    models_dir = top.get("models")
+    if models_dir is not None and not isinstance(models_dir, str):
+        raise reader.fail("models", f"must be a folder path or null, got {models_dir!r}")
     return CompareConfig(
-        source=path, out=Path(out if out is not None else top["out"]), device=str(top.get("device", "cpu")), threads=threads,
+        source=path, out=out_dir, models=Path(models_dir) if models_dir else out_dir / "models", device=str(top.get("device", "cpu")), threads=threads,
         data=data, architectures=archs, generating_seeds=tuple(generating), held_out_seeds=tuple(held_out),
-        trainer=trainer, early_stopping=early, top_k=top_k, mei_seeds=tuple(mei_seeds), ga=ga, egg=egg,
-        natural_tiers=tuple(natural), ground_truth=ground_truth, similarity=similarity, wandb=wandb,
+        trainer=trainer, early_stopping=early, top_k=top_k, mei_seeds=seeds_, contrast=float(contrast), keep=keep,
+        methods=methods, pairs=pairs, meni=meni, reconstructions=reconstructions, natural_tiers=tuple(natural), ground_truth=ground_truth, similarity=similarity, wandb=wandb,
     )

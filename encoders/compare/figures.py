@@ -14,9 +14,10 @@ import xarray as xr  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from encoders.products.figures import show_image  # noqa: E402
-from encoders.compare.generalisation import RELATIONS  # noqa: E402
+from encoders.compare.generalisation import (  # noqa: E402
+    REFERENCE_FRACTION, RELATIONS, activation_by_step, mei_units, relation_values,
+)
 
-METHOD_COLOURS = {"ga": "tab:blue", "egg": "tab:orange"}
 MAX_MEI_ROWS = 12
 
 
@@ -72,35 +73,45 @@ def neuron_scatter_figure(accuracy: xr.Dataset, chosen: list[tuple[str, str]]) -
     return figure
 
 
-def generalisation_figure(result: xr.Dataset) -> Figure:
-    """Normalised activation of GA and EGG MEIs by relation of the scorer; one panel per generating architecture.
+def method_colour(result: xr.Dataset, method: str) -> str:
+    """GA blue, EGG orange (darker for a paper preset), MENIs green, the top natural image grey."""
+    if method == "top_natural":
+        return "tab:gray"
+    kind = str(result.method_type.sel({"method": method}).values)
+    paper = "paper" in method
+    return {"ga": "navy" if paper else "tab:blue", "egg": "saddlebrown" if paper else "tab:orange",
+            "meni": "tab:green"}.get(kind, "tab:purple")
 
-    Bars: mean over scorers, neurons and seeds; dots: single neurons (mean over scorers and seeds).
+
+def generalisation_figure(result: xr.Dataset) -> Figure:
+    """Normalised activation of every method's images by relation of the scorer; one panel per generating architecture.
+
+    Bars: mean over scorers and neurons (seeds reduced by the result's keep rule); dots: single neurons.
     """
+    values = mei_units(result)
     architectures = result.architecture.values.tolist()
+    methods = values.method.values.tolist()
     present = [r for r in RELATIONS if (result.relation == r).any()]
-    figure, axes = plt.subplots(1, len(architectures), figsize=(1.6 + 1.5 * len(present) * len(architectures), 3.8),
+    figure, axes = plt.subplots(1, len(architectures), figsize=(1.6 + 0.5 * len(methods) * len(present) * len(architectures), 3.8),
                                 squeeze=False, sharey=True, layout="constrained")
-    width = 0.8 / result.sizes["method"]
+    width = 0.8 / len(methods)
     for a, architecture in enumerate(architectures):
         ax = axes[0, a]
-        relation = result.relation.sel(architecture=architecture).values
-        for k, method in enumerate(result.method.values.tolist()):
+        for k, method in enumerate(methods):
             for r, name in enumerate(present):
-                chosen = np.flatnonzero(relation == name)
-                if not len(chosen):
+                per_neuron = relation_values(values.sel({"method": method}), result.relation, name).sel(architecture=architecture).values
+                if not np.isfinite(per_neuron).any():
                     continue
-                block = result.normalised_activation.sel({"architecture": architecture, "method": method}).isel(scorer=chosen)
-                per_neuron = block.mean(("scorer", "seed")).values
-                x = r + (k - (result.sizes["method"] - 1) / 2) * width
-                ax.bar(x, float(np.nanmean(per_neuron)), width, color=METHOD_COLOURS.get(method), label=method.upper() if r == 0 else None)
+                x = r + (k - (len(methods) - 1) / 2) * width
+                ax.bar(x, float(np.nanmean(per_neuron)), width, color=method_colour(result, method),
+                       label=method if r == 0 else None)
                 jitter = np.linspace(-width / 4, width / 4, len(per_neuron))
                 ax.plot(x + jitter, per_neuron, "k.", ms=2, alpha=0.6)
         ax.axhline(1.0, color="k", lw=0.6, ls="--")
         ax.set_xticks(range(len(present)), present, fontsize=8)
-        ax.set_title(f"MEIs of the {architecture} ensemble", fontsize=9)
+        ax.set_title(f"images of the {architecture} ensemble", fontsize=9)
     axes[0, 0].set_ylabel("activation / scorer's best natural image")
-    axes[0, 0].legend(fontsize=8)
+    axes[0, -1].legend(fontsize=7, loc="upper right")
     figure.suptitle("generating = ensemble members (optimised on); within = held-out seeds; cross = other architectures",
                     fontsize=8)
     return figure
@@ -110,15 +121,51 @@ def time_figure(result: xr.Dataset) -> Figure:
     """Wall seconds per MEI image, per generating architecture and method."""
     per_image = result.wall_seconds / (result.sizes["neuron"] * result.sizes["seed"])
     architectures = result.architecture.values.tolist()
-    figure, ax = plt.subplots(figsize=(1.5 + 1.4 * len(architectures), 3.2), layout="constrained")
-    width = 0.8 / result.sizes["method"]
-    for k, method in enumerate(result.method.values.tolist()):
-        x = np.arange(len(architectures)) + (k - (result.sizes["method"] - 1) / 2) * width
-        ax.bar(x, per_image.sel({"method": method}).values, width, color=METHOD_COLOURS.get(method), label=method.upper())
+    methods = result.method.values.tolist()
+    figure, ax = plt.subplots(figsize=(1.5 + 0.5 * len(methods) * len(architectures), 3.2), layout="constrained")
+    width = 0.8 / len(methods)
+    for k, method in enumerate(methods):
+        x = np.arange(len(architectures)) + (k - (len(methods) - 1) / 2) * width
+        ax.bar(x, per_image.sel({"method": method}).values, width, color=method_colour(result, method), label=method)
     ax.set_xticks(range(len(architectures)), architectures, fontsize=8)
     ax.set_ylabel("wall seconds per MEI")
     ax.set_title("compute time per method (generating ensemble, this machine)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    return figure
+
+
+def compute_figure(meis: dict[tuple[str, str], xr.Dataset], result: xr.Dataset) -> Figure:
+    """Activation on the generating ensemble against wall seconds, per pair of methods and architecture.
+
+    Curves: median over MEIs of (activation after each step) / (the pair's GA's converged activation for
+    that neuron); dashed: 95%, the level the compute column of the report measures to.
+    """
+    pairs = result.pair.values.tolist() if "pair" in result.dims else []
+    architectures = result.architecture.values.tolist()
+    figure, axes = plt.subplots(max(1, len(pairs)), len(architectures), figsize=(3.4 * len(architectures), 2.8 * max(1, len(pairs))),
+                                squeeze=False, layout="constrained")
+    for p, pair in enumerate(pairs):
+        names = result.pair_methods.sel(pair=pair).values.tolist()
+        for a, architecture in enumerate(architectures):
+            ax = axes[p, a]
+            reference = meis[(architecture, names[1])].activation.isel(method=0).mean("seed").values
+            for name in names:
+                data = meis[(architecture, name)]
+                values = activation_by_step(data) / reference[None, :, None]
+                per_step = float(data.wall_seconds.values[0]) / int(data.steps.values[0])
+                measured = np.isfinite(values).reshape(values.shape[0], -1).any(1)  # EGG has no image before its 1st step
+                seconds = np.arange(values.shape[0])[measured] * per_step
+                ax.plot(seconds, np.nanmedian(values[measured].reshape(measured.sum(), -1), axis=1),
+                        color=method_colour(result, name), label=name)
+            ax.axhline(REFERENCE_FRACTION, color="k", lw=0.6, ls="--")
+            ax.set_ylim(-0.2, 1.3)
+            ax.set_xlabel("wall seconds (whole set)", fontsize=8)
+            ax.set_title(f"{architecture} ensemble: {pair}", fontsize=8)
+            if a == 0:
+                ax.set_ylabel("activation / GA's converged", fontsize=8)
+            ax.legend(fontsize=7)
+    if not pairs:
+        axes[0, 0].set_axis_off()
     return figure
 
 
@@ -143,7 +190,7 @@ def mei_grid_figure(meis: dict[tuple[str, str], xr.Dataset], result: xr.Dataset)
             ax = axes[row, c]
             show_image(ax, data.image_pixels.isel(neuron=row).values)
             title = f"{transfer[row]:.2f}"
-            ax.set_title(f"{architecture}\n{method.upper()}  {title}" if row == 0 else title, fontsize=6)
+            ax.set_title(f"{architecture}\n{method}  {title}" if row == 0 else title, fontsize=6)
             if c == 0:
                 ax.set_ylabel(f"{data.session.values[row]}\n{data.neuron_id.values[row]}", fontsize=6)
     figure.suptitle(f"MEIs (seed {int(result.seed.values[0])}); number = {target} activation / best natural image",

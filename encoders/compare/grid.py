@@ -1,4 +1,4 @@
-"""Train every architecture x seed with a plain Lightning Trainer: `<out>/models/<arch>/seed<k>/`.
+"""Train every architecture x seed with a plain Lightning Trainer: `<models>/<arch>/seed<k>/` (default `<out>/models`).
 
 Each folder holds `checkpoints/best.ckpt` (and `last.ckpt`), `test_metrics.nc` (per-neuron test
 metrics of the best checkpoint, `encoders.evaluation.test_table`) and `curves/metrics.csv` (training curves).
@@ -46,8 +46,8 @@ class TrainedModel:
         return f"{self.architecture}/seed{self.seed}"
 
 
-def model_folder(out: Path, architecture: str, seed: int) -> Path:
-    return out / "models" / architecture / f"seed{seed}"
+def model_folder(models: Path, architecture: str, seed: int) -> Path:
+    return models / architecture / f"seed{seed}"
 
 
 def unavailable(architecture: Architecture) -> str | None:
@@ -129,7 +129,7 @@ class EpochLine(pl.Callback):
 
 def train_model(config: CompareConfig, architecture: Architecture, seed: int) -> TrainedModel:
     """Train and test one (architecture, seed), or return it as it is when already finished."""
-    folder = model_folder(config.out, architecture.name, seed)
+    folder = model_folder(config.models, architecture.name, seed)
     checkpoints = folder / "checkpoints"
     best, last = checkpoints / "best.ckpt", checkpoints / "last.ckpt"
     metrics = folder / METRICS_FILE

@@ -14,9 +14,12 @@ import xarray as xr
 
 from encoders.compare.config import CompareConfig
 from encoders.compare.figures import (
-    accuracy_figure, generalisation_figure, mei_grid_figure, neuron_scatter_figure, similarity_figure, time_figure,
+    accuracy_figure, compute_figure, generalisation_figure, mei_grid_figure, neuron_scatter_figure, similarity_figure,
+    time_figure,
 )
-from encoders.compare.generalisation import RELATIONS, paired_comparison, relation_summary
+from encoders.compare.generalisation import (
+    RELATIONS, mei_units, paired_comparison, per_unit, relation_summary, unit_values,
+)
 from encoders.compare.similarity import pair_summary
 from encoders.outputs import save_figure, write_text
 
@@ -53,60 +56,158 @@ def accuracy_lines(accuracy: xr.Dataset) -> list[str]:
     return _table(header, rows)
 
 
+RELATION_TITLES = {"generating": "generating", "within": "within (held-out seed)", "cross": "cross (other architecture)",
+                   "ground_truth": "TRUE neurons"}
+
+
+def method_label(result: xr.Dataset, method: str) -> str:
+    """A method's name with its kind, e.g. `ga_paper` (GA)."""
+    if method == "top_natural":
+        return "top natural image (the ensemble's pick)"
+    kind = str(result.method_type.sel({"method": method}).values)
+    return f"`{method}` ({'EGG MENI, prior contrast' if kind == 'meni' else kind.upper()})"
+
+
+def test_relation(result: xr.Dataset) -> str:
+    """The relation that answers the transfer question: the truth on a twin, else the other architectures."""
+    for name in ("ground_truth", "cross", "within"):
+        if (result.relation == name).any():
+            return name
+    return "generating"
+
+
+def _pooled(values: xr.DataArray, relations: xr.DataArray, relation_name: str, method: str) -> float:
+    units = unit_values(values, relations, relation_name, method)
+    return float(np.nanmean(units)) if len(units) and np.isfinite(units).any() else float("nan")
+
+
+def seconds_to_reference(result: xr.Dataset, method: str) -> tuple[float, str]:
+    """Mean over architectures of the seconds `method` takes to reach 95% of its pair's GA, and that GA's name."""
+    if "pair_methods" not in result:
+        return float("nan"), ""
+    for p, pair in enumerate(result.pair.values.tolist()):
+        names = result.pair_methods.isel(pair=p).values.tolist()
+        if method in names:
+            values = result.seconds_to_reference.isel(pair=p, side=names.index(method)).values
+            return float(np.mean(values)), names[1]
+    return float("nan"), ""
+
+
 def generalisation_lines(result: xr.Dataset) -> list[str]:
+    """Every method (and the ensemble's top natural image) pooled over architectures, by relation."""
+    values = mei_units(result)
+    matched = mei_units(result, "matched_activation")
+    present = [r for r in RELATIONS if (result.relation == r).any()]
+    test = test_relation(result)
+    n = result.sizes["neuron"] * result.sizes["seed"]
+    header = ["images", *[RELATION_TITLES[r] for r in present], f"{RELATION_TITLES[test]}, vs natural images at the MEIs' contrast",
+              "seconds per MEI", "seconds to 95% of GA"]
+    rows = []
+    for method in values.method.values.tolist():
+        row = [method_label(result, method)] + [_fmt(_pooled(values, result.relation, r, method)) for r in present]
+        if method == "top_natural":
+            rows.append(row + ["—", "—", "—"])
+            continue
+        seconds, reference = seconds_to_reference(result, method)
+        row += [_fmt(_pooled(matched, result.relation, test, method)),
+                _fmt(float(result.wall_seconds.sel({"method": method}).mean()) / n, 2),
+                "not reached" if np.isinf(seconds) else (_fmt(seconds, 1) if reference else "—")]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def per_architecture_lines(result: xr.Dataset) -> list[str]:
     """Mean normalised activation by generating architecture, method and relation."""
-    summary = relation_summary(result)
-    header = ["MEIs of", "method"] + [str(r) for r in summary.relation.values]
-    rows = [[a, m.upper()] + [_fmt(float(summary.sel({"architecture": a, "method": m, "relation": r}))) for r in summary.relation.values]
+    summary = relation_summary(mei_units(result), result.relation)
+    header = ["MEIs of", "images"] + [str(r) for r in summary.relation.values]
+    rows = [[a, method_label(result, m)] + [_fmt(float(summary.sel({"architecture": a, "method": m, "relation": r})))
+                                            for r in summary.relation.values]
             for a in summary.architecture.values.tolist() for m in summary.method.values.tolist()]
     return _table(header, rows)
 
 
-def comparison_lines(result: xr.Dataset) -> tuple[list[str], dict[str, dict]]:
-    """EGG vs GA paired per (architecture, neuron), for every relation present."""
-    stats = {r: paired_comparison(result, r) for r in RELATIONS if (result.relation == r).any()}
-    header = ["scored on", "GA", "EGG", "EGG − GA (± s.e.)", "EGG better for", "Wilcoxon p", "units",
-              "GA kept", "EGG kept"]
-    rows = [[r, _fmt(s["mean_ga"]), _fmt(s["mean_egg"]), f"{_fmt(s['difference'])} ± {_fmt(s['standard_error'])}",
+def paired_lines(values: xr.DataArray, relations: xr.DataArray, first: str, second: str,
+                 extra: dict[str, xr.DataArray] | None = None) -> tuple[list[str], dict[str, dict]]:
+    """`first` vs `second`, paired per (generating architecture, unit), for every relation present (and `extra`
+    score variants, e.g. matched contrast, on the test relation)."""
+    stats = {r: paired_comparison(values, relations, r, first, second) for r in RELATIONS if (relations == r).any()}
+    for label, (variant, relation_name) in (extra or {}).items():
+        stats[label] = paired_comparison(variant, relations, relation_name, first, second)
+    header = ["scored on", f"`{second}`", f"`{first}`", "difference (± s.e.)", f"`{first}` better for", "Wilcoxon p",
+              "units", f"`{second}` kept", f"`{first}` kept"]
+    rows = [[r, _fmt(s["mean_second"]), _fmt(s["mean_first"]), f"{_fmt(s['difference'])} ± {_fmt(s['standard_error'])}",
              f"{100 * s['fraction_first_better']:.0f}%", _fmt(s["wilcoxon_p"], 4), str(s["units"]),
-             _fmt(s["kept_ga"], 2), _fmt(s["kept_egg"], 2)]
+             _fmt(s["kept_second"], 2), _fmt(s["kept_first"], 2)]
             for r, s in stats.items() if s]
     return _table(header, rows), stats
 
 
-def answer_lines(stats: dict[str, dict], twin: bool) -> list[str]:
-    """The one-paragraph answer: does EGG transfer better than GA (to the true neurons on a twin)?"""
-    relation = "ground_truth" if twin and "ground_truth" in stats else ("cross" if "cross" in stats else "within")
-    s = stats.get(relation)
+def answer_lines(stats: dict[str, dict], relation_name: str, first: str, second: str, what: str = "MEIs") -> list[str]:
+    """One paragraph: does `first` transfer better than `second` on the test relation?"""
+    s = stats.get(relation_name)
     if not s:
         return ["No held-out scorer: the transfer question cannot be answered with this grid.", ""]
     where = {"ground_truth": "the true neurons", "cross": "the other architectures' models",
-             "within": "held-out seeds of the same architecture"}[relation]
+             "within": "held-out seeds of the same architecture", "generating": "the generating models"}[relation_name]
     significant = np.isfinite(s["wilcoxon_p"]) and s["wilcoxon_p"] < 0.05
     if s["difference"] > 0 and significant:
         verdict = "Yes"
     elif s["difference"] < 0 and significant:
-        verdict = "No, GA transfers better"
+        verdict = f"No, `{second}` transfers better"
     else:
         verdict = "Not clearly (no significant difference)"
-    question = "Does EGG transfer to the true neurons better than GA?" if relation == "ground_truth" else \
-        f"Does EGG transfer to {where} better than GA?"
     return [
-        f"**{question} {verdict}.** On {where}, EGG MEIs reach {_fmt(s['mean_egg'])} and GA MEIs {_fmt(s['mean_ga'])} "
-        f"of each neuron's best natural-image response (mean over {s['units']} architecture × neuron units); "
-        f"EGG − GA = {_fmt(s['difference'])} ± {_fmt(s['standard_error'])} (s.e.), EGG better for "
+        f"**Do `{first}` {what} transfer to {where} better than `{second}`? {verdict}.** `{first}` reaches "
+        f"{_fmt(s['mean_first'])} and `{second}` {_fmt(s['mean_second'])} (mean over {s['units']} units); difference "
+        f"{_fmt(s['difference'])} ± {_fmt(s['standard_error'])} (s.e.), `{first}` better for "
         f"{100 * s['fraction_first_better']:.0f}% of units, Wilcoxon p = {_fmt(s['wilcoxon_p'], 4)}. Relative to their "
-        f"score on the models that made them, EGG MEIs keep {_fmt(s['kept_egg'], 2)} and GA MEIs {_fmt(s['kept_ga'], 2)}.",
+        f"score on the models that made them, `{first}` keeps {_fmt(s['kept_first'], 2)} and `{second}` "
+        f"{_fmt(s['kept_second'], 2)}.",
         "",
     ]
 
 
 def time_lines(result: xr.Dataset) -> list[str]:
     n = result.sizes["neuron"] * result.sizes["seed"]
-    seconds = result.wall_seconds.transpose("architecture", "method").values
-    rows = [[a, m.upper(), f"{seconds[i, k]:.1f}", f"{seconds[i, k] / n:.2f}"]
-            for i, a in enumerate(result.architecture.values.tolist()) for k, m in enumerate(result.method.values.tolist())]
-    return _table(["ensemble", "method", f"seconds for {n} MEIs", "seconds per MEI"], rows)
+    rows = []
+    for a in result.architecture.values.tolist():
+        for m in result.method.values.tolist():
+            seconds = float(result.wall_seconds.sel({"architecture": a, "method": m}))
+            to_reference, reference = "—", "—"
+            if "pair_methods" in result:
+                for p in range(result.sizes["pair"]):
+                    names = result.pair_methods.isel(pair=p).values.tolist()
+                    if m in names:
+                        side = names.index(m)
+                        value = float(result.seconds_to_reference.isel(pair=p, side=side).sel(architecture=a))
+                        reached = float(result.reached_reference.isel(pair=p, side=side).sel(architecture=a))
+                        to_reference = ("not reached" if np.isinf(value) else _fmt(value, 1)) + f" ({100 * reached:.0f}% reach it)"
+                        reference = f"`{names[1]}`"
+                        break
+            rows.append([a, method_label(result, m), str(int(result.steps.sel({"architecture": a, "method": m}))), _fmt(seconds, 1),
+                         _fmt(seconds / n, 2), reference, to_reference])
+    return _table(["ensemble", "method", "steps", f"seconds for {n} MEIs", "seconds per MEI", "reference GA",
+                   "seconds to 95% of the reference's activation"], rows)
+
+
+def reconstruction_lines(recon: xr.Dataset, pairs: dict[str, tuple[str, str]]) -> tuple[list[str], dict[str, dict]]:
+    """Reconstruction scores by method and relation, then each pair of methods paired per (architecture, image)."""
+    values = per_unit(recon.reconstruction_score, recon.ensemble_correlation, recon.attrs.get("keep", "all"))
+    pixel = per_unit(recon.image_correlation, recon.ensemble_correlation, recon.attrs.get("keep", "all"))
+    present = [r for r in RELATIONS if (recon.relation == r).any()]
+    header = ["method", *[RELATION_TITLES[r] for r in present], "pixel r with the seen image", "seconds per image"]
+    n = recon.sizes["image"] * recon.sizes["seed"]
+    rows = [[f"`{m}`"] + [_fmt(_pooled(values, recon.relation, r, m)) for r in present]
+            + [_fmt(float(pixel.sel({"method": m}).mean())), _fmt(float(recon.wall_seconds.sel({"method": m}).mean()) / n, 2)]
+            for m in recon.method.values.tolist()]
+    lines = _table(header, rows)
+    stats = {}
+    names = recon.method.values.tolist()
+    for label, (first, second) in pairs.items():
+        if first in names and second in names:
+            table, stats[label] = paired_lines(values, recon.relation, first, second)
+            lines += [f"`{first}` vs `{second}` ({label}), paired per (generating architecture, test image):", ""] + table
+    return lines, stats
 
 
 def similarity_lines(scores: xr.Dataset) -> list[str]:
@@ -119,8 +220,8 @@ def similarity_lines(scores: xr.Dataset) -> list[str]:
 
 
 def write_report(
-    config: CompareConfig, accuracy: xr.Dataset, result: xr.Dataset, meis: dict, similarity: xr.Dataset | None,
-    skipped: dict[str, str], targets_score: np.ndarray,
+    config: CompareConfig, accuracy: xr.Dataset, result: xr.Dataset, meis: dict, reconstructions: xr.Dataset | None,
+    similarity: xr.Dataset | None, skipped: dict[str, str], targets_score: np.ndarray,
 ) -> Path:
     """Draw the figures, write report.md, and log both to W&B when configured; returns the report path."""
     figures_dir = config.out / "figures"
@@ -130,16 +231,19 @@ def write_report(
                                       figures_dir / "neuron_scatter.png"),
         "generalisation": save_figure(generalisation_figure(result), figures_dir / "generalisation.png"),
         "time": save_figure(time_figure(result), figures_dir / "time.png"),
+        "compute": save_figure(compute_figure(meis, result), figures_dir / "compute.png"),
         "meis": save_figure(mei_grid_figure(meis, result), figures_dir / "meis.png"),
     }
     if similarity is not None:
         figures["similarity"] = save_figure(similarity_figure(similarity), figures_dir / "similarity.png")
-    twin = bool((result.relation == "ground_truth").any())
-    comparison, stats = comparison_lines(result)
+    test = test_relation(result)
+    values, matched = mei_units(result), mei_units(result, "matched_activation")
 
     def image(name: str) -> str:
         return f"![{name}](figures/{figures[name].name})"
 
+    keep = {"best": "each neuron's best seed on the generating ensemble (the paper's protocol; every seed is in the files)",
+            "all": "the mean over seeds"}[config.keep]
     lines = [
         f"# Architecture comparison: {config.name}",
         "",
@@ -156,19 +260,47 @@ def write_report(
         "## Do MEIs generalise?", "",
         f"{result.sizes['neuron']} neurons (the best predicted by the worst architecture: agreed test correlation "
         f"{_fmt(float(np.nanmin(targets_score)))}–{_fmt(float(np.nanmax(targets_score)))}), "
-        f"{result.sizes['seed']} seed(s) each, GA and EGG MEIs at the same image norm. Activation is normalised "
-        "per scorer and neuron by that scorer's best response to the natural "
-        f"{'+'.join(config.natural_tiers)} images (1 = the best natural image). Relations: *generating* = members of "
-        "the ensemble the MEI was optimised on (not a test), *within* = held-out seeds of the same architecture, "
-        "*cross* = models of the other architectures" + (", *ground_truth* = the twin's true neurons" if twin else "") + ".",
+        f"{result.sizes['seed']} seed(s) each; every method's MEIs at per-pixel contrast {config.contrast:g} "
+        f"(L2 norm {result.attrs['mei_norm']:.3g} in model space); per neuron: {keep}. Activation is normalised per scorer "
+        f"and neuron by that scorer's best response to the natural {'+'.join(config.natural_tiers)} images (1 = the best "
+        "natural image); the *matched* column instead by the best of the same images rescaled to the MEIs' norm. "
+        "Relations: *generating* = members of the ensemble the MEI was optimised on (not a test), *within* = held-out "
+        "seeds of the same architecture, *cross* = models of the other architectures"
+        + (", *TRUE neurons* = the twin's ground truth" if test == "ground_truth" else "")
+        + ". Mean over (generating architecture, neuron) units; *seconds to 95% of GA* = wall time until the median MEI "
+        "reaches 95% of its pair's GA method's converged activation on the generating ensemble.",
         "",
     ]
-    lines += generalisation_lines(result) + [
-        "EGG vs GA, paired per (generating architecture, neuron); *kept* = score here / score on the generating "
-        "models, per unit (1 = the MEI loses nothing in transfer, whatever its strength):", ""]
-    lines += comparison + answer_lines(stats, twin) + [image("generalisation"), "", image("meis"), ""]
+    lines += generalisation_lines(result)
+    lines += ["Per generating architecture:", ""] + per_architecture_lines(result)
+    stats: dict[str, dict] = {}
+    for label, (first, second) in config.pairs.items():
+        extra = {f"{test}, matched contrast": (matched, test)}
+        table, stats[label] = paired_lines(values, result.relation, first, second, extra)
+        lines += [f"### `{first}` vs `{second}` ({label})", "",
+                  "Paired per (generating architecture, neuron); *kept* = score here / score on the generating models, "
+                  "per unit (1 = the MEI loses nothing in transfer):", ""]
+        lines += table + answer_lines(stats[label], test, first, second)
+    if config.meni is not None:
+        table, stats["meni_vs_top_natural"] = paired_lines(values, result.relation, "meni", "top_natural")
+        lines += ["### MENIs vs the top natural image", "",
+                  "EGG at the prior's own contrast (`meni`) against the natural image the same ensemble rates highest, "
+                  "both scored on every model (the paper: MENIs drive neurons on par with the top natural images):", ""]
+        lines += table + answer_lines(stats["meni_vs_top_natural"], test, "meni", "top_natural", "MENIs")
+    lines += [image("generalisation"), "", image("meis"), ""]
+    if reconstructions is not None:
+        recon_lines, stats["reconstructions"] = reconstruction_lines(reconstructions, config.pairs)
+        settings = config.reconstructions
+        lines += ["## Do reconstructions generalise?", "",
+                  f"Each generating ensemble reconstructs the first {settings.images} test image(s) of "
+                  f"{'each session' if not settings.sessions else 'sessions ' + ', '.join(settings.sessions)} from its own "
+                  f"predicted responses ({settings.metric} energy, contrast {settings.contrast:g}); every model then compares "
+                  "its responses to the reconstruction with its responses to the seen image (Pearson r over the session's "
+                  "neurons); per image: " + ("its best seed on the generating ensemble" if config.keep == "best" else
+                                             "the mean over seeds") + ".", ""] + recon_lines
     lines += ["## Compute time", "", "Wall time of making each MEI set on the generating ensemble "
-              f"(device {config.device}):", ""] + time_lines(result) + [image("time"), ""]
+              f"(device {config.device}, {result.sizes['neuron'] * result.sizes['seed']} MEIs per set, made together):", ""]
+    lines += time_lines(result) + [image("time"), "", image("compute"), ""]
     if similarity is not None:
         lines += ["## Similarity of representations", "",
                   f"Mean over ordered model pairs of each kind (`a~a`: different seeds of one architecture), on the "
@@ -176,8 +308,9 @@ def write_report(
                   "pooled, projected core features.", ""]
         lines += similarity_lines(similarity) + [image("similarity"), ""]
     lines += ["## Files", "", "`accuracy.nc` (architecture, seed, neuron), `generalisation.nc` (architecture, method, "
-              "scorer, neuron, seed), `similarity.nc` (measure, representation, model_a, model_b), `meis/<arch>/mei_<method>.nc`, "
-              "`scores/`, `models/<arch>/seed<k>/` (checkpoints, test_metrics.nc, curves/metrics.csv).", ""]
+              "scorer, neuron, seed; compute per pair), `reconstructions.nc` (architecture, method, scorer, image, seed), "
+              "`similarity.nc` (measure, representation, model_a, model_b), `meis/<arch>/mei_<method>.nc`, "
+              "`reconstructions/<arch>/`, `scores/`, `models/<arch>/seed<k>/` (checkpoints, test_metrics.nc, curves/metrics.csv).", ""]
     path = config.out / REPORT
     write_text("\n".join(lines), path)
     if config.wandb is not None:
@@ -196,12 +329,14 @@ def log_wandb(config: CompareConfig, accuracy: xr.Dataset, result: xr.Dataset, s
     try:
         run.log({f"figures/{key}": wandb.Image(str(path)) for key, path in figures.items()})
         run.log({"tables/accuracy": wandb.Table(dataframe=accuracy.correlation.to_dataframe().reset_index()),
-                 "tables/generalisation": wandb.Table(dataframe=relation_summary(result).to_dataframe().reset_index()),
+                 "tables/generalisation": wandb.Table(
+                     dataframe=relation_summary(mei_units(result), result.relation).to_dataframe().reset_index()),
                  "tables/wall_seconds": wandb.Table(dataframe=result.wall_seconds.to_dataframe().reset_index())})
         if similarity is not None:
             run.log({"tables/similarity": wandb.Table(dataframe=pair_summary(similarity).to_dataframe().reset_index())})
-        for relation, values in stats.items():
-            for key, value in values.items():
-                run.summary[f"egg_vs_ga/{relation}/{key}"] = value
+        for comparison, by_relation in stats.items():
+            for relation, values in by_relation.items():
+                for key, value in values.items():
+                    run.summary[f"{comparison}/{relation}/{key}"] = value
     finally:
         run.finish()

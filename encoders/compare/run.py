@@ -13,7 +13,8 @@ import torch
 
 from encoders.compare.accuracy import accuracy_table, agreed_top_k
 from encoders.compare.config import CompareConfig
-from encoders.compare.generalisation import run_generalisation
+from encoders.compare.generalisation import load_scorers, run_generalisation
+from encoders.compare.reconstructions import run_reconstructions
 from encoders.compare.grid import available_architectures, train_grid, unavailable
 from encoders.compare.report import write_report
 from encoders.compare.similarity import model_similarity
@@ -40,12 +41,16 @@ def run_compare(config: CompareConfig) -> Path:
     # one data module for every evaluation: same data config, so the same normalisation as training
     datamodule = RecordedDataModule(**config.data)
     datamodule.setup("test")
-    result, meis = run_generalisation(config, list(architectures), trained, targets, datamodule)
+    models, scorers = load_scorers(config, trained, datamodule)
+    result, meis = run_generalisation(config, list(architectures), trained, targets, datamodule, models, scorers)
+    reconstructions = None
+    if config.reconstructions is not None:
+        reconstructions = run_reconstructions(config, list(architectures), trained, models, scorers, datamodule)
     similarity = None
     if config.similarity is not None:
         similarity = model_similarity(trained, datamodule, config.similarity, torch.device(config.device),
                                       config.out / "similarity.nc")
-    report = write_report(config, accuracy, result, meis, similarity, skipped, agreed)
+    report = write_report(config, accuracy, result, meis, reconstructions, similarity, skipped, agreed)
     print(f"compare: report -> {report}")
     return report
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.synthesis.energies import NeuronActivation
-from encoders.synthesis.targets import Target, model_space_images
+from encoders.synthesis.targets import Target
 from encoders.twin.scoring import true_rates
 
 if TYPE_CHECKING:
@@ -27,10 +27,20 @@ if TYPE_CHECKING:
 BATCH = 256  # images per forward pass: bounds memory only
 
 
-def natural_pixels(datamodule: RecordedDataModule, session: str, tiers: Sequence[str]) -> torch.Tensor:
-    """The session's images of `tiers`, in pixel space after the data's geometry."""
+def natural_pixels(datamodule: RecordedDataModule, session: str, tiers: Sequence[str], norm: float | None = None) -> torch.Tensor:
+    """The session's images of `tiers`, in pixel space after the data's geometry.
+
+    norm: first rescale each image, in the data's model space (where MEI norms are set), to this
+    L2 norm: natural images at an MEI's contrast. None keeps their own contrast.
+    """
     images = torch.cat([datamodule.tier_data(session, tier)["images"] for tier in tiers])
+    if norm is not None:
+        images = images * (norm / images.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *([1] * (images.ndim - 1)))
     return datamodule.transform.to_pixels(images)
+
+
+def _rows(targets: Sequence[Target], session: str) -> list[int]:
+    return [i for i, (s, _) in enumerate(targets) if s == session]
 
 
 class ModelScorer:
@@ -56,17 +66,35 @@ class ModelScorer:
         return torch.cat(out)
 
     @torch.no_grad()
-    def natural_max(self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str]) -> torch.Tensor:
-        """(n_targets,) each neuron's highest predicted rate over the natural images of `tiers`."""
+    def responses(self, pixels: torch.Tensor, session: str) -> torch.Tensor:
+        """(B, n_neurons) predicted rates of all the session's neurons for pixel-space images."""
+        return torch.cat([self.model(self._model_space(x.to(self.device)), session).cpu() for x in pixels.split(BATCH)])
+
+    @torch.no_grad()
+    def natural_best(
+        self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str], norm: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each neuron's highest predicted rate over the natural images of `tiers` (n_targets,), and that
+        image in pixel space (n_targets, C, H, W); `norm` rescales the images first (`natural_pixels`)."""
         best = torch.full((len(targets),), float("nan"))
+        images = None
         for session in dict.fromkeys(s for s, _ in targets):
-            images = torch.cat([model_space_images(self.model, datamodule, session, t)["images"] for t in tiers])
-            rates = torch.cat([self.model(x.to(self.device), session).cpu() for x in images.split(BATCH)])
+            pixels = natural_pixels(datamodule, session, tiers, norm)
+            rates = self.responses(pixels, session)
             ids = self.model.neuron_ids(session)
-            rows = [i for i, (s, _) in enumerate(targets) if s == session]
+            rows = _rows(targets, session)
             columns = torch.tensor([ids.index(targets[i][1]) for i in rows])
-            best[rows] = rates[:, columns].amax(0)
-        return best
+            values, where = rates[:, columns].max(0)
+            best[rows] = values
+            if images is None:
+                images = torch.empty(len(targets), *pixels.shape[1:])
+            images[rows] = pixels[where]
+        return best, images
+
+    def natural_max(self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str],
+                    norm: float | None = None) -> torch.Tensor:
+        """(n_targets,) each neuron's highest predicted rate over the natural images of `tiers`."""
+        return self.natural_best(datamodule, targets, tiers, norm)[0]
 
 
 class GroundTruthScorer:
@@ -87,12 +115,19 @@ class GroundTruthScorer:
         return true_rates(self.truth, self.geometry, pixels).gather(1, columns[:, None])[:, 0]
 
     @torch.no_grad()
-    def natural_max(self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str]) -> torch.Tensor:
-        """(n_targets,) each neuron's highest true rate over the natural images of `tiers`."""
+    def responses(self, pixels: torch.Tensor, session: str) -> torch.Tensor:
+        """(B, n_neurons) true rates of all the session's neurons (in the reference model's order)."""
+        columns = self.twin.columns(self.reference, [(session, n) for n in self.reference.neuron_ids(session)])
+        return true_rates(self.truth, self.geometry, pixels)[:, columns]
+
+    @torch.no_grad()
+    def natural_max(self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str],
+                    norm: float | None = None) -> torch.Tensor:
+        """(n_targets,) each neuron's highest true rate over the natural images of `tiers` (at `norm`, if given)."""
         best = torch.full((len(targets),), float("nan"))
         columns = self.twin.columns(self.reference, targets)
         for session in dict.fromkeys(s for s, _ in targets):
-            rows = [i for i, (s, _) in enumerate(targets) if s == session]
-            rates = true_rates(self.truth, self.geometry, natural_pixels(datamodule, session, tiers))
+            rows = _rows(targets, session)
+            rates = true_rates(self.truth, self.geometry, natural_pixels(datamodule, session, tiers, norm))
             best[rows] = rates[:, columns[rows]].amax(0)
         return best
