@@ -115,6 +115,9 @@ def test_labels_and_bookkeeping(compared):
         generating = result.relation.sel(architecture=architecture).values == "generating"
         picked = result.top_natural_normalised.sel(architecture=architecture).isel(scorer=np.flatnonzero(generating))
         assert (picked <= 1 + 1e-5).all()
+    # ... and that image at each MENI's norm, one score per MENI seed
+    assert result.top_natural_at_meni_contrast.dims == ("architecture", "scorer", "neuron", "seed")
+    assert np.isfinite(result.top_natural_at_meni_contrast).all()
     assert result.seconds_to_reference.dims == ("pair", "side", "architecture")
     assert result.pair_methods.values.tolist() == [["egg", "ga"]]
     with xr.open_dataset(out / "reconstructions.nc") as recon:
@@ -148,8 +151,8 @@ def test_rerun_skips_finished_parts(compared, capsys):
     finished = sorted([*out.glob("models/*/seed*/checkpoints/*.ckpt"), *out.glob("models/*/seed*/test_metrics.nc"),
                        *out.glob("meis/*/*.nc"), *out.glob("scores/*.nc"), *out.glob("reconstructions/*/*.nc"),
                        out / "similarity.nc"])
-    # checkpoints, test tables, 3 image sets and 4 score tables per architecture (+ natural), 2 reconstruction sets each
-    assert len(finished) == 4 * 3 + 2 * 3 + (2 * 4 + 1) + 2 * 2 + 1
+    # checkpoints, test tables, 3 image sets and 5 score tables per architecture (+ natural), 2 reconstruction sets each
+    assert len(finished) == 4 * 3 + 2 * 3 + (2 * 5 + 1) + 2 * 2 + 1
     stamps = {p: p.stat().st_mtime_ns for p in finished}
     (out / "meis" / "gaussian" / "mei_egg.nc").unlink()  # as if killed before this set was written
     (out / "models" / "gaussian" / "seed1" / "test_metrics.nc").unlink()  # ... or before this model was tested

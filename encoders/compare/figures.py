@@ -75,8 +75,8 @@ def neuron_scatter_figure(accuracy: xr.Dataset, chosen: list[tuple[str, str]]) -
 
 def method_colour(result: xr.Dataset, method: str) -> str:
     """GA blue, EGG orange (darker for a paper preset), MENIs green, the top natural image grey."""
-    if method == "top_natural":
-        return "tab:gray"
+    if method.startswith("top_natural"):
+        return "tab:gray" if method == "top_natural" else "silver"
     kind = str(result.method_type.sel({"method": method}).values)
     paper = "paper" in method
     return {"ga": "navy" if paper else "tab:blue", "egg": "saddlebrown" if paper else "tab:orange",

@@ -135,6 +135,16 @@ def load_scorers(config: CompareConfig, trained: Sequence[TrainedModel], datamod
     return models, scorers
 
 
+def _score_images(config: CompareConfig, name: str, architecture: str, pixels: torch.Tensor, scorers: dict,
+                  labels: list[str], targets: Sequence[Target], checkpoints: list, natural_key: str) -> np.ndarray:
+    """(scorer, neuron, seed) scores of pixel images (neuron, seed, C, H, W) of each target, kept under scores/."""
+    images = xr.Dataset({"image_pixels": (("method", "neuron", "seed", "channel", "y", "x"), pixels[None].numpy())})
+    digest = hashlib.sha256(np.ascontiguousarray(pixels.numpy()).tobytes()).hexdigest()
+    key = fingerprint(checkpoints, {name: digest, "scorers": labels, "natural": natural_key})
+    return _scored(config.out / "scores" / f"{architecture}_{name}.nc", key, images, scorers, labels, targets,
+                   list(range(pixels.shape[1]))).activation.values
+
+
 def run_generalisation(
     config: CompareConfig, architectures: Sequence[str], trained: Sequence[TrainedModel], targets: Sequence[Target],
     datamodule: RecordedDataModule, models: dict, scorers: dict,
@@ -158,6 +168,7 @@ def run_generalisation(
     own = np.full((*size, len(targets), len(config.mei_seeds)), np.nan)
     seconds, steps = np.full(size, np.nan), np.zeros(size, dtype=int)
     top_natural = np.full((len(architectures), len(labels), len(targets)), np.nan)
+    top_natural_meni = np.full((len(architectures), len(labels), len(targets), len(config.mei_seeds)), np.nan)
     meis: dict[tuple[str, str], xr.Dataset] = {}
     for a, architecture in enumerate(architectures):
         members = generating_members(trained, architecture, config.generating_seeds)
@@ -177,11 +188,17 @@ def run_generalisation(
             steps[a, k] = int(data.steps.values[0])
         # the ensemble's own pick among the natural images, scored like an MEI (a MENI's yardstick)
         _, pixels = ModelScorer(ensemble, device).natural_best(datamodule, targets, config.natural_tiers)
-        picked = xr.Dataset({"image_pixels": (("method", "neuron", "seed", "channel", "y", "x"), pixels[None, :, None].numpy())})
-        digest = hashlib.sha256(np.ascontiguousarray(pixels.numpy()).tobytes()).hexdigest()
-        key = fingerprint(checkpoints, {"top_natural": digest, "scorers": labels, "natural": natural_key})
-        top_natural[a] = _scored(config.out / "scores" / f"{architecture}_top_natural.nc", key, picked, scorers, labels,
-                                 targets, [0]).activation.values[..., 0]
+        top_natural[a] = _score_images(config, "top_natural", architecture, pixels[:, None], scorers, labels, targets,
+                                       checkpoints, natural_key)[..., 0]
+        if MENI in methods:
+            # ... and the same image at each MENI's own norm: MENIs keep the prior's contrast, often not the data's
+            norms = np.sqrt((meis[(architecture, MENI)].image.isel(method=0).values ** 2).sum(axis=(-3, -2, -1)))
+            unit = ensemble.image_transform.from_pixels(pixels)
+            unit = unit / unit.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            rescaled = unit[:, None] * torch.as_tensor(norms, dtype=unit.dtype)[:, :, None, None, None]
+            top_natural_meni[a] = _score_images(config, "top_natural_at_meni_contrast", architecture,
+                                                ensemble.image_transform.to_pixels(rescaled), scorers, labels, targets,
+                                                checkpoints, natural_key)
 
     relations = [[relation(g, sa, ss, config.generating_seeds) for sa, ss in zip(scorer_archs, scorer_seeds)]
                  for g in architectures]
@@ -193,6 +210,7 @@ def run_generalisation(
             "natural_max_matched": (("scorer", "neuron"), natural.natural_max_matched.values),
             "ensemble_activation": (("architecture", "method", "neuron", "seed"), own),
             "top_natural_activation": (("architecture", "scorer", "neuron"), top_natural),
+            "top_natural_at_meni_contrast": (("architecture", "scorer", "neuron", "seed"), top_natural_meni),
             "wall_seconds": (("architecture", "method"), seconds),
             "steps": (("architecture", "method"), steps),
             "relation": (("architecture", "scorer"), np.array(relations, dtype=str)),
@@ -210,11 +228,13 @@ def run_generalisation(
     result["matched_activation"] = (result.activation / result.natural_max_matched).where(
         xr.DataArray(fixed_contrast, dims="method"))
     result["top_natural_normalised"] = result.top_natural_activation / result.natural_max
+    result["top_natural_at_meni_contrast_normalised"] = result.top_natural_at_meni_contrast / result.natural_max
     result["activation"].attrs["units"] = "rate (spikes per bin) of the MEI's own neuron, as the scorer predicts (or, ground_truth, its true rate)"
     result["normalised_activation"].attrs["description"] = "activation / the scorer's natural_max for that neuron"
     result["matched_activation"].attrs["description"] = "activation / natural_max_matched: natural images at the MEIs' norm"
     result["ensemble_activation"].attrs["description"] = "rate predicted by the generating ensemble the MEI was optimised on"
     result["top_natural_activation"].attrs["description"] = "rate of the natural image the generating ensemble rates highest"
+    result["top_natural_at_meni_contrast"].attrs["description"] = "rate of that image rescaled to the norm of each seed's MENI"
     result["wall_seconds"].attrs["description"] = "wall time to make the whole MEI set (neurons x seeds) on this machine"
     result.attrs.update({"generating_seeds": list(config.generating_seeds), "held_out_seeds": list(config.held_out_seeds),
                          "relations": ", ".join(RELATIONS), "config": str(config.source), "keep": config.keep,
@@ -341,13 +361,20 @@ def paired_comparison(values: xr.DataArray, relations: xr.DataArray, relation_na
 
 
 def mei_units(result: xr.Dataset, variable: str = "normalised_activation") -> xr.DataArray:
-    """(architecture, method, scorer, neuron) MEI scores with seeds reduced by the result's `keep` rule;
-    the generating ensemble's top natural image joins as method "top_natural"."""
-    values = per_unit(result[variable], result.ensemble_activation, result.attrs.get("keep", "all"))
+    """(architecture, method, scorer, neuron) MEI scores with seeds reduced by the result's `keep` rule; the
+    generating ensemble's top natural image joins as method "top_natural" (and, with MENIs, the same image
+    at each MENI's norm as "top_natural_at_meni_contrast")."""
+    keep = result.attrs.get("keep", "all")
+    values = per_unit(result[variable], result.ensemble_activation, keep)
     if variable == "normalised_activation":
-        natural = result.top_natural_normalised.expand_dims(method=["top_natural"]).assign_coords(
-            method_type=("method", ["natural"]))
-        values = xr.concat([values, natural.transpose(*values.dims)], dim="method", coords="minimal", compat="override")
+        parts = [values, result.top_natural_normalised.expand_dims(method=["top_natural"])]
+        if MENI in result.method.values:
+            # the top natural image at each MENI's norm, reduced over seeds as the MENIs are
+            matched = per_unit(result.top_natural_at_meni_contrast_normalised,
+                               result.ensemble_activation.sel({"method": MENI}), keep)
+            parts.append(matched.expand_dims(method=["top_natural_at_meni_contrast"]))
+        values = xr.concat([p.transpose(*values.dims).drop_vars("method_type", errors="ignore") for p in parts],
+                           dim="method", coords="minimal", compat="override")
     return values
 
 

@@ -64,6 +64,8 @@ def method_label(result: xr.Dataset, method: str) -> str:
     """A method's name with its kind, e.g. `ga_paper` (GA)."""
     if method == "top_natural":
         return "top natural image (the ensemble's pick)"
+    if method == "top_natural_at_meni_contrast":
+        return "the same natural image at the MENI's contrast"
     kind = str(result.method_type.sel({"method": method}).values)
     return f"`{method}` ({'EGG MENI, prior contrast' if kind == 'meni' else kind.upper()})"
 
@@ -105,7 +107,7 @@ def generalisation_lines(result: xr.Dataset) -> list[str]:
     rows = []
     for method in values.method.values.tolist():
         row = [method_label(result, method)] + [_fmt(_pooled(values, result.relation, r, method)) for r in present]
-        if method == "top_natural":
+        if method.startswith("top_natural"):
             rows.append(row + ["—", "—", "—"])
             continue
         seconds, reference = seconds_to_reference(result, method)
@@ -283,10 +285,18 @@ def write_report(
         lines += table + answer_lines(stats[label], test, first, second)
     if config.meni is not None:
         table, stats["meni_vs_top_natural"] = paired_lines(values, result.relation, "meni", "top_natural")
+        meni_rms = float(np.sqrt((np.stack([meis[(a, "meni")].image.values for a in result.architecture.values.tolist()]) ** 2)
+                                 .mean(axis=(-3, -2, -1))).mean())
         lines += ["### MENIs vs the top natural image", "",
                   "EGG at the prior's own contrast (`meni`) against the natural image the same ensemble rates highest, "
-                  "both scored on every model (the paper: MENIs drive neurons on par with the top natural images):", ""]
+                  "both scored on every model (the paper: MENIs drive neurons on par with the top natural images). "
+                  f"The MENIs' mean per-pixel RMS in model space is {meni_rms:.2f} (a z-scored natural image's is about 1), "
+                  "so the same image rescaled to each MENI's norm is compared too:", ""]
         lines += table + answer_lines(stats["meni_vs_top_natural"], test, "meni", "top_natural", "MENIs")
+        table, stats["meni_vs_top_natural_at_meni_contrast"] = paired_lines(values, result.relation, "meni",
+                                                                           "top_natural_at_meni_contrast")
+        lines += table + answer_lines(stats["meni_vs_top_natural_at_meni_contrast"], test, "meni",
+                                      "top_natural_at_meni_contrast", "MENIs")
     lines += [image("generalisation"), "", image("meis"), ""]
     if reconstructions is not None:
         recon_lines, stats["reconstructions"] = reconstruction_lines(reconstructions, config.pairs)
