@@ -269,3 +269,21 @@ def test_compute_to_reference_counts_steps_to_95_percent_of_ga():
     result = compute_to_reference(meis, {"defaults": ("egg", "ga")}, ["a"])
     assert np.isinf(result.seconds_to_reference.sel(pair="defaults", side="first").item())
     assert result.reached_reference.sel(pair="defaults", side="first").item() == 0
+
+
+def test_natural_images_at_the_meis_norm(twin):
+    """The matched-contrast yardstick: each natural image rescaled, in model space, to the MEIs' L2 norm."""
+    from encoders.compare.scoring import natural_pixels
+    from encoders.datasets.datamodule import RecordedDataModule
+
+    datamodule = RecordedDataModule(str(twin), batch_size=32)
+    datamodule.setup("test")
+    session = datamodule.sessions[0]
+    own = natural_pixels(datamodule, session, ["validation", "test"])
+    matched = natural_pixels(datamodule, session, ["validation", "test"], norm=4.0)
+    assert own.shape == matched.shape and own.shape[0] == 40  # 20% validation + 20% test of 100 images
+    norms = datamodule.transform.from_pixels(matched).flatten(1).norm(dim=1)
+    np.testing.assert_allclose(norms.numpy(), 4.0, rtol=1e-4)
+    np.testing.assert_allclose(datamodule.transform.from_pixels(own).numpy(),
+                               torch.cat([datamodule.tier_data(session, t)["images"] for t in ("validation", "test")]).numpy(),
+                               atol=1e-4)

@@ -149,16 +149,18 @@ def compute_figure(meis: dict[tuple[str, str], xr.Dataset], result: xr.Dataset) 
         for a, architecture in enumerate(architectures):
             ax = axes[p, a]
             reference = meis[(architecture, names[1])].activation.isel(method=0).mean("seed").values
+            top = 1.3
             for name in names:
                 data = meis[(architecture, name)]
                 values = activation_by_step(data) / reference[None, :, None]
                 per_step = float(data.wall_seconds.values[0]) / int(data.steps.values[0])
                 measured = np.isfinite(values).reshape(values.shape[0], -1).any(1)  # EGG has no image before its 1st step
                 seconds = np.arange(values.shape[0])[measured] * per_step
-                ax.plot(seconds, np.nanmedian(values[measured].reshape(measured.sum(), -1), axis=1),
-                        color=method_colour(result, name), label=name)
+                median = np.nanmedian(values[measured].reshape(measured.sum(), -1), axis=1)
+                ax.plot(seconds, median, color=method_colour(result, name), label=name)
+                top = max(top, 1.05 * float(np.nanmax(median)))
             ax.axhline(REFERENCE_FRACTION, color="k", lw=0.6, ls="--")
-            ax.set_ylim(-0.2, 1.3)
+            ax.set_ylim(-0.2, top)
             ax.set_xlabel("wall seconds (whole set)", fontsize=8)
             ax.set_title(f"{architecture} ensemble: {pair}", fontsize=8)
             if a == 0:
