@@ -73,14 +73,16 @@ def neuron_scatter_figure(accuracy: xr.Dataset, chosen: list[tuple[str, str]]) -
     return figure
 
 
-def method_colour(result: xr.Dataset, method: str) -> str:
-    """GA blue, EGG orange (darker for a paper preset), MENIs green, the top natural image grey."""
+def method_colour(result: xr.Dataset, method: str) -> tuple | str:
+    """GA in blues, EGG in oranges (one shade per named method of that kind), MENIs green, natural images grey."""
     if method.startswith("top_natural"):
         return "tab:gray" if method == "top_natural" else "silver"
     kind = str(result.method_type.sel({"method": method}).values)
-    paper = "paper" in method
-    return {"ga": "navy" if paper else "tab:blue", "egg": "saddlebrown" if paper else "tab:orange",
-            "meni": "tab:green"}.get(kind, "tab:purple")
+    if kind == "meni":
+        return "tab:green"
+    same = [str(m) for m, k in zip(result.method.values, result.method_type.values) if str(k) == kind]
+    shade = 0.55 + 0.4 * same.index(method) / max(1, len(same) - 1)
+    return plt.get_cmap({"ga": "Blues", "egg": "Oranges"}.get(kind, "Purples"))(shade)
 
 
 def generalisation_figure(result: xr.Dataset) -> Figure:
@@ -92,11 +94,11 @@ def generalisation_figure(result: xr.Dataset) -> Figure:
     architectures = result.architecture.values.tolist()
     methods = values.method.values.tolist()
     present = [r for r in RELATIONS if (result.relation == r).any()]
-    figure, axes = plt.subplots(1, len(architectures), figsize=(1.6 + 0.5 * len(methods) * len(present) * len(architectures), 3.8),
+    figure, axes = plt.subplots(len(architectures), 1, figsize=(2.5 + 0.35 * len(methods) * len(present), 0.6 + 3.0 * len(architectures)),
                                 squeeze=False, sharey=True, layout="constrained")
     width = 0.8 / len(methods)
     for a, architecture in enumerate(architectures):
-        ax = axes[0, a]
+        ax = axes[a, 0]
         for k, method in enumerate(methods):
             for r, name in enumerate(present):
                 per_neuron = relation_values(values.sel({"method": method}), result.relation, name).sel(architecture=architecture).values
@@ -110,8 +112,8 @@ def generalisation_figure(result: xr.Dataset) -> Figure:
         ax.axhline(1.0, color="k", lw=0.6, ls="--")
         ax.set_xticks(range(len(present)), present, fontsize=8)
         ax.set_title(f"images of the {architecture} ensemble", fontsize=9)
-    axes[0, 0].set_ylabel("activation / scorer's best natural image")
-    axes[0, -1].legend(fontsize=7, loc="upper right")
+        ax.set_ylabel("activation / scorer's\nbest natural image", fontsize=8)
+    axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.suptitle("generating = ensemble members (optimised on); within = held-out seeds; cross = other architectures",
                     fontsize=8)
     return figure
