@@ -10,7 +10,7 @@ reuses it and a retrained member or a changed setting remakes it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -30,6 +30,28 @@ def mei_path(out: Path, architecture: str, name: str) -> Path:
     return out / "meis" / architecture / f"mei_{name}.nc"
 
 
+def timed_set(name: str, method: Method, checkpoints: Sequence[Path], request: dict, path: Path,
+              make: Callable[[], xr.Dataset]) -> tuple[xr.Dataset, bool]:
+    """The set at `path` if it exists for these checkpoints and `request`, else `make()` it, timed, labelled with
+    the method's config name, wall time and fingerprint, written atomically. Returns it and whether it was made."""
+    key = fingerprint(checkpoints, request)
+    found = existing(path, key)
+    if found is not None:
+        print(f"compare: {path} exists for these checkpoints and settings: kept")
+        return found, False
+    check_method(method)  # loads an EGG prior: not timed
+    start = time.perf_counter()
+    data = make()
+    seconds = time.perf_counter() - start
+    data = data.assign_coords(method=[name])
+    data["wall_seconds"] = ("method", [seconds])
+    data["wall_seconds"].attrs["units"] = "s, the whole set on this machine"
+    data.attrs.update({"fingerprint": key, "checkpoint": [str(p) for p in checkpoints], "method_type": method_name(method),
+                       "torch_threads": torch.get_num_threads()})
+    write_netcdf(data, path)
+    return data, True
+
+
 def make_mei_set(
     name: str, method: Method, checkpoints: Sequence[Path], model: nn.Module, targets: Sequence[Target], path: Path,
 ) -> xr.Dataset:
@@ -38,23 +60,17 @@ def make_mei_set(
     `name` is the method's name in the config (the `method` coordinate of the file).
     """
     request = {"name": name, "targets": [list(t) for t in targets], "settings": method_attrs(method, model.input_shape)}
-    key = fingerprint(checkpoints, request)
-    found = existing(path, key)
-    if found is not None:
-        print(f"compare: {path} exists for these checkpoints and settings: kept")
-        return found
-    check_method(method)  # loads an EGG prior: not timed
-    start = time.perf_counter()
-    data = compute_meis(model, targets, method)
-    seconds = time.perf_counter() - start
-    data = data.assign_coords(method=[name])
-    data["wall_seconds"] = ("method", [seconds])
-    data["wall_seconds"].attrs["units"] = "s, the whole set on this machine"
-    data["steps"] = ("method", [method.num_steps if isinstance(method, EGGSettings) else method.steps])
-    data["steps"].attrs["long_name"] = "optimisation (GA) or diffusion (EGG) steps; each step costs the same"
-    data.attrs.update({"fingerprint": key, "checkpoint": [str(p) for p in checkpoints], "method_type": method_name(method),
-                       "torch_threads": torch.get_num_threads(), "device": str(device_of(model))})
-    write_netcdf(data, path)
-    n = data.sizes["neuron"] * data.sizes["seed"]
-    print(f"compare: {name} MEIs, {n} images in {seconds:.1f} s -> {path}", flush=True)
+    steps = method.num_steps if isinstance(method, EGGSettings) else method.steps
+
+    def make() -> xr.Dataset:
+        data = compute_meis(model, targets, method)
+        data["steps"] = ("method", [steps])
+        data["steps"].attrs["long_name"] = "optimisation (GA) or diffusion (EGG) steps; each step costs the same"
+        data.attrs["device"] = str(device_of(model))
+        return data
+
+    data, made = timed_set(name, method, checkpoints, request, path, make)
+    if made:
+        n = data.sizes["neuron"] * data.sizes["seed"]
+        print(f"compare: {name} MEIs, {n} images in {float(data.wall_seconds.values[0]):.1f} s -> {path}", flush=True)
     return data

@@ -14,7 +14,6 @@ neurons. A reconstruction that only exploits the generating models' quirks score
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,11 +24,11 @@ import xarray as xr
 from encoders.compare.config import CompareConfig
 from encoders.compare.generalisation import TRUTH, generating_members, relation, scorer_table
 from encoders.compare.grid import TrainedModel
+from encoders.compare.meis import timed_set
 from encoders.metrics import correlation
 from encoders.outputs import write_netcdf
 from encoders.products.reconstructions import choose_test_images, compute_reconstructions
-from encoders.products.store import existing, fingerprint
-from encoders.synthesis.methods import check_method, method_attrs
+from encoders.synthesis.methods import method_attrs
 
 if TYPE_CHECKING:
     from encoders.datasets.datamodule import RecordedDataModule
@@ -42,22 +41,11 @@ def reconstruction_set(name: str, method, paths: Sequence, ensemble, datamodule:
     """The reconstruction set at `path` if it exists for these inputs, else make it (timed) and write it."""
     request = {"name": name, "images": chosen, "settings": method_attrs(method, ensemble.input_shape), "target": TARGET,
                "metric": metric}
-    key = fingerprint(paths, request)
-    found = existing(path, key)
-    if found is not None:
-        print(f"compare: {path} exists for these checkpoints and settings: kept")
-        return found
-    check_method(method)  # loads an EGG prior: not timed
-    start = time.perf_counter()
-    data = compute_reconstructions(ensemble, datamodule, chosen, method, TARGET, metric)
-    seconds = time.perf_counter() - start
-    data = data.assign_coords(method=[name])
-    data["wall_seconds"] = ("method", [seconds])
-    data["wall_seconds"].attrs["units"] = "s, the whole set on this machine"
-    data.attrs.update({"fingerprint": key, "checkpoint": [str(p) for p in paths]})
-    write_netcdf(data, path)
-    print(f"compare: {name} reconstructions, {data.sizes['image'] * data.sizes['seed']} images in {seconds:.1f} s -> {path}",
-          flush=True)
+    data, made = timed_set(name, method, paths, request, path,
+                           lambda: compute_reconstructions(ensemble, datamodule, chosen, method, TARGET, metric))
+    if made:
+        print(f"compare: {name} reconstructions, {data.sizes['image'] * data.sizes['seed']} images in "
+              f"{float(data.wall_seconds.values[0]):.1f} s -> {path}", flush=True)
     return data
 
 
