@@ -235,7 +235,7 @@ def test_methods_pairs_and_presets_are_checked(tmp_path, twin):
     fails(lambda c: c["methods"]["ga"].update(type="sgd"), r"methods.ga.type: must be one of \['egg', 'ga'\], got 'sgd'")
     fails(lambda c: c["methods"]["ga"].update(contrast=1.0), r"methods.ga: \['contrast'\] are set by `encoders compare`")
     fails(lambda c: c["methods"]["egg"].update(prior=str(tmp_path / "nowhere")), r"methods.egg.prior: .*nowhere: diffusion prior folder not found")
-    fails(lambda c: c["methods"]["egg"].pop("prior"), r"methods.egg: .*prior")
+    fails(lambda c: c["methods"]["egg"].pop("prior"), r"methods.egg.prior: is required")
     fails(lambda c: c["methods"].update({"egg_paper": {"type": "egg", "preset": "paper"}}), r"methods.egg_paper.prior: is required")
     fails(lambda c: c["methods"]["ga"].update(preset="fast"), r"methods.ga.preset: must be paper or absent, got 'fast'")
     fails(lambda c: c.update(pairs={"x": ["egg", "gaa"]}), r"pairs.x: must be \[method, other method\]")
@@ -243,6 +243,7 @@ def test_methods_pairs_and_presets_are_checked(tmp_path, twin):
     fails(lambda c: c["reconstructions"].update(methods=["egg", "nope"]), r"reconstructions.methods: name methods of `methods`")
     fails(lambda c: c["meis"].update(keep="first"), r"meis.keep: must be one of \['best', 'all'\], got 'first'")
     fails(lambda c: c.update(ga={"steps": 3}), r"unknown key\(s\) \['ga'\]")
+    fails(lambda c: c["methods"].update(meni={"type": "ga"}), r"methods.meni: this name is taken")
 
 
 def test_compute_to_reference_counts_steps_to_95_percent_of_ga():

@@ -210,6 +210,8 @@ def _method(reader: _Reader, name: str, value: Any, seeds: tuple[int, ...], cont
     where = f"methods.{name}"
     if not name.replace("_", "").isalnum() or not name.islower():
         raise reader.fail(where, "method names are lower-case letters, digits and _ (they name files)")
+    if name == "meni" or name.startswith("top_natural"):
+        raise reader.fail(where, "this name is taken by the comparison's MENIs or natural images; choose another")
     values = reader.mapping(value, where)
     kind = values.pop("type", None)
     if kind not in METHOD_TYPES:
@@ -219,13 +221,13 @@ def _method(reader: _Reader, name: str, value: Any, seeds: tuple[int, ...], cont
         raise reader.fail(f"{where}.preset", f"must be paper or absent, got {preset!r}")
     cls = METHOD_TYPES[kind]
     reader.keys(values, {f.name for f in fields(cls)}, where, reserved=SET_BY_MEIS)
+    if kind == "egg" and "prior" not in values:
+        raise reader.fail(f"{where}.prior", "is required")
     try:
         if preset == "paper":
             base = cls.paper(values.pop("prior"), seeds) if kind == "egg" else cls.paper(seeds)
             return dataclasses.replace(base, **values, contrast=contrast)
         return cls(**values, seeds=seeds, contrast=contrast)
-    except KeyError:
-        raise reader.fail(f"{where}.prior", "is required") from None
     except (TypeError, ValueError, EncodersError) as error:
         raise reader.fail(where, str(error)) from None
 

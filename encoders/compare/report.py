@@ -83,16 +83,24 @@ def _pooled(values: xr.DataArray, relations: xr.DataArray, relation_name: str, m
     return float(np.nanmean(units)) if len(units) and np.isfinite(units).any() else float("nan")
 
 
-def seconds_to_reference(result: xr.Dataset, method: str) -> tuple[float, str]:
-    """Mean over architectures of the seconds `method` takes to reach 95% of its pair's GA, and that GA's name."""
+def pair_of(result: xr.Dataset, method: str) -> tuple[int, int, list[str]] | None:
+    """(pair index, side, the pair's two method names) of the first pair `method` belongs to, or None."""
     if "pair_methods" not in result:
-        return float("nan"), ""
-    for p, pair in enumerate(result.pair.values.tolist()):
+        return None
+    for p in range(result.sizes["pair"]):
         names = result.pair_methods.isel(pair=p).values.tolist()
         if method in names:
-            values = result.seconds_to_reference.isel(pair=p, side=names.index(method)).values
-            return float(np.mean(values)), names[1]
-    return float("nan"), ""
+            return p, names.index(method), names
+    return None
+
+
+def seconds_to_reference(result: xr.Dataset, method: str) -> tuple[float, str]:
+    """Mean over architectures of the seconds `method` takes to reach 95% of its pair's GA, and that GA's name."""
+    found = pair_of(result, method)
+    if found is None:
+        return float("nan"), ""
+    p, side, names = found
+    return float(result.seconds_to_reference.isel(pair=p, side=side).mean()), names[1]
 
 
 def generalisation_lines(result: xr.Dataset) -> list[str]:
@@ -176,16 +184,13 @@ def time_lines(result: xr.Dataset) -> list[str]:
         for m in result.method.values.tolist():
             seconds = float(result.wall_seconds.sel({"architecture": a, "method": m}))
             to_reference, reference = "—", "—"
-            if "pair_methods" in result:
-                for p in range(result.sizes["pair"]):
-                    names = result.pair_methods.isel(pair=p).values.tolist()
-                    if m in names:
-                        side = names.index(m)
-                        value = float(result.seconds_to_reference.isel(pair=p, side=side).sel(architecture=a))
-                        reached = float(result.reached_reference.isel(pair=p, side=side).sel(architecture=a))
-                        to_reference = ("not reached" if np.isinf(value) else _fmt(value, 1)) + f" ({100 * reached:.0f}% reach it)"
-                        reference = f"`{names[1]}`"
-                        break
+            found = pair_of(result, m)
+            if found is not None:
+                p, side, names = found
+                value = float(result.seconds_to_reference.isel(pair=p, side=side).sel(architecture=a))
+                reached = float(result.reached_reference.isel(pair=p, side=side).sel(architecture=a))
+                to_reference = ("not reached" if np.isinf(value) else _fmt(value, 1)) + f" ({100 * reached:.0f}% reach it)"
+                reference = f"`{names[1]}`"
             rows.append([a, method_label(result, m), str(int(result.steps.sel({"architecture": a, "method": m}))), _fmt(seconds, 1),
                          _fmt(seconds / n, 2), reference, to_reference])
     return _table(["ensemble", "method", "steps", f"seconds for {n} MEIs", "seconds per MEI", "reference GA",
