@@ -20,6 +20,7 @@ from pathlib import Path
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from encoders.errors import EncodersError, one_line
+from encoders.interrupts import Interrupts
 
 
 class CheckedConfigFile(ActionConfigFile):
@@ -375,20 +376,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return train(argv[1:])
     from jsonargparse import ArgumentError
 
-    try:
-        parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
-        if argv[:1] in (["mei"], ["reconstruct"]):
-            argv = fold_method_flags(argv)
-        options = parser.instantiate(parser.parse_args(argv))
-        return COMMANDS[options.command](options)
-    except (ArgumentError, EncodersError, ValueError, FileNotFoundError) as error:
-        # ValueError/FileNotFoundError: values the parser could not judge alone (fractions, sizes, paths)
-        print(f"encoders: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("encoders: interrupted; files are written whole or not at all, and a re-run makes only what is missing",
-              file=sys.stderr)
-        return 130
+    with Interrupts() as interrupts:
+        try:
+            parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
+            if argv[:1] in (["mei"], ["reconstruct"]):
+                argv = fold_method_flags(argv)
+            options = parser.instantiate(parser.parse_args(argv))
+            return COMMANDS[options.command](options)
+        except (ArgumentError, EncodersError, ValueError, FileNotFoundError) as error:
+            # ValueError/FileNotFoundError: values the parser could not judge alone (fractions, sizes, paths)
+            print(f"encoders: error: {one_line(error)}", file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, SystemExit) as stop:
+            if not interrupts.stopped(stop):
+                raise
+            print(f"encoders: stopped by {interrupts.name}; files are written whole or not at all, and the same command "
+                  "run again makes only what is missing", file=sys.stderr)
+            return interrupts.status
 
 
 if __name__ == "__main__":

@@ -31,6 +31,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def check_writable(folder: str | Path) -> Path:
+    """The output folder exists or can be made, and takes files; EncodersError naming it otherwise.
+
+    Called by every command before its first compute, so a read-only folder, a file in the way or
+    a filesystem that refuses files fails in one line, not after minutes of work.
+    """
+    from encoders.errors import EncodersError
+
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # nothing is created here: a later check may still refuse the run
+    if not existing.is_dir():
+        raise EncodersError(f"{folder}: output folder cannot be made: {existing} exists and is not a folder")
+    probe = existing / f".write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"0")
+    except OSError as error:
+        raise EncodersError(f"{folder}: output folder cannot be written ({error.strerror or type(error).__name__} "
+                            f"in {existing})") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    return folder
+
+
 def write_netcdf(data: xr.Dataset | xr.DataArray, path: str | Path) -> Path:
     """Write a labelled dataset to NetCDF (h5netcdf) atomically."""
     return atomic_write(path, lambda tmp: data.to_netcdf(tmp, engine="h5netcdf"))

@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 
 import fit_runs
-from encoders.checkpoints import load_encoder, read_checkpoint, upgrade
+from encoders.checkpoints import load_encoder, read_checkpoint, upgrade, upgrade_hparams
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.products import compute_meis
 from encoders.synthesis.gradient_ascent import GASettings
@@ -38,11 +38,14 @@ def twin(tmp_path_factory) -> Path:
     return fit_runs.write_tiny_twin(tmp_path_factory.mktemp("legacy") / "twin.h5")
 
 
-def _config(tmp: Path, data: Path, name: str, max_epochs: int) -> Path:
+def _config(tmp: Path, data: Path, name: str, max_epochs: int, readout: str = "attention") -> Path:
     """The tiny experiment (fit_runs.tiny_config) with a W&B logger as the shipped configs have it, offline,
-    and the test metrics table; the model section is the checkpoint's, merged in by --ckpt_path."""
+    and the test metrics table; the model section is the checkpoint's (a config of another architecture
+    is refused, tests/test_bad_inputs.py), the rest merged in by --ckpt_path."""
     root = tmp / name
     config = fit_runs.tiny_config(root, data, max_epochs=max_epochs, callbacks=[{"class_path": "encoders.callbacks.MetricsTable"}])
+    hparams = upgrade_hparams(dict(read_checkpoint(LEGACY / f"{readout}.ckpt")["hyper_parameters"]))
+    config["model"] = {"core": hparams["core"], "readout": hparams["readout"]}
     config["trainer"]["logger"] = {
         "class_path": "pytorch_lightning.loggers.WandbLogger",
         "init_args": {"project": "encoders", "name": name, "save_dir": str(root), "offline": True},
@@ -120,7 +123,7 @@ def test_fit_resumes_an_old_checkpoint_with_a_wandb_logger(twin, tmp_path, reado
 
     copy = tmp_path / "old.ckpt"
     shutil.copy(LEGACY / f"{readout}.ckpt", copy)
-    config = _config(tmp_path, twin, "resumed", max_epochs=3)  # the old run stopped after 2 epochs
+    config = _config(tmp_path, twin, "resumed", max_epochs=3, readout=readout)  # the old run stopped after 2 epochs
     try:
         cli = fit_runs.fit_in_process(["fit", "--config", str(config), "--ckpt_path", str(copy)])
     finally:

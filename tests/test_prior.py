@@ -152,9 +152,9 @@ def test_presets_on_disk_match_the_code():
 
 def test_prior_data_rejects_what_cannot_work(image_file):
     from encoders.errors import EncodersError
-    from encoders.synthesis.prior_training import PriorModel, check_model
+    from encoders.synthesis.prior_training import PriorModel, PriorOptimisation, check_options
 
     with pytest.raises(EncodersError, match="data.size"):
-        check_model(PriorModel(block_out_channels=[8, 16, 32]), PriorData(size=18))
+        check_options(PriorData(size=18), PriorModel(block_out_channels=[8, 16, 32]), PriorOptimisation())
     with pytest.raises(EncodersError, match="tiers"):
         dataset_images(DatasetImages(path=str(image_file), tiers=["training"]), 16, True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image
 
 from encoders.datasets.io import write_dataset
 from encoders.datasets.schema import SessionData
+from encoders.datasets.splits import split_tiers
 from encoders.errors import DatasetError
 
 # Facts about the source recordings (Ext. Data Table 1 of the paper), not experiment settings.
@@ -37,20 +37,6 @@ def available_sessions(source_dir: str | Path) -> list[str]:
     if not folder.is_dir():
         raise DatasetError(folder, "folder not found; expected the Cowley et al. 2023 layout (data_V4_responses/)")
     return sorted(p.stem.removeprefix("responses_") for p in folder.glob("responses_*.npy"))
-
-
-def split_tiers(n_images: int, session: str, validation_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """Deterministic train/validation/test labels for one session's images."""
-    if not (0 < validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
-        raise ValueError("validation_fraction and test_fraction must be in (0, 1) and sum to less than 1")
-    rng = np.random.default_rng([seed, zlib.crc32(session.encode())])
-    order = rng.permutation(n_images)
-    n_test = max(1, round(test_fraction * n_images))
-    n_val = max(1, round(validation_fraction * n_images))
-    tiers = np.full(n_images, "train", dtype=object)
-    tiers[order[:n_test]] = "test"
-    tiers[order[n_test : n_test + n_val]] = "validation"
-    return tiers.astype(str)
 
 
 def read_cowley_session(

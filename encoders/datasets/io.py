@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from encoders.datasets.schema import (
+    DIMENSIONS,
     GROUND_TRUTH_GROUP,
     SCHEMA_VERSION,
     SESSIONS_GROUP,
@@ -100,13 +101,11 @@ def read_session(path: str | Path, session: str) -> SessionData:
         group = _require_session_group(f, path, session)
         names = [k for k in group.keys() if isinstance(group[k], h5py.Dataset)]
         attrs = {k: _decode(v) for k, v in group.attrs.items() if not k.startswith("_") and k != "coordinates"}
+        # 1-d metadata belongs to the dimension its HDF5 dimension scale names (netCDF4 flavour)
+        dims = {k: _dimension(group[k]) for k in names if group[k].ndim == 1}
     arrays = read_arrays(path, session, names)
-    reserved = {"images", "image_id", "tier", "responses", "trials", "neuron_id"}
-    n_neurons = arrays["responses"].shape[1]
-    meta = {
-        k: v for k, v in arrays.items()
-        if k not in reserved and v.ndim == 1 and v.shape[0] == n_neurons and k not in ("image", "neuron", "repeat", "channel", "y", "x")
-    }
+    reserved = {"images", "image_id", "tier", "responses", "trials", "neuron_id", *DIMENSIONS}
+    meta = {dim: {k: v for k, v in arrays.items() if k not in reserved and dims.get(k) == dim} for dim in ("neuron", "image")}
     return SessionData(
         session_id=session,
         images=arrays["images"],
@@ -115,8 +114,9 @@ def read_session(path: str | Path, session: str) -> SessionData:
         tiers=arrays["tier"],
         neuron_ids=arrays["neuron_id"],
         trials=arrays.get("trials"),
-        neuron_meta=meta,
+        neuron_meta=meta["neuron"],
         attrs=attrs,
+        image_meta=meta["image"],
     )
 
 
@@ -163,9 +163,10 @@ def _session_to_xarray(session: SessionData) -> xr.Dataset:
         "tier": ("image", np.asarray(session.tiers).astype(str).astype(object)),
         "neuron_id": ("neuron", np.asarray(session.neuron_ids).astype(str).astype(object)),
     }
-    for name, values in session.neuron_meta.items():
-        values = np.asarray(values)
-        coords[name] = ("neuron", values.astype(object) if values.dtype.kind in "US" else values)
+    for dim, meta in (("neuron", session.neuron_meta), ("image", session.image_meta)):
+        for name, values in meta.items():
+            values = np.asarray(values)
+            coords[name] = (dim, values.astype(object) if values.dtype.kind in "US" else values)
     attrs = {"spike_counts": 1, "units": "spikes per bin"}
     attrs.update(session.attrs)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
@@ -187,6 +188,12 @@ def _ground_truth_to_xarray(arrays: Mapping[str, np.ndarray]) -> xr.Dataset:
         value = np.asarray(value)
         data_vars[name] = ([f"{name}_{i}" for i in range(value.ndim)], value)
     return xr.Dataset(data_vars, attrs={"arrays": list(arrays)})
+
+
+def _dimension(dataset: h5py.Dataset) -> str | None:
+    """The name of a 1-d variable's dimension, from its HDF5 dimension scale (None when it has none)."""
+    scales = dataset.dims[0].values()
+    return scales[0].name.rsplit("/", 1)[-1] if scales else None
 
 
 def _decode(value: object) -> object:

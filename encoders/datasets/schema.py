@@ -12,6 +12,7 @@ number of recording sessions::
         trials      (image, repeat, neuron)  float32/64, optional, NaN where a repeat is missing
         neuron_id   (neuron,)           str, unique within the session
         <meta>      (neuron,)           optional per-neuron metadata (any name, any dtype)
+        <meta>      (image,)            optional per-image metadata (any name, any dtype; not a name of the above)
         attrs: units, spike_counts (0/1: non-negative counts declared), provenance, animal, ...
     /ground_truth/          optional: arrays that rebuild the true neurons of a synthetic twin
 
@@ -33,6 +34,7 @@ GROUND_TRUTH_GROUP = "ground_truth"
 # (variable, dims) of the fixed per-session fields; images may also be (image, channel, y, x).
 REQUIRED_FIELDS = ("images", "image_id", "tier", "responses", "neuron_id")
 OPTIONAL_FIELDS = ("trials",)
+DIMENSIONS = ("image", "neuron", "repeat", "channel", "y", "x")
 
 
 @dataclass
@@ -48,6 +50,7 @@ class SessionData:
     trials: np.ndarray | None = None  # (N, repeats, neurons) float32/64, NaN = missing repeat
     neuron_meta: dict[str, np.ndarray] = field(default_factory=dict)  # each (neurons,)
     attrs: dict[str, str | int | float] = field(default_factory=dict)
+    image_meta: dict[str, np.ndarray] = field(default_factory=dict)  # each (N,), optional per-image metadata
 
     @property
     def n_images(self) -> int:

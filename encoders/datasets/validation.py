@@ -18,6 +18,7 @@ import numpy as np
 
 from encoders.datasets.schema import (
     GROUND_TRUTH_GROUP,
+    DIMENSIONS,
     REQUIRED_FIELDS,
     SESSIONS_GROUP,
     SUPPORTED_SCHEMA_VERSIONS,
@@ -81,6 +82,10 @@ def validate_session(session: SessionData, path: str | Path) -> None:
         if name in REQUIRED_FIELDS or name == "trials":
             fail(name, "per-neuron metadata may not reuse a reserved field name")
         _check_vector(values, n_neurons, name, fail)
+    for name, values in session.image_meta.items():
+        if name in REQUIRED_FIELDS or name in ("trials", *DIMENSIONS) or name in session.neuron_meta:
+            fail(name, "per-image metadata may not reuse a reserved, dimension or per-neuron metadata name")
+        _check_vector(values, n, name, fail)
     _check_image_values(images, fail)
 
 

@@ -32,7 +32,7 @@ from encoders.datasets.io import list_sessions, read_arrays
 from encoders.datasets.natural_images import natural_image_pool
 from encoders.datasets.transforms import ImageTransform
 from encoders.errors import EncodersError
-from encoders.outputs import write_text
+from encoders.outputs import check_writable, write_text
 from encoders.synthesis.prior import DiffusionPrior
 
 LOG_EVERY = 50  # optimiser steps per point of the stored loss curve
@@ -48,11 +48,14 @@ class DatasetImages:
         path: the HDF5 dataset file.
         sessions: sessions to take images from (None: all).
         tiers: tiers to take images from; test images are the models' held-out data, keep them out.
+        allow_test: permit "test" in `tiers` (refused otherwise: a prior that saw the test images
+            can leak them into MEIs and reconstructions scored on those images).
     """
 
     path: str
     sessions: list[str] | None = None
     tiers: list[str] = field(default_factory=lambda: ["train"])
+    allow_test: bool = False
 
 
 @dataclass
@@ -333,9 +336,11 @@ def train_prior(
         enable_progress_bar=False, num_sanity_val_steps=0,
     )
     resume = checkpoints / "last.ckpt"
+    if resume.exists():
+        check_resume(resume, module)
     # The loader only paces the loop: steps draw their own data (PriorTraining.draw).
     trainer.fit(module, DataLoader(range(optimisation.max_steps), batch_size=None),
-                ckpt_path=str(resume) if resume.is_file() else None, weights_only=False)
+                ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
     trainer.save_checkpoint(resume)  # the final state, so a re-run has nothing left to do
 
     prior = module.prior()
@@ -356,21 +361,68 @@ def train_prior(
     return out
 
 
-def check_model(model: PriorModel, data: PriorData) -> None:
-    """Reject UNet shapes that cannot work, before any data is read."""
+def check_resume(path: Path, module: PriorTraining) -> None:
+    """The checkpoint a run would resume from is this prior's own, or an EncodersError naming it.
+
+    Read with `torch.load(weights_only=True)` (through `read_checkpoint`), so a file holding a
+    pickled object is refused without running it; an encoder checkpoint, an empty file or one of a
+    prior with other settings is refused too, before it could half-load into this run.
+    """
+    from encoders.checkpoints import read_checkpoint
+
+    checkpoint = read_checkpoint(path)
+    if "loss_curve" not in checkpoint or "ema_step" not in checkpoint["state_dict"]:
+        raise EncodersError(f"{path}: not a checkpoint of `encoders prior train`; move it away or choose another --out")
+    expected = {name: tuple(value.shape) for name, value in module.state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in checkpoint["state_dict"].items()}
+    if found != expected:
+        differ = sorted(set(found) ^ set(expected)) or sorted(n for n in found if found[n] != expected[n])
+        raise EncodersError(f"{path}: a prior checkpoint of other model settings (e.g. {differ[0]}); train with the "
+                            "settings it was made with, or choose another --out")
+
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def check_options(data: PriorData, model: PriorModel, optimisation: PriorOptimisation) -> None:
+    """Reject settings that cannot work or mean nothing, in one line naming the option, before any data is read."""
     levels = len(model.block_out_channels)
     if levels < 2:
         raise EncodersError("model.block_out_channels: at least 2 levels")
-    if data.size % 2 ** (levels - 1):
-        raise EncodersError(f"data.size: {data.size} must be divisible by 2^{levels - 1} (the UNet halves it {levels - 1} times)")
+    if min(model.block_out_channels) < 1 or model.layers_per_block < 1 or model.norm_num_groups < 1:
+        raise EncodersError("model: block_out_channels, layers_per_block and norm_num_groups must be positive")
+    if data.size < 4 or data.size % 2 ** (levels - 1):
+        raise EncodersError(f"data.size: {data.size} must be at least 4 and divisible by 2^{levels - 1} (the UNet halves it {levels - 1} times)")
     bad = [c for c in model.block_out_channels if c % model.norm_num_groups]
     if bad:
         raise EncodersError(f"model.block_out_channels: {bad} not divisible by model.norm_num_groups={model.norm_num_groups}")
+    if model.num_train_timesteps < 2:
+        raise EncodersError(f"model.num_train_timesteps: {model.num_train_timesteps}; a DDPM needs at least 2 (1000 is usual)")
+    if model.beta_schedule not in BETA_SCHEDULES:
+        raise EncodersError(f"model.beta_schedule: {model.beta_schedule!r} is not one of {list(BETA_SCHEDULES)}")
     low, high = data.scale
     if not 0 < low <= high <= 1:
         raise EncodersError(f"data.scale: need 0 < low <= high <= 1, got {list(data.scale)}")
-
-
+    if data.batch_size < 1 or data.pool_size < 0:
+        raise EncodersError(f"data: batch_size must be positive and pool_size non-negative, got {data.batch_size} and {data.pool_size}")
+    if data.source_size is not None and data.source_size < data.size:
+        raise EncodersError(f"data.source_size: {data.source_size} is smaller than data.size {data.size}")
+    for entry in data.datasets:
+        if "test" in entry.tiers and not entry.allow_test:
+            raise EncodersError(f"data.datasets: {entry.path} asks for test-tier images, the models' held-out data; "
+                                "set allow_test: true for that dataset to use them anyway")
+    o = optimisation
+    if o.max_steps < 1 or o.checkpoint_every < 1 or o.sample_steps < 1:
+        raise EncodersError(f"optimisation: max_steps, checkpoint_every and sample_steps must be at least 1, "
+                            f"got {o.max_steps}, {o.checkpoint_every}, {o.sample_steps}")
+    if o.sample_steps > model.num_train_timesteps:
+        raise EncodersError(f"optimisation.sample_steps: {o.sample_steps} exceeds model.num_train_timesteps {model.num_train_timesteps}")
+    if not (math.isfinite(o.lr) and o.lr > 0) or o.warmup_steps < 0:
+        raise EncodersError(f"optimisation: lr must be positive and finite, warmup_steps non-negative, got {o.lr}, {o.warmup_steps}")
+    if not 0 <= o.ema_decay < 1:
+        raise EncodersError(f"optimisation.ema_decay: {o.ema_decay} must be in [0, 1)")
+    if o.max_minutes is not None and not o.max_minutes > 0:
+        raise EncodersError(f"optimisation.max_minutes: {o.max_minutes} must be positive (or null: no limit)")
 
 
 def parser():
@@ -390,7 +442,8 @@ def parser():
 
 def run(options) -> Path:
     """Check the parsed and instantiated options, train, and return the prior's folder."""
-    check_model(options.model, options.data)
+    check_options(options.data, options.model, options.optimisation)
+    check_writable(options.out)
     out = train_prior(options.out, options.data, options.model, options.optimisation, seed=options.seed, threads=options.threads)
     print(f"prior saved to {out}")
     return out

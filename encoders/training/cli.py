@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from encoders.checkpoints import read_checkpoint, upgrade_hparams
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.errors import EncodersError, one_line
+from encoders.interrupts import Interrupts
 from encoders.training.module import EncodingModel
 
 KEYWORDS = ("last", "best", "hpc")  # checkpoints Lightning finds itself ("last" may not exist yet: it then starts fresh)
@@ -34,6 +35,8 @@ class EncodersCLI(LightningCLI):
         # Right after parsing, Lightning loads --ckpt_path to read its hyperparameters: a missing,
         # broken or unsafe file must fail here first, in one line, before anything is written.
         path = self.config[subcommand].get("ckpt_path")
+        if path is None and subcommand in ("test", "validate", "predict"):
+            self.config[subcommand]["ckpt_path"] = path = best_of_run(subcommand, self.config[subcommand])
         if path is not None and str(path) not in KEYWORDS and not str(path).startswith("registry"):
             read_checkpoint(path)
         check_devices(self.config[subcommand].get("trainer", {}))
@@ -48,6 +51,7 @@ class EncodersCLI(LightningCLI):
         hparams = upgrade_hparams(dict(read_checkpoint(path).get("hyper_parameters", {})))
         hparams.pop("_instantiator", None)
         hparams.pop("_class_path", None)
+        check_architecture(path, hparams, self.config[subcommand].get("model", {}))
         if hparams:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
@@ -137,6 +141,56 @@ class SaveConfigWhenReady(SaveConfigCallback):
         self._save(trainer, pl_module, "predict")
 
 
+def _checkpoint_folders(config) -> list[Path]:
+    """The dirpath of every ModelCheckpoint in a parsed trainer config."""
+    folders = []
+    for callback in config.get("trainer", {}).get("callbacks") or []:
+        init = callback.get("init_args") if hasattr(callback, "get") else None
+        if str(callback.get("class_path", "")).endswith("ModelCheckpoint") and init and init.get("dirpath"):
+            folders.append(Path(init.get("dirpath")))
+    return folders
+
+
+def best_of_run(subcommand: str, config) -> str:
+    """`test` (`validate`, `predict`) without --ckpt_path: the run's best checkpoint, said on stderr.
+
+    Without a checkpoint Lightning would score the untrained weights and overwrite the run's
+    `test_metrics.nc`; the best checkpoint is the one `fit` tests, recorded in the run's last.ckpt.
+    """
+    for folder in _checkpoint_folders(config):
+        last = folder / "last.ckpt"
+        if not last.is_file():
+            continue
+        states = read_checkpoint(last).get("callbacks", {})
+        best = next((s.get("best_model_path") for k, s in states.items() if "ModelCheckpoint" in k and s.get("best_model_path")), None)
+        chosen = best if best and Path(best).is_file() else str(last)
+        print(f"train: {subcommand}: no --ckpt_path given; using the run's {'best' if chosen == best else 'last'} "
+              f"checkpoint {chosen}", file=sys.stderr)
+        return chosen
+    folders = ", ".join(map(str, _checkpoint_folders(config))) or "none configured"
+    raise EncodersError(f"{subcommand}: --ckpt_path is needed (without it the untrained model would be scored); no trained "
+                        f"checkpoint found in the config's checkpoint folder ({folders})")
+
+
+ARCHITECTURE = ("core", "readout")
+
+
+def check_architecture(path: str, hparams: dict, model) -> None:
+    """A checkpoint of another core or readout than the config asks for is refused, naming both.
+
+    Lightning would take the checkpoint's hyperparameters over the config's without a word, so a
+    run would test, resume or report under the config's name a model the config does not describe.
+    """
+    for key in ARCHITECTURE:
+        ours, theirs = model.get(key) if hasattr(model, "get") else None, hparams.get(key)
+        ours = ours.as_dict() if hasattr(ours, "as_dict") else ours
+        if ours is None or theirs is None:
+            continue
+        if dict(ours) != dict(theirs):
+            raise EncodersError(f"--ckpt_path {path}: its model.{key} is {dict(theirs)}, the config's is {dict(ours)}; "
+                                "use the config the checkpoint was trained with")
+
+
 def check_devices(trainer: dict) -> None:
     """A device count or accelerator the machine lacks fails in one line, before anything is built."""
     import torch
@@ -151,36 +205,41 @@ def check_devices(trainer: dict) -> None:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the CLI; user errors exit 2 with one line, Ctrl-C exits 130 with one line."""
+    """Run the CLI; user errors exit 2 with one line; Ctrl-C (130) and SIGTERM (143) print one line saying how to go on."""
     os.environ.setdefault("WANDB_MODE", "offline")
-    interrupted = []
-
-    def on_interrupt(signum: int, frame: object) -> None:
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    # Lightning turns Ctrl-C inside fit into exit status 1; remembering it lets us answer 130
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    argv = list(sys.argv[1:] if args is None else args)
     global _held
     _held = HeldLines().hold()
-    try:
-        run(args)
-    except (EncodersError, argparse.ArgumentError) as error:
-        _held.pass_on(show=False)
-        print(f"train: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, SystemExit) as stop:
-        if not interrupted and isinstance(stop, SystemExit):
-            raise
-        _held.pass_on(show=False)
-        print("train: interrupted; files are written whole or not at all. Continue with the same command plus "
-              "--ckpt_path last", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        _held.pass_on()  # whatever else happened (--help, a bug): the lines as Lightning meant them
-        _held = None
+    with Interrupts() as interrupts:
+        try:
+            run(argv)
+        except (EncodersError, argparse.ArgumentError) as error:
+            _held.pass_on(show=False)
+            print(f"train: error: {one_line(error)}", file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, SystemExit) as stop:
+            if not interrupts.stopped(stop):
+                raise
+            _held.pass_on(show=False)
+            print(f"train: stopped by {interrupts.name}; files are written whole or not at all. {how_to_continue(argv)}",
+                  file=sys.stderr)
+            return interrupts.status
+        finally:
+            _held.pass_on()  # whatever else happened (--help, a bug): the lines as Lightning meant them
+            _held = None
     return 0
+
+
+def how_to_continue(argv: list[str]) -> str:
+    """The exact command that continues an interrupted run."""
+    if argv[:1] != ["fit"]:
+        return "Run the same command again."
+    rest = list(argv)
+    if "--ckpt_path" in rest:  # a given checkpoint: continue from the run's own last state instead
+        index = rest.index("--ckpt_path")
+        del rest[index : index + 2]
+    rest = [a for a in rest if not a.startswith("--ckpt_path=")]
+    return "Continue with: python train.py " + " ".join(shlex.quote(a) for a in [*rest, "--ckpt_path", "last"])
 
 
 # parse errors raise (one line in `main`) instead of printing the whole usage and exiting
