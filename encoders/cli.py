@@ -21,6 +21,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from encoders.errors import EncodersError, one_line
 from encoders.interrupts import Interrupts
+from encoders.yaml_files import load_yaml_file, strict_yaml
 
 
 class CheckedConfigFile(ActionConfigFile):
@@ -38,15 +39,10 @@ class CheckedConfigFile(ActionConfigFile):
 
 def check_config_keys(parser: ArgumentParser, value: object) -> None:
     """EncodersError naming `value` (a YAML file) and every key of it that `parser` does not accept."""
-    import yaml
-
     path = Path(str(value))
     if not path.is_file():
         return  # not a file (a YAML string, or missing): jsonargparse reports it
-    try:
-        content = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise EncodersError(f"{path}: not a readable YAML file ({type(error).__name__})") from None
+    content = load_yaml_file(path)
     if not isinstance(content, dict):
         return
     # options that take a value; groups (dataclass arguments) are the prefixes of their dotted names
@@ -73,6 +69,7 @@ def check_config_keys(parser: ArgumentParser, value: object) -> None:
 
 
 def _parser(description: str, config: bool = True) -> ArgumentParser:
+    strict_yaml()
     parser = ArgumentParser(description=description, exit_on_error=False, default_env=False)
     if config:
         parser.add_argument("--config", action=CheckedConfigFile, help="YAML file whose keys set the options below")
@@ -82,6 +79,8 @@ def _parser(description: str, config: bool = True) -> ArgumentParser:
 # ---- parsers ---------------------------------------------------------------------------------------
 def _prepare_parser(commands) -> None:
     from encoders.datasets.cowley2023 import convert_cowley2023
+    from encoders.datasets.nwb import convert_nwb
+    from encoders.datasets.table import import_table
     from encoders.twin.generation import write_twin
 
     prepare = _parser("convert or generate a dataset file", config=False)
@@ -96,6 +95,13 @@ def _prepare_parser(commands) -> None:
     twin = _parser("a synthetic V4 digital twin with stored ground-truth neurons")
     twin.add_function_arguments(write_twin, as_positional=True)
     sources.add_subcommand("synthetic", twin, help="a synthetic V4 digital twin (ground-truth neurons)")
+    nwb = _parser("NWB files (DANDI), one session each: spike counts per presentation, images in the file or a folder")
+    nwb.add_function_arguments(convert_nwb, as_positional=True)
+    sources.add_subcommand("nwb", nwb, help="NWB files (DANDI): spike counts per image presentation")
+    table = _parser("a lab's own recordings: stimulus image files and response tables or arrays, described by a YAML "
+                    "file (docs/your_data.md)", config=False)
+    table.add_function_arguments(import_table, as_positional=True)
+    sources.add_subcommand("table", table, help="your own recordings: image files + response tables (a YAML file)")
 
 
 def _product_parser(description: str, product: type, data_required: bool) -> ArgumentParser:
@@ -181,6 +187,18 @@ def _prepare(options) -> int:
         sessions = [str(s) for s in sessions] if sessions is not None else None
         convert_cowley2023(o.source_dir, out, sessions=sessions, validation_fraction=o.validation_fraction,
                            test_fraction=o.test_fraction, seed=o.seed)
+    elif options.source == "nwb":
+        from encoders.datasets.nwb import convert_nwb
+
+        o = options.nwb
+        out = _new_output_file(o.out)
+        convert_nwb(**{name: o[name] for name in inspect.signature(convert_nwb).parameters})
+    elif options.source == "table":
+        from encoders.datasets.table import import_table
+
+        o = options.table
+        out = _new_output_file(o.out)
+        import_table(o.config, str(out), root=o.root)
     else:
         from encoders.twin.generation import write_twin
 

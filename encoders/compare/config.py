@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import yaml
 from pytorch_lightning.callbacks import EarlyStopping
 
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.errors import EncodersError
+from encoders.yaml_files import load_yaml_file
 from encoders.encoder import CORES, READOUTS
 from encoders.similarity import MEASURES
 from encoders.synthesis.energies import METRICS
@@ -254,12 +254,7 @@ def _pairs(reader: _Reader, value: Any, methods: dict) -> dict[str, tuple[str, s
 def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfig:
     """Read and check a comparison YAML; `out` overrides its output folder."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise EncodersError(f"{path}: cannot read config: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise EncodersError(f"{path}: not valid YAML ({error})") from None
+    raw = load_yaml_file(path)
     reader = _Reader(path)
     top = reader.mapping(raw, "top level")
     sections = {"out", "models", "device", "threads", "data", "architectures", "seeds", "trainer", "early_stopping", "meis", "methods",

@@ -27,6 +27,7 @@ from encoders.errors import EncodersError
 from encoders.evaluation import test_table
 from encoders.outputs import write_json, write_netcdf
 from encoders.training import EncodingModel, ModelCheckpoint
+from encoders.training.checkpoint_io import use_atomic_checkpoints
 
 METRICS_FILE = "test_metrics.nc"
 MONITOR = "val/correlation"
@@ -166,6 +167,7 @@ def train_model(config: CompareConfig, architecture: Architecture, seed: int) ->
         loggers.append(WandbLogger(project=project, name=name, group=config.wandb.get("name", config.name),
                                    save_dir=str(folder), offline=True))
     trainer = pl.Trainer(**config.trainer, default_root_dir=folder, callbacks=callbacks, logger=loggers)
+    use_atomic_checkpoints(trainer)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     trainer.test(model, datamodule=datamodule, ckpt_path=str(best))
     for logger in loggers:

@@ -322,6 +322,8 @@ def train_prior(
     """
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from encoders.training.checkpoint_io import use_atomic_checkpoints
+
     out = Path(out)
     torch.set_num_threads(threads)
     images = training_images(data)
@@ -335,6 +337,7 @@ def train_prior(
         logger=False, callbacks=[saver], enable_model_summary=False,
         enable_progress_bar=False, num_sanity_val_steps=0,
     )
+    use_atomic_checkpoints(trainer)
     resume = checkpoints / "last.ckpt"
     if resume.exists():
         check_resume(resume, module)

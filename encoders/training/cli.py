@@ -15,6 +15,8 @@ from encoders.checkpoints import read_checkpoint, upgrade_hparams
 from encoders.datasets.datamodule import RecordedDataModule
 from encoders.errors import EncodersError, one_line
 from encoders.interrupts import Interrupts
+from encoders.yaml_files import load_yaml_file, strict_yaml
+from encoders.training.checkpoint_io import use_atomic_checkpoints
 from encoders.training.module import EncodingModel
 
 KEYWORDS = ("last", "best", "hpc")  # checkpoints Lightning finds itself ("last" may not exist yet: it then starts fresh)
@@ -54,6 +56,11 @@ class EncodersCLI(LightningCLI):
         check_architecture(path, hparams, self.config[subcommand].get("model", {}))
         if hparams:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)  # a full disk leaves the previous checkpoint whole, never a truncated one
+        return trainer
 
     def before_fit(self) -> None:
         # `--ckpt_path last` resumes from the newest last*.ckpt of the checkpoint folders: check those too
@@ -191,6 +198,16 @@ def check_architecture(path: str, hparams: dict, model) -> None:
                                 "use the config the checkpoint was trained with")
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Every `--config FILE` is readable YAML text without repeated keys; else one line naming the file, key and line."""
+    for i, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if flag == "--config":
+            path = Path(value if equals else (argv[i + 1] if i + 1 < len(argv) else ""))
+            if path.is_file():
+                load_yaml_file(path)
+
+
 def check_devices(trainer: dict) -> None:
     """A device count or accelerator the machine lacks fails in one line, before anything is built."""
     import torch
@@ -212,7 +229,7 @@ def main(args: list[str] | None = None) -> int:
     _held = HeldLines().hold()
     with Interrupts() as interrupts:
         try:
-            run(argv)
+            run(args)
         except (EncodersError, argparse.ArgumentError) as error:
             _held.pass_on(show=False)
             print(f"train: error: {one_line(error)}", file=sys.stderr)
@@ -248,6 +265,8 @@ PARSER_KWARGS = {"exit_on_error": False, **{name: {"exit_on_error": False} for n
 
 def run(args: list[str] | None = None) -> EncodersCLI:
     """The CLI run on `args`, with no error handling (tests call it to inspect the trainer afterwards)."""
+    strict_yaml()
+    check_config_files(sys.argv[1:] if args is None else args)
     return EncodersCLI(EncodingModel, RecordedDataModule, save_config_callback=SaveConfigWhenReady,
                        save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args)
 
