@@ -231,7 +231,12 @@ def _products(options, which: str) -> int:
     chosen = getattr(options, which)
     product_class = {"mei": MEIs, "reconstruct": Reconstructions}[which]
     product = product_class(**{name: chosen[name] for name in inspect.signature(product_class).parameters})
+    from encoders.devices import usable_device
+    from encoders.outputs import check_writable
+
     out = _output_folder(chosen.out)
+    device = usable_device(chosen.device)
+    check_writable(out)
     from encoders.synthesis.methods import EGGSettings, load_prior
 
     if isinstance(product.method, EGGSettings):
@@ -246,7 +251,7 @@ def _products(options, which: str) -> int:
                                         crop=transform.crop, resize=transform.resize)
         datamodule.setup("predict")
         check_data(model, datamodule)
-    model = model.to(chosen.device)
+    model = model.to(device)
     for made in make_products([product], [Path(p) for p in chosen.checkpoints], model, ProductData.of(datamodule), out, Progress()):
         print(made.line)
     return 0

@@ -45,14 +45,15 @@ def check_writable(folder: str | Path) -> Path:
         existing = existing.parent  # nothing is created here: a later check may still refuse the run
     if not existing.is_dir():
         raise EncodersError(f"{folder}: output folder cannot be made: {existing} exists and is not a folder")
-    probe = existing / f".write-probe-{os.getpid()}"
+    probe, before = existing / f".write-probe-{os.getpid()}", existing.stat()
     try:
         probe.write_bytes(b"0")
+        probe.unlink()
+        os.utime(existing, ns=(before.st_atime_ns, before.st_mtime_ns))  # the probe leaves no trace, not even a new mtime
     except OSError as error:
+        probe.unlink(missing_ok=True)
         raise EncodersError(f"{folder}: output folder cannot be written ({error.strerror or type(error).__name__} "
                             f"in {existing})") from None
-    finally:
-        probe.unlink(missing_ok=True)
     return folder
 
 

@@ -269,6 +269,103 @@ CASES: list[tuple] = [
 ]
 
 
+# ---- round two: config files, trainer values, devices, output folders, prior training, values that mean nothing
+def _with_line(i: Inputs, argv: list[str], line: str) -> list[str]:
+    """The tiny experiment's YAML with one more line at its end (e.g. a key it already has)."""
+    path = Path(argv[2])
+    path.write_text(path.read_text() + line)
+    return argv
+
+
+def _test_other_architecture(i: Inputs) -> list[str]:
+    argv = i.train(model={"readout": {"type": "gaussian"}})
+    return ["test", *argv[1:], "--ckpt_path", str(i.good["checkpoint"])]
+
+
+def _test_without_checkpoint(i: Inputs) -> list[str]:
+    return ["test", *i.train()[1:]]  # the config's checkpoint folder (under out) holds nothing
+
+
+def _prior(i: Inputs, data: dict | None = None, model: dict | None = None, optimisation: dict | None = None,
+           out: Path | None = None, plant: object | None = None) -> list[str]:
+    """`encoders prior train` of a tiny UNet on the good twin's images, with parts replaced; `plant` is put
+    where a resumable checkpoint of the run would be (bytes as they are, anything else through torch.save)."""
+    config = {
+        "data": {"size": 16, "source_size": 16, "batch_size": 4, "datasets": [{"path": str(i.good["data"])}], **(data or {})},
+        "model": {"block_out_channels": [8, 16], "norm_num_groups": 4, "attention": False, **(model or {})},
+        "optimisation": {"max_steps": 4, "checkpoint_every": 2, "warmup_steps": 1, "sample_steps": 2, **(optimisation or {})},
+    }
+    out = out or i.out
+    if plant is not None:
+        (out / "checkpoints").mkdir(parents=True)
+        last = out / "checkpoints" / "last.ckpt"
+        last.write_bytes(plant) if isinstance(plant, bytes) else torch.save(plant, last)
+    return ["prior", "train", "--config", str(_text_file(i, "prior.yaml", yaml.safe_dump(config))), "--out", str(out)]
+
+
+def _nan_target(i: Inputs) -> Path:
+    import numpy as np
+    import xarray as xr
+
+    values = np.random.default_rng(0).normal(size=(20, 4))
+    values[3, 1] = np.nan
+    xr.Dataset({"responses": (("stimulus", "unit"), values)}).to_netcdf(i.tmp / "target.nc", engine="h5netcdf")
+    return i.tmp / "target.nc"
+
+
+CASES += [
+    # config files that are not YAML, or repeat a key (the last one silently won)
+    ("config_duplicate_key", "train", lambda i: _with_line(i, i.train(), "seed_everything: 5\n"),
+     ["experiment.yaml", "key 'seed_everything' given twice"]),
+    ("config_duplicate_nested_key", "encoders",
+     lambda i: ["prepare", "synthetic", str(i.out), "--config", str(_text_file(i, "twin.yaml", "n_sessions: 2\nn_sessions: 3\n"))],
+     ["twin.yaml", "key 'n_sessions' given twice (lines 1 and 2)"]),
+    ("config_not_text", "train", lambda i: ["fit", "--config", str(i.checkpoint("binary.yaml", b"\x00\x01\x02 not text"))],
+     ["binary.yaml", "not a readable YAML file"]),
+    # trainer values Lightning rejects itself
+    ("trainer_max_epochs_negative", "train", lambda i: [*i.train(), "--trainer.max_epochs", "-5"], ["trainer:", "max_epochs", "-5"]),
+    ("trainer_max_time_malformed", "train", lambda i: i.train(trainer={"max_time": "soon"}), ["trainer:", "'soon'", "DD:HH:MM:SS"]),
+    ("trainer_seed_out_of_range", "train", lambda i: [*i.train(), "--seed_everything", str(2**40)], ["seed_everything", str(2**40)]),
+    # results that would be swapped or overwritten silently
+    ("test_checkpoint_of_another_architecture", "train", _test_other_architecture,
+     ["last.ckpt", "model.readout", "'attention'", "the config's is {'type': 'gaussian'}"]),
+    ("test_without_checkpoint", "train", _test_without_checkpoint, ["test: --ckpt_path is needed", "no trained checkpoint"]),
+    # devices and output folders
+    ("device_cuda_missing", "encoders", lambda i: i.mei(None, "--device", "cuda"), ["--device", "'cuda'", "no CUDA device"], [GPU]),
+    ("device_not_a_device", "encoders", lambda i: i.mei(None, "--device", "gpu0"), ["--device", "'gpu0'", "not a torch device"]),
+    ("out_not_writable", "encoders", lambda i: [*i.mei()[:-2], "--out", "/proc/encoders-out"],
+     ["/proc/encoders-out", "cannot be written"]),
+    ("out_not_writable_prior", "encoders", lambda i: _prior(i, out=Path("/proc/encoders-prior")),
+     ["/proc/encoders-prior", "cannot be written"]),
+    # a model that cannot see the images
+    ("core_larger_than_input", "train", lambda i: i.train(data={"resize": [3, 3]}),
+     ["data: images of (1, 3, 3)", "do not fit the core", "Kernel size"]),
+    # values that run but mean nothing
+    ("mei_zero_steps", "encoders", lambda i: i.mei(None, "--method.steps", "0"), ["need steps >= 1"]),
+    ("similarity_nan_target", "encoders",
+     lambda i: ["similarity", "optimize", "--target", str(_nan_target(i)), "--out", str(i.out), "--steps", "2"],
+     ["target.nc", "1 NaN or infinite value(s)"]),
+    ("similarity_zero_steps", "encoders",
+     lambda i: ["similarity", "optimize", "--synthetic-target", "--out", str(i.out), "--steps", "0"], ["--steps", "steps >= 1"]),
+    # prior training: resuming only its own checkpoint, never unpickling; values out of range; test images
+    ("prior_resume_pickled_object", "encoders", lambda i: _prior(i, plant={"state_dict": {}, "note": Payload(i.tmp / MARKER)}),
+     ["checkpoints/last.ckpt", "refused", "pickled Python object"]),
+    ("prior_resume_encoder_checkpoint", "encoders",
+     lambda i: _prior(i, plant=torch.load(i.good["checkpoint"], map_location="cpu", weights_only=True)),
+     ["checkpoints/last.ckpt", "not a checkpoint of `encoders prior train`"]),
+    ("prior_resume_empty_file", "encoders", lambda i: _prior(i, plant=b""), ["checkpoints/last.ckpt", "not a readable"]),
+    ("prior_zero_timesteps", "encoders", lambda i: _prior(i, model={"num_train_timesteps": 0}), ["model.num_train_timesteps", "at least 2"]),
+    ("prior_beta_schedule_misspelt", "encoders", lambda i: _prior(i, model={"beta_schedule": "cosine"}),
+     ["model.beta_schedule", "'cosine'", "squaredcos_cap_v2"]),
+    ("prior_zero_steps", "encoders", lambda i: _prior(i, optimisation={"max_steps": 0}), ["max_steps", "at least 1"]),
+    ("prior_checkpoint_every_zero", "encoders", lambda i: _prior(i, optimisation={"checkpoint_every": 0}), ["checkpoint_every", "at least 1"]),
+    ("prior_ema_negative", "encoders", lambda i: _prior(i, optimisation={"ema_decay": -0.5}), ["optimisation.ema_decay", "-0.5"]),
+    ("prior_test_tier", "encoders",
+     lambda i: _prior(i, data={"datasets": [{"path": str(i.good["data"]), "tiers": ["train", "test"]}]}),
+     ["test-tier images", "allow_test: true"]),
+]
+
+
 def _run(program: str, argv: list[str], capsys) -> tuple[int, str]:
     """Run in this process (a subprocess per case would cost seconds of imports); exit code and stderr."""
     capsys.readouterr()

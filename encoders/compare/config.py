@@ -41,6 +41,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
 from encoders.datasets.datamodule import RecordedDataModule
+from encoders.devices import usable_device
 from encoders.errors import EncodersError
 from encoders.yaml_files import load_yaml_file
 from encoders.encoder import CORES, READOUTS
@@ -371,7 +372,7 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
     if models_dir is not None and not isinstance(models_dir, str):
         raise reader.fail("models", f"must be a folder path or null, got {models_dir!r}")
     return CompareConfig(
-        source=path, out=out_dir, models=Path(models_dir) if models_dir else out_dir / "models", device=str(top.get("device", "cpu")), threads=threads,
+        source=path, out=out_dir, models=Path(models_dir) if models_dir else out_dir / "models", device=str(usable_device(str(top.get("device", "cpu")), f"{path}: device")), threads=threads,
         data=data, architectures=archs, generating_seeds=tuple(generating), held_out_seeds=tuple(held_out),
         trainer=trainer, early_stopping=early, top_k=top_k, mei_seeds=seeds_, contrast=float(contrast), keep=keep,
         methods=methods, pairs=pairs, meni=meni, reconstructions=reconstructions, natural_tiers=tuple(natural), ground_truth=ground_truth, similarity=similarity, wandb=wandb,

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from encoders.errors import EncodersError
+
 
 def dry_run_shape(core: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
     """(C, h, w) of `core`'s output for one (C_in, H, W) input; BatchNorm statistics stay untouched."""
@@ -17,6 +19,10 @@ def dry_run_shape(core: nn.Module, input_shape: tuple[int, int, int]) -> tuple[i
     try:
         with torch.no_grad():
             out = core(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
+    except RuntimeError as error:  # e.g. a kernel larger than the (padded) image
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EncodersError(f"data: images of {tuple(input_shape)} (channels, height, width) in model space do not fit the "
+                            f"core ({first}); enlarge data.resize or choose smaller kernels") from None
     finally:
         core.train(was_training)
     return tuple(out.shape[1:])  # type: ignore[return-value]

@@ -236,7 +236,14 @@ def summary_table(ds: xr.Dataset, rows: int = 5, pcs: int = 5) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``encoders similarity optimize``; returns a process exit code (2 on bad input)."""
+    """Run ``encoders similarity optimize``; bad input raises EncodersError (one line, exit 2), nothing written."""
+    from encoders.errors import EncodersError
+    from encoders.outputs import check_writable
+
+    if args.steps < 1 or not args.lr > 0 or not args.init_scale > 0:
+        raise EncodersError(f"--steps, --lr, --init-scale: need steps >= 1 and positive lr and init scale, "
+                            f"got {args.steps}, {args.lr}, {args.init_scale}")
+    check_writable(args.out)
     try:
         if args.synthetic_target:
             target = synthetic_target(
@@ -247,10 +254,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             target = load_target(args.target, args.variable)
             source = f"{args.target}" + (f":{args.variable}" if args.variable else "")
+        if not torch.isfinite(target).all():
+            bad = int((~torch.isfinite(target)).sum())
+            raise EncodersError(f"{source}: the target holds {bad} NaN or infinite value(s); drop or impute them first")
         ds = optimize_score(target, args.measure, args.steps, args.lr, args.seed, args.init_scale)
     except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise EncodersError(str(err)) from None
     ds.attrs["target"] = source
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

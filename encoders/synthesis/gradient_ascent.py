@@ -187,9 +187,9 @@ class GASettings:
             raise EncodersError(f"seeds must be distinct, got {list(self.seeds)}")
         if self.optimizer not in OPTIMIZERS:
             raise EncodersError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.steps < 0 or self.batch_size < 1 or not self.lr > 0 or not self.contrast > 0 or self.blur_sigma < 0:
-            raise EncodersError(
-                f"need steps >= 0, batch_size >= 1, lr > 0, contrast > 0, blur_sigma >= 0; got {self}"
+        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or not self.contrast > 0 or self.blur_sigma < 0:
+            raise EncodersError(  # steps 0 would hand back the starting noise as if it were an optimised image
+                f"need steps >= 1, batch_size >= 1, lr > 0, contrast > 0, blur_sigma >= 0; got {self}"
             )
         if self.norm is not None and not self.norm > 0:
             raise EncodersError(f"norm must be positive, got {self.norm}")

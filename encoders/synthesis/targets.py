@@ -6,6 +6,8 @@ A model here is anything with `sessions` and `neuron_ids(session)` (EncodingMode
 
 from __future__ import annotations
 
+import sys
+
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -106,6 +108,8 @@ def top_k_targets(model: nn.Module, datamodule: RecordedDataModule, k: int, tier
     if not table:
         raise EncodersError("the data module shares no session with the model")
     table.sort(key=lambda row: -row[0] if np.isfinite(row[0]) else np.inf)  # stable: ties keep model order
+    if k > len(table):
+        print(f"top_k {k}: the model has {len(table)} neurons in the data's sessions; taking all {len(table)}", file=sys.stderr)
     chosen = table[:k]
     return [(session, neuron) for _, session, neuron in chosen], [r for r, _, _ in chosen]
 

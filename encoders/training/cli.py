@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from encoders.checkpoints import read_checkpoint, upgrade_hparams
@@ -42,6 +43,9 @@ class EncodersCLI(LightningCLI):
         if path is not None and str(path) not in KEYWORDS and not str(path).startswith("registry"):
             read_checkpoint(path)
         check_devices(self.config[subcommand].get("trainer", {}))
+        seed = self.config[subcommand].get("seed_everything")
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+            raise EncodersError(f"seed_everything: {seed} is out of range; seeds are 0 to {2**32 - 1} (or true for a random one)")
 
     def _parse_ckpt_path(self) -> None:
         # Lightning merges the checkpoint's hyperparameters into the model's config: bring those of
@@ -58,7 +62,10 @@ class EncodersCLI(LightningCLI):
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as error:  # Lightning's own checks of trainer values (max_epochs, max_time, ...)
+            raise EncodersError(f"trainer: {one_line(error)}") from None
         use_atomic_checkpoints(trainer)  # a full disk leaves the previous checkpoint whole, never a truncated one
         return trainer
 
