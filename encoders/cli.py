@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from encoders.errors import EncodersError, one_line
+from encoders.errors import EncodersError, cause_of, one_line
 from encoders.interrupts import Interrupts
 from encoders.yaml_files import load_yaml_file, strict_yaml
 
@@ -404,7 +404,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
             if argv[:1] in (["mei"], ["reconstruct"]):
                 argv = fold_method_flags(argv)
-            options = parser.instantiate(parser.parse_args(argv))
+            options = parser.parse_args(argv)
+            try:
+                options = parser.instantiate(options)
+            except ValueError as error:  # a constructor's one-line error, wrapped by jsonargparse
+                raise cause_of(error) or error from None
             return COMMANDS[options.command](options)
         except (ArgumentError, EncodersError, ValueError, FileNotFoundError) as error:
             # ValueError/FileNotFoundError: values the parser could not judge alone (fractions, sizes, paths)

@@ -29,3 +29,15 @@ class DatasetError(EncodersError, ValueError):
 def one_line(error: BaseException) -> str:
     """An error's message on one line: jsonargparse's run over several indented lines, the terminal and logs want one."""
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def cause_of(error: BaseException) -> "EncodersError | None":
+    """The EncodersError that `error` was raised from, if any: a parser that tries each type of a union
+    (jsonargparse) re-raises a user error as its own ValueError with the whole traceback in its text."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, EncodersError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -313,6 +313,24 @@ def _nan_target(i: Inputs) -> Path:
     return i.tmp / "target.nc"
 
 
+def _compare(i: Inputs, architecture: dict | None = None, text: str | None = None, device: str = "cpu") -> list[str]:
+    """`encoders compare` of one tiny architecture on the good twin, with parts replaced (or the YAML's text)."""
+    config = {"out": str(i.out), "device": device, "data": {"path": str(i.good["data"]), "batch_size": 16},
+              "architectures": {"small": architecture or {"core": {"type": "stacked", "hidden_channels": 4, "layers": 1},
+                                                          "readout": {"type": "gaussian"}}},
+              "seeds": {"generating": [0]}, "trainer": {"max_epochs": 1}, "methods": {"ga": {"type": "ga", "steps": 2}}}
+    return ["compare", str(_text_file(i, "compare.yaml", text if text is not None else yaml.safe_dump(config)))]
+
+
+def _products_same_file(i: Inputs) -> list[str]:
+    argv = i.train()
+    config = yaml.safe_load(Path(argv[2]).read_text())
+    mei = {"class_path": "encoders.products.MEIs", "init_args": {"top_k": 2, "method": {"steps": 2}}}
+    config["trainer"]["callbacks"].append({"class_path": "encoders.callbacks.Products", "init_args": {"products": [mei, mei]}})
+    Path(argv[2]).write_text(yaml.safe_dump(config))
+    return argv
+
+
 CASES += [
     # config files that are not YAML, or repeat a key (the last one silently won)
     ("config_duplicate_key", "train", lambda i: _with_line(i, i.train(), "seed_everything: 5\n"),
@@ -360,6 +378,15 @@ CASES += [
     ("prior_zero_steps", "encoders", lambda i: _prior(i, optimisation={"max_steps": 0}), ["max_steps", "at least 1"]),
     ("prior_checkpoint_every_zero", "encoders", lambda i: _prior(i, optimisation={"checkpoint_every": 0}), ["checkpoint_every", "at least 1"]),
     ("prior_ema_negative", "encoders", lambda i: _prior(i, optimisation={"ema_decay": -0.5}), ["optimisation.ema_decay", "-0.5"]),
+    ("products_same_file", "train", _products_same_file, ["two products would write the same file", "mei_ga"]),
+    # compare: every check before anything trains or is written
+    ("compare_invalid_architecture", "encoders",
+     lambda i: _compare(i, {"core": {"type": "stacked", "layers": 0}, "readout": {"type": "gaussian"}}),
+     ["compare.yaml", "architectures.small", "layers must be a positive integer, got 0"]),
+    ("compare_duplicate_method", "encoders",
+     lambda i: _compare(i, text=Path(_compare(i)[1]).read_text() + "methods: {ga: {type: ga}}\n"),
+     ["compare.yaml", "key 'methods' given twice"]),
+    ("compare_device_missing", "encoders", lambda i: _compare(i, device="cuda"), ["compare.yaml: device", "no CUDA device"], [GPU]),
     ("prior_test_tier", "encoders",
      lambda i: _prior(i, data={"datasets": [{"path": str(i.good["data"]), "tiers": ["train", "test"]}]}),
      ["test-tier images", "allow_test: true"]),

@@ -38,18 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import EarlyStopping
 
 from encoders.datasets.datamodule import RecordedDataModule
-from encoders.devices import usable_device
-from encoders.errors import EncodersError
-from encoders.yaml_files import load_yaml_file
 from encoders.encoder import CORES, READOUTS
+from encoders.errors import EncodersError, one_line
 from encoders.similarity import MEASURES
 from encoders.synthesis.energies import METRICS
 from encoders.synthesis.gradient_ascent import DEFAULT_CONTRAST, GASettings
 from encoders.synthesis.methods import EGGSettings
 from encoders.training import EncodingModel
+from encoders.yaml_files import load_yaml_file
 
 SET_BY_COMPARE = {
     "trainer": {"callbacks", "logger", "default_root_dir", "enable_checkpointing"},
@@ -196,6 +196,11 @@ def _architecture(reader: _Reader, name: str, value: Any) -> Architecture:
     if not isinstance(optional, bool):
         raise reader.fail(f"{where}.optional", f"must be true or false, got {optional!r}")
     model = {k: v for k, v in values.items() if k in model_keys}
+    try:  # every value checked now, as training would, not when the grid reaches it (optional ones may lack weights)
+        if not optional:
+            EncodingModel(core=parts["core"], readout=parts["readout"], **model)
+    except (EncodersError, TypeError, ValueError) as error:
+        raise reader.fail(where, str(error)) from None
     return Architecture(name=name, core=parts["core"], readout=parts["readout"], model=model, optional=optional)
 
 
@@ -286,6 +291,12 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
 
     trainer = reader.mapping(top.get("trainer"), "trainer")
     reader.keys(trainer, _parameters(pl.Trainer.__init__), "trainer", reserved=SET_BY_COMPARE["trainer"])
+    hardware = ("accelerator", "devices", "strategy", "num_nodes", "precision")  # checked where the models train
+    try:  # Lightning's own checks of the other values (max_epochs, max_time, ...), before anything trains
+        pl.Trainer(**{"enable_progress_bar": False, "enable_model_summary": False,
+                      **{k: v for k, v in trainer.items() if k not in hardware}}, logger=False)
+    except (MisconfigurationException, TypeError, ValueError) as error:
+        raise reader.fail("trainer", one_line(error)) from None
     early = top.get("early_stopping", {})
     if early is not None:
         early = reader.mapping(early, "early_stopping")
@@ -372,7 +383,7 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
     if models_dir is not None and not isinstance(models_dir, str):
         raise reader.fail("models", f"must be a folder path or null, got {models_dir!r}")
     return CompareConfig(
-        source=path, out=out_dir, models=Path(models_dir) if models_dir else out_dir / "models", device=str(usable_device(str(top.get("device", "cpu")), f"{path}: device")), threads=threads,
+        source=path, out=out_dir, models=Path(models_dir) if models_dir else out_dir / "models", device=str(top.get("device", "cpu")), threads=threads,
         data=data, architectures=archs, generating_seeds=tuple(generating), held_out_seeds=tuple(held_out),
         trainer=trainer, early_stopping=early, top_k=top_k, mei_seeds=seeds_, contrast=float(contrast), keep=keep,
         methods=methods, pairs=pairs, meni=meni, reconstructions=reconstructions, natural_tiers=tuple(natural), ground_truth=ground_truth, similarity=similarity, wandb=wandb,

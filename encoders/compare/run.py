@@ -19,7 +19,10 @@ from encoders.compare.grid import available_architectures, train_grid, unavailab
 from encoders.compare.report import write_report
 from encoders.compare.similarity import model_similarity
 from encoders.datasets.datamodule import RecordedDataModule
-from encoders.outputs import write_netcdf
+from encoders.datasets.io import list_sessions
+from encoders.devices import usable_device
+from encoders.outputs import check_writable, write_netcdf
+from encoders.training.cli import check_devices
 
 
 def run_compare(config: CompareConfig) -> Path:
@@ -29,6 +32,12 @@ def run_compare(config: CompareConfig) -> Path:
         # on a shared CPU machine, threads that wait for a busy core stall each other: 1 thread
         # trained 2.5-4x faster than 2 on 2 cores shared with other jobs
         torch.set_num_threads(config.threads)
+    # what this machine must offer, checked before the first file is written or model trains
+    usable_device(config.device, f"{config.source}: device")
+    check_devices(config.trainer)
+    list_sessions(config.data["path"])  # the data file exists and is valid (one line naming it otherwise)
+    check_writable(config.out)
+    check_writable(config.models)
     architectures = available_architectures(config)
     skipped = {name: unavailable(a) for name, a in config.architectures.items() if name not in architectures}
     config.out.mkdir(parents=True, exist_ok=True)

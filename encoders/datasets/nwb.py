@@ -6,6 +6,7 @@ Two layouts of the stimulus:
   `stimulus_template` (ordered by its `order_of_images`) and whose timestamps are the presentation
   onsets; or an `OpticalSeries` whose frames are the presented images (identical frames are the same
   image, numbered in order of first appearance). The image id is the index into the container.
+  (Older files whose IndexSeries points at an ImageSeries of frames, `indexed_timeseries`, are read too.)
 - images outside the file: a column of the trials table (or another intervals table) gives each
   presentation's stimulus id, joined to a folder, zip or array of images whose file names hold the ids
   (`encoders.datasets.image_files`).
@@ -14,13 +15,14 @@ Responses: the spikes of each unit (`Units.spike_times`) counted in the window
 [onset + latency, onset + latency + duration) after each presentation's onset: the start is inclusive,
 the end exclusive, so a spike on the boundary of two back-to-back windows counts once. Repeated
 presentations of an image become `trials` (image, repeat, neuron) in presentation order, NaN-padded;
-`responses` is their mean. Presentations with a negative image index or a NaN onset (blanks) are
+`responses` is their mean. Presentations with a negative or NaN image id or a NaN onset (blanks) are
 skipped; images never presented are not stored. pynwb is an optional extra (`encoders[nwb]`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from encoders.datasets.image_files import ImageSource, read_images
 from encoders.datasets.io import write_dataset
 from encoders.datasets.schema import SessionData
 from encoders.datasets.splits import SplitRule, assign_tiers
@@ -60,7 +63,7 @@ def nwb_files(nwb: str | list[str]) -> list[Path]:
 def convert_nwb(
     nwb: str | list[str],
     out: str,
-    images: str | None = None,
+    images: ImageSource | None = None,
     table: str = "trials",
     stimulus_column: str | None = None,
     onset: str | None = None,
@@ -76,7 +79,8 @@ def convert_nwb(
     Args:
         nwb: an NWB file, a folder (every .nwb file beneath it) or a list of files
         out: the dataset file to write (.h5)
-        images: folder, zip or .npy of the stimuli when the file holds none; ids from the file names
+        images: the stimuli when the file holds none (`encoders.datasets.image_files.ImageSource`): a folder,
+            zip or array file, ids from the file names (`pattern`) or array positions
         table: the intervals table of presentations ("trials", or another table in `intervals`)
         stimulus_column: column of `table` with each presentation's stimulus id (images from `images`);
             when omitted, presentations come from the IndexSeries or OpticalSeries in `stimulus`
@@ -98,8 +102,9 @@ def convert_nwb(
                    split=split)
 
     def generate() -> Iterator[SessionData]:
+        cache: dict = {}
         for path in paths:
-            yield read_nwb_session(path, **options)
+            yield read_nwb_session(path, cache, **options)
 
     return write_dataset(out, generate(), attrs={
         "title": "Spike counts imported from NWB",
@@ -108,20 +113,29 @@ def convert_nwb(
     })
 
 
-def read_nwb_session(path: str | Path, **options) -> SessionData:
-    """One NWB file as a session (options as `convert_nwb`'s)."""
+def read_nwb_session(path: str | Path, cache: dict | None = None, **options) -> SessionData:
+    """One NWB file as a session (options and defaults as `convert_nwb`'s; `cache` keeps external images between files)."""
     pynwb = import_pynwb()
+    defaults = {name: p.default for name, p in inspect.signature(convert_nwb).parameters.items()}
+    options = {**{k: v for k, v in defaults.items() if k not in ("nwb", "out")}, **options}
     path = Path(path)
     session = path.stem
     if not path.is_file():
         raise DatasetError(path, "file not found", session=session)
+
+    def unreadable(error: Exception) -> DatasetError:
+        return DatasetError(path, f"not a readable NWB file ({type(error).__name__}: {_first_line(error)})", session=session)
+
     try:
         io = pynwb.NWBHDF5IO(str(path), "r")
-        nwbfile = io.read()
     except Exception as error:  # h5py, hdmf and pynwb each raise their own kinds for a broken file
-        raise DatasetError(path, f"not a readable NWB file ({type(error).__name__}: {_first_line(error)})", session=session) from None
+        raise unreadable(error) from None
     with io:
-        return _Reader(path, session, nwbfile, **options).read()
+        try:
+            nwbfile = io.read()
+        except Exception as error:
+            raise unreadable(error) from None
+        return _Reader(path, session, nwbfile, {} if cache is None else cache, **options).read()
 
 
 @dataclass
@@ -139,8 +153,8 @@ class _Shown:
 class _Reader:
     """Reads one open NWB file; every error names the file, the session and the field."""
 
-    def __init__(self, path: Path, session: str, nwbfile, **options):
-        self.path, self.session, self.nwbfile = path, session, nwbfile
+    def __init__(self, path: Path, session: str, nwbfile, cache: dict, **options):
+        self.path, self.session, self.nwbfile, self.cache = path, session, nwbfile, cache
         self.o = options
 
     def error(self, problem: str, field: str) -> DatasetError:
@@ -150,6 +164,9 @@ class _Reader:
         o = self.o
         if not o["duration"] > 0:
             raise self.error(f"the counting window must be longer than 0 s, got {o['duration']}", "duration")
+        problem = o["split"].problem()
+        if problem is not None:
+            raise self.error(problem[1], f"split.{problem[0]}")
         units = self.nwbfile.units
         if units is None or "spike_times" not in units.colnames:
             raise self.error("the file has no Units table with spike_times", "units")
@@ -202,15 +219,11 @@ class _Reader:
             if (given[image_of] != labels).any():
                 raise self.error("an image has presentations in different tiers", rule.column)
         repeats = (~np.isnan(trials[:, :, 0])).sum(axis=1)
-        field = rule.column or "split"
-        problem = rule.problem()
-        if problem is not None:
-            raise self.error(f"split.{problem[0]} {problem[1]}", field)
         try:
             return assign_tiers(rule, self.session, n_images, repeats, given)
         except ValueError as error:
-            hint = "; with every image repeated, use --split.repeats_to_test false" if (repeats > 1).all() else ""
-            raise self.error(f"{error}{hint}", field) from None
+            hint = "; or use --split.repeats_to_test false" if rule.repeats_to_test and (repeats > 1).any() else ""
+            raise self.error(f"{error}{hint}", rule.column or "split") from None
 
     # ---- presentations
     def presentations(self) -> _Shown:
@@ -261,7 +274,8 @@ class _Reader:
             if stimulus.indexed_images is not None:
                 order = stimulus.indexed_images.order_of_images
                 if order is None:
-                    raise self.error(f"Images {stimulus.indexed_images.name!r} has no order_of_images to index", "order_of_images")
+                    raise self.error(f"Images {stimulus.indexed_images.name!r} has no order_of_images to index",
+                                     "order_of_images")
                 frames = [np.asarray(image.data[()]) for image in order.data[:]]
             else:  # older files: an ImageSeries of frames in stimulus_template
                 frames = list(np.asarray(stimulus.indexed_timeseries.data[:]))
@@ -288,22 +302,33 @@ class _Reader:
         return images if images.dtype == np.uint8 else images.astype(np.float32)
 
     def external_images(self) -> tuple[np.ndarray, np.ndarray]:
-        from encoders.datasets.image_files import read_image_files  # TODO adapt
-
-        if self.o["images"] is None:
-            raise self.error("with stimulus_column, give the stimulus images (folder, zip or .npy) with --images", "images")
-        return read_image_files(self.o["images"])
+        """(images, ids) of the `images` source, read once and shared by the files of one call."""
+        source = self.o["images"]
+        if source is None:
+            raise self.error("with stimulus_column, give the stimulus images: --images.folder, --images.zip or "
+                             "--images.array", "images")
+        if "images" not in self.cache:
+            self.cache["images"] = read_images(source, session=self.session, field="images")[::-1]
+        return self.cache["images"]
 
     def join_ids(self, ids: np.ndarray, image_ids: np.ndarray, field: str) -> np.ndarray:
-        ids = _as_int_ids(ids)
+        """Index into the images of each presentation's stimulus id (-1 for a blank: NaN or negative)."""
+        names = _decode(ids)
+        ids = _as_int_ids(names)
+        if ids is None and names.dtype.kind == "U":  # names such as "img_0007.png": ids by `images.pattern`
+            pattern = re.compile(self.o["images"].pattern)
+            found = [pattern.search(name) for name in names]
+            if None in found:
+                raise self.error(f"{names[found.index(None)]!r} holds no image id by pattern {pattern.pattern!r}", field)
+            ids = _as_int_ids(np.array([m.group(1) for m in found]))
         if ids is None:
-            raise self.error("stimulus ids must be whole numbers (the numbers in the image file names)", field)
+            raise self.error("stimulus ids must be whole numbers or names holding one (like the image file names)", field)
         order = np.argsort(image_ids)
         position = np.clip(np.searchsorted(image_ids[order], ids), 0, len(order) - 1)
         found = image_ids[order][position] == ids
         missing = np.unique(ids[~found & (ids >= 0)])
         if len(missing):
-            raise self.error(f"{len(missing)} stimulus id(s) not among the images of {self.o['images']}: "
+            raise self.error(f"{len(missing)} stimulus id(s) not among the images of {self.o['images'].path}: "
                              f"{missing[:5].tolist()}", field)
         return np.where(found, order[position], -1)
 
@@ -311,6 +336,8 @@ class _Reader:
     def selected_units(self, units) -> np.ndarray:
         """Indices of the units that pass the filter."""
         n = len(units.id)
+        if n == 0:
+            raise self.error("the Units table has no units", "units")
         rule = self.o["unit_filter"]
         if rule is None:
             return np.arange(n)
@@ -318,6 +345,9 @@ class _Reader:
         name = match.group(1) if match else rule.strip()
         values = _decode(self.column(units, name, "unit_filter"))
         if match is None:
+            if values.dtype.kind not in "biuf":
+                raise self.error(f"column {name!r} is not boolean or numeric; compare it, e.g. \"{name} == good\"",
+                                 "unit_filter")
             keep = values.astype(bool)
         else:
             op, value = match.group(2), match.group(3).strip("'\"")
@@ -340,12 +370,14 @@ class _Reader:
         return tables[name]
 
     def column(self, table, name: str, option: str) -> np.ndarray:
-        if name not in table.colnames and not (name == "id" and option != "onset"):
-            raise self.error(f"{table.name} has no column {name!r} (given as {option}); columns: {list(table.colnames)}", name)
-        column = table.id if name == "id" else table[name]
-        if type(column).__name__ == "VectorIndex":
+        from hdmf.common import VectorIndex
+
+        if name not in table.colnames:
+            raise self.error(f"{table.name} has no column {name!r} (given as {option}); columns: "
+                             f"{list(table.colnames)}", name)
+        if isinstance(table[name], VectorIndex):
             raise self.error(f"{table.name} column {name!r} holds a list per row, not one value", name)
-        return np.asarray(column.data[:])
+        return np.asarray(table[name].data[:])
 
 
 def count_spikes(spike_times, units: np.ndarray, starts: np.ndarray, duration: float) -> np.ndarray:
@@ -374,7 +406,7 @@ def _trials(image_of: np.ndarray, onsets: np.ndarray, counts: np.ndarray, n_imag
 
 
 def _as_int_ids(values: np.ndarray) -> np.ndarray | None:
-    values = _decode(values)
+    """Whole numbers as int64 (NaN -> -1, a blank), or None when the values are not all whole numbers."""
     try:
         numbers = values.astype(np.float64)
     except ValueError:

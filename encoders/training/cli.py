@@ -14,7 +14,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from encoders.checkpoints import read_checkpoint, upgrade_hparams
 from encoders.datasets.datamodule import RecordedDataModule
-from encoders.errors import EncodersError, one_line
+from encoders.errors import EncodersError, cause_of, one_line
 from encoders.interrupts import Interrupts
 from encoders.yaml_files import load_yaml_file, strict_yaml
 from encoders.training.checkpoint_io import use_atomic_checkpoints
@@ -60,6 +60,12 @@ class EncodersCLI(LightningCLI):
         check_architecture(path, hparams, self.config[subcommand].get("model", {}))
         if hparams:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # a constructor's one-line error, wrapped by jsonargparse (e.g. a callback's)
+            raise cause_of(error) or error from None
 
     def instantiate_trainer(self, **kwargs):
         try:
