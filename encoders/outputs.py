@@ -18,6 +18,7 @@ import xarray as xr
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` with a temporary path beside `path`, then rename it into place; returns `path`."""
     path = Path(path)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # folders this write creates
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.stem}.tmp-"
     tmp = path.with_name(f"{prefix}{os.getpid()}{path.suffix}")  # the suffix keeps writers that look at it happy
@@ -26,6 +27,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        for folder in made:  # innermost first: a failed write leaves no empty folders behind either
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     _remove_stale_temporaries(path, prefix)
     return path

@@ -331,7 +331,46 @@ def _products_same_file(i: Inputs) -> list[str]:
     return argv
 
 
+def _cowley_source(i: Inputs, damage: str) -> list[str]:
+    """A 3-image release in the Cowley layout, damaged in one way, for `encoders prepare cowley2023`."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    root = i.tmp / "release"
+    (root / "images").mkdir(parents=True)
+    (root / "responses_repeat_averaged").mkdir()
+    jpegs = {}
+    for n in (1, 2, 3):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), 40 * n, dtype=np.uint8)).save(buffer, format="JPEG")
+        jpegs[f"image{n:04d}.jpg"] = buffer.getvalue()
+    if damage == "truncated_image":
+        jpegs["image0002.jpg"] = jpegs["image0002.jpg"][:40]
+    if damage == "not_an_image":
+        jpegs["image0003.jpg"] = b"GIF89a this is no JPEG"
+    archive = root / "images" / "images_s1.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, data in jpegs.items():
+            z.writestr(name, data)
+    if damage == "damaged_zip":
+        archive.write_bytes(archive.read_bytes()[:-60])
+    responses = root / "responses_repeat_averaged" / "responses_s1.npy"
+    np.save(responses, np.ones((2, 3)))
+    if damage == "responses_not_numpy":
+        responses.write_text("neuron,image,count\n0,1,3\n")
+    return ["prepare", "cowley2023", str(root), str(i.out / "v4.h5")]
+
+
 CASES += [
+    # corrupt source files inside a converter's input
+    ("prepare_damaged_zip", "encoders", lambda i: _cowley_source(i, "damaged_zip"), ["images_s1.zip", "not a readable zip"]),
+    ("prepare_truncated_image", "encoders", lambda i: _cowley_source(i, "truncated_image"), ["image0002.jpg"]),
+    ("prepare_not_an_image", "encoders", lambda i: _cowley_source(i, "not_an_image"), ["image0003.jpg"]),
+    ("prepare_responses_not_numpy", "encoders", lambda i: _cowley_source(i, "responses_not_numpy"),
+     ["responses_s1.npy", "not a readable .npy array"]),
     # config files that are not YAML, or repeat a key (the last one silently won)
     ("config_duplicate_key", "train", lambda i: _with_line(i, i.train(), "seed_everything: 5\n"),
      ["experiment.yaml", "key 'seed_everything' given twice"]),

@@ -12,15 +12,12 @@ test tier, the next `validation_fraction` the validation tier, the rest train.
 
 from __future__ import annotations
 
-import io
-import re
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from encoders.datasets.image_files import ImageSource, read_images
 from encoders.datasets.io import write_dataset
 from encoders.datasets.schema import SessionData
 from encoders.datasets.splits import split_tiers
@@ -28,7 +25,6 @@ from encoders.errors import DatasetError
 
 # Facts about the source recordings (Ext. Data Table 1 of the paper), not experiment settings.
 ANIMALS = {"1909": "WE", "2010": "PE", "2102": "PE", "2103": "PE", "2106": "RA", "2110": "RA", "2111": "RA"}
-_IMAGE_NAME = re.compile(r"(?:.*/)?image(\d+)\.jpg$")
 
 
 def available_sessions(source_dir: str | Path) -> list[str]:
@@ -48,7 +44,7 @@ def read_cowley_session(
     responses = _load_npy(resp_path, ndim=2)  # (neurons, images)
     n_neurons, n_images = responses.shape
     zip_path = source_dir / "images" / f"images_{session}.zip"
-    images = _read_images(zip_path, n_images)
+    images = _read_images(zip_path, n_images, session)
     trials = None
     raw_path = source_dir / "responses_raw" / f"responses_{session}.npy"
     if raw_path.exists():
@@ -118,31 +114,16 @@ def _load_npy(path: Path, ndim: int) -> np.ndarray:
     return array
 
 
-def _read_images(zip_path: Path, n_images: int) -> np.ndarray:
+def _read_images(zip_path: Path, n_images: int, session: str) -> np.ndarray:
+    """imageNNNN.jpg 1..n_images of the zip as (n, 3, H, W) uint8; a corrupt archive or image is named in one line."""
     if not zip_path.exists():
         raise DatasetError(zip_path, "file not found")
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as error:
-        raise DatasetError(zip_path, f"not a readable zip file: {error}") from None
-    with archive:
-        numbered = {}
-        for name in archive.namelist():
-            match = _IMAGE_NAME.match(name)
-            if match:
-                numbered[int(match.group(1))] = name
-        expected = set(range(1, n_images + 1))
-        if set(numbered) != expected:
-            raise DatasetError(
-                zip_path, f"holds {len(numbered)} numbered images but the responses have {n_images} images "
-                f"(missing {sorted(expected - set(numbered))[:5]}, extra {sorted(set(numbered) - expected)[:5]})",
-                field="images",
-            )
-        first = np.asarray(Image.open(io.BytesIO(archive.read(numbered[1]))).convert("RGB"))
-        images = np.empty((n_images, 3, *first.shape[:2]), dtype=np.uint8)
-        for number in range(1, n_images + 1):
-            pixels = np.asarray(Image.open(io.BytesIO(archive.read(numbered[number]))).convert("RGB"))
-            if pixels.shape != first.shape:
-                raise DatasetError(zip_path, f"image {numbered[number]} has shape {pixels.shape}, expected {first.shape}", field="images")
-            images[number - 1] = pixels.transpose(2, 0, 1)
+    ids, images = read_images(ImageSource(zip=str(zip_path), pattern=r"^image(\d+)\.jpg$", channels=3), session=session)
+    expected = np.arange(1, n_images + 1)
+    if not np.array_equal(ids, expected):
+        raise DatasetError(
+            zip_path, f"holds {len(ids)} numbered images but the responses have {n_images} images "
+            f"(missing {sorted(set(expected) - set(ids))[:5]}, extra {sorted(set(ids) - set(expected))[:5]})",
+            session=session, field="images",
+        )
     return images
