@@ -99,7 +99,7 @@ def _prepare_parser(commands) -> None:
     nwb.add_function_arguments(convert_nwb, as_positional=True)
     sources.add_subcommand("nwb", nwb, help="NWB files (DANDI): spike counts per image presentation")
     table = _parser("a lab's own recordings: stimulus image files and response tables or arrays, described by a YAML "
-                    "file (docs/your_data.md)", config=False)
+                    "file (README, Your data)", config=False)
     table.add_function_arguments(import_table, as_positional=True)
     sources.add_subcommand("table", table, help="your own recordings: image files + response tables (a YAML file)")
 

@@ -246,11 +246,11 @@ def test_cowley_release_through_a_table_config(tmp_path, cowley_source):
 
 
 def test_python_route_in_the_docs(tmp_path, monkeypatch):
-    """The snippet in docs/your_data.md runs as printed and writes a valid file."""
-    text = (ROOT / "docs" / "your_data.md").read_text()
+    """The snippet in the README's "Your data" section runs as printed and writes a valid file."""
+    text = (ROOT / "README.md").read_text().split("## Your data", 1)[1]
     snippet = re.search(r"```python\n(.*?)```", text.split("### From Python", 1)[1], re.S).group(1)
     monkeypatch.chdir(tmp_path)
-    exec(compile(snippet, "docs/your_data.md", "exec"), {})
+    exec(compile(snippet, "README.md", "exec"), {})
     assert list_sessions(tmp_path / "my_v4.h5") == ["m1_day3"]
 
 

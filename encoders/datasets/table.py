@@ -1,5 +1,5 @@
 """`encoders prepare table`: a lab's own recordings (stimulus image files + response tables or arrays)
-into the dataset format, described by one YAML file with a block per session (docs/your_data.md)::
+into the dataset format, described by one YAML file with a block per session (README, "Your data")::
 
     title: My V4 recordings
     root: .                       # the paths below are relative to it; itself relative to this file's folder
@@ -180,7 +180,7 @@ def import_table(config: str, out: str, root: str | None = None) -> list[str]:
     """Import the sessions a YAML file describes into one dataset file, atomically.
 
     Args:
-        config: the import YAML (docs/your_data.md); unknown keys are refused.
+        config: the import YAML (README, "Your data"); unknown keys are refused.
         out: the dataset file to write (.h5).
         root: folder the YAML's paths are relative to; default: the YAML's `root` (relative to its folder).
     """
