@@ -320,6 +320,9 @@ class RecordedDataModule(pl.LightningDataModule):
             in `memory_limit_gb`.
         num_workers: DataLoader workers (0 is fastest for the in-memory path).
         seed: order of training batches.
+        transform_from: a checkpoint whose image transform these data must share: its pixel statistics
+            are used instead of this data's (a new session on a trained core sees images as the core
+            did), and a grayscale/crop/resize other than its own is refused. Set by `model.init_from`.
     """
 
     def __init__(
@@ -336,6 +339,7 @@ class RecordedDataModule(pl.LightningDataModule):
         memory_limit_gb: float = 4.0,
         num_workers: int = 0,
         seed: int = 0,
+        transform_from: str | None = None,
     ):
         super().__init__()
         check_arguments(batch_size=batch_size, eval_batch_size=eval_batch_size, crop=crop, resize=resize,
@@ -351,6 +355,7 @@ class RecordedDataModule(pl.LightningDataModule):
         self.memory_limit_gb = memory_limit_gb
         self.num_workers = num_workers
         self.seed = seed
+        self.transform_from = transform_from
         self.tables: dict[str, SessionTable] = {}
         self.transform: ImageTransform | None = None
         self.images: SessionImages | None = None
@@ -385,6 +390,8 @@ class RecordedDataModule(pl.LightningDataModule):
                 images=None,
             )
         mean, std = self._pixel_statistics(sessions, in_memory)
+        if self.transform_from is not None:
+            mean, std = self._reference_statistics()
         self.transform = ImageTransform(
             grayscale=self.geometry.grayscale, crop=self.geometry.crop, resize=self.geometry.resize, mean=mean, std=std
         )
@@ -420,6 +427,22 @@ class RecordedDataModule(pl.LightningDataModule):
         mean = total / count
         std = max((total_sq / count - mean * mean) ** 0.5, 1e-8)
         return mean, std
+
+    def _reference_statistics(self) -> tuple[float, float]:
+        """The pixel mean and std of `transform_from`'s transform, after checking its geometry is this data's."""
+        from encoders.checkpoints import read_checkpoint, upgrade
+
+        info = upgrade(read_checkpoint(self.transform_from)).get("hyper_parameters", {}).get("data_info") or {}
+        if "transform" not in info:
+            raise EncodersError(f"{self.transform_from}: not a checkpoint of a trained model (no image transform)")
+        reference = ImageTransform.from_state(info["transform"])
+        theirs = {"grayscale": reference.grayscale, "crop": list(reference.crop), "resize": reference.resize and list(reference.resize)}
+        ours = {"grayscale": self.geometry.grayscale, "crop": list(self.geometry.crop),
+                "resize": self.geometry.resize and list(self.geometry.resize)}
+        if theirs != ours:
+            raise EncodersError(f"{self.path}: data image transform {ours} differs from the checkpoint {self.transform_from}'s "
+                                f"{theirs}; set data.grayscale/crop/resize as in its training")
+        return reference.mean, reference.std
 
     # ---- what models need to build themselves ---------------------------------------------------
     @functools.cached_property

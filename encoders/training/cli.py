@@ -26,6 +26,8 @@ KEYWORDS = ("last", "best", "hpc")  # checkpoints Lightning finds itself ("last"
 class EncodersCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
+        # a new session on a trained core sees its images z-scored as the core saw them in training
+        parser.link_arguments("model.init_from", "data.transform_from")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)

@@ -18,7 +18,7 @@ import xarray as xr
 from pytorch_lightning.trainer.states import TrainerFn
 
 from encoders import rng
-from encoders.checkpoints import FORMAT, upgrade
+from encoders.checkpoints import FORMAT, read_checkpoint, upgrade
 from encoders.encoder import CORES, READOUT_FROM_DATA, READOUTS, Encoder, check_config
 from encoders.errors import EncodersError
 from encoders.evaluation import metrics_table, session_metrics
@@ -36,12 +36,19 @@ class EncodingModel(pl.LightningModule):
         elu_offset: output nonlinearity ELU(y + offset) + 1.
         channels_last: run convolutions in channels-last memory layout (faster on CPU).
         data_info: sessions, input_shape and transform, filled from the DataModule on first setup; given on reload.
+        init_from: a trained checkpoint to start from: its core, its readouts (kept for its own sessions)
+            and its image transform (the data are z-scored with its statistics: `data.transform_from`
+            is linked to this). The data's sessions the checkpoint lacks get new readouts. `core` and
+            `readout` may be left out (taken from it); given, they must be its own.
+        freeze_core: with `init_from`, train only the new sessions' readouts: the core (BatchNorm
+            statistics included), the checkpoint's readouts and what readouts share across sessions
+            stay as they are. False trains everything (e.g. a second fit at a lower `lr`).
     """
 
     def __init__(
         self,
-        core: dict,
-        readout: dict,
+        core: dict | None = None,
+        readout: dict | None = None,
         lr: float = 5e-3,
         weight_decay: float = 0.0,
         lr_factor: float = 0.3,
@@ -50,8 +57,14 @@ class EncodingModel(pl.LightningModule):
         elu_offset: float = 0.0,
         channels_last: bool = True,
         data_info: dict | None = None,
+        init_from: str | None = None,
+        freeze_core: bool = True,
     ):
         super().__init__()
+        if init_from is not None and data_info is None:  # a fresh start from a trained model (resumes have data_info)
+            core, readout = start_from(init_from, core, readout)
+        if core is None or readout is None:
+            raise EncodersError("model.core and model.readout are required (or model.init_from, a checkpoint to take them from)")
         # a misspelt or out-of-range option fails here, before a trainer starts or writes anything
         check_config(CORES, core, "core")
         check_config(READOUTS, readout, "readout", READOUT_FROM_DATA)
@@ -62,6 +75,7 @@ class EncodingModel(pl.LightningModule):
         if min_lr < 0 or weight_decay < 0 or lr_patience < 0:
             raise EncodersError(f"model.min_lr, weight_decay, lr_patience: must be >= 0, got {min_lr}, {weight_decay}, {lr_patience}")
         self.save_hyperparameters()
+        self.hparams.core, self.hparams.readout = core, readout  # taken from init_from when not given
         self._rng_to_restore: dict | None = None
         self.encoder: Encoder | None = None
         self._outputs: dict[str, dict[str, list[torch.Tensor]]] = {}
@@ -75,6 +89,21 @@ class EncodingModel(pl.LightningModule):
             hp.core, hp.readout, data_info["sessions"], data_info["input_shape"], data_info["transform"],
             elu_offset=hp.elu_offset, channels_last=hp.channels_last,
         )
+        if self.frozen_core:
+            self.encoder.core.requires_grad_(False)
+            for session, info in data_info["sessions"].items():
+                if info.get("from_checkpoint"):  # parameters shared with new readouts stay frozen with these
+                    self.encoder.readouts[session].requires_grad_(False)
+
+    @property
+    def frozen_core(self) -> bool:
+        return self.hparams.get("init_from") is not None and bool(self.hparams.get("freeze_core", True))
+
+    def train(self, mode: bool = True) -> "EncodingModel":
+        super().train(mode)
+        if self.frozen_core and self.encoder is not None:
+            self.encoder.core.eval()  # a frozen core keeps its BatchNorm statistics too
+        return self
 
     def setup(self, stage: str) -> None:
         if self.encoder is None:
@@ -86,10 +115,44 @@ class EncodingModel(pl.LightningModule):
                 "sessions": datamodule.session_info(), "input_shape": list(datamodule.input_shape()),
                 "transform": datamodule.transform.state(),
             }
-            self._build(self.hparams.data_info)
+            if self.hparams.get("init_from") is not None:
+                self._build_from_checkpoint(datamodule)
+            else:
+                self._build(self.hparams.data_info)
         else:
             self._check_data(stage)
         self._allow_unused_readouts()
+
+    def _build_from_checkpoint(self, datamodule) -> None:
+        """The checkpoint's sessions (readouts and all) plus new readouts for the data's other sessions."""
+        path = self.hparams.init_from
+        base = upgrade(read_checkpoint(path))
+        info, new = base["hyper_parameters"]["data_info"], self.hparams.data_info
+        if list(new["input_shape"]) != list(info["input_shape"]):
+            raise EncodersError(f"{datamodule.path}: images map to {tuple(new['input_shape'])} in model space, the checkpoint "
+                                f"{path} takes {tuple(info['input_shape'])}; set data.grayscale/crop/resize as in its training")
+        if new["transform"] != info["transform"]:
+            raise EncodersError(f"{datamodule.path}: image transform {new['transform']} differs from the checkpoint {path}'s "
+                                f"{info['transform']}; give the data module transform_from: {path}")
+        known = [s for s in new["sessions"] if s in info["sessions"]]
+        if known and self.hparams.freeze_core:
+            raise EncodersError(f"{datamodule.path}: session(s) {known} are already in the checkpoint {path}; readout-only "
+                                "training adds new sessions (choose data.sessions, or set model.freeze_core: false to fine-tune)")
+        for session in known:
+            if list(new["sessions"][session]["neuron_ids"]) != list(info["sessions"][session]["neuron_ids"]):
+                raise EncodersError(f"{datamodule.path}: session {session!r} has other neurons than in the checkpoint {path}")
+        sessions = {s: {**v, "from_checkpoint": True} for s, v in info["sessions"].items()}
+        sessions.update({s: v for s, v in new["sessions"].items() if s not in info["sessions"]})
+        self.hparams.data_info = {**new, "sessions": sessions}
+        self._build(self.hparams.data_info)
+        state = {k[len("encoder."):]: v for k, v in base["state_dict"].items() if k.startswith("encoder.")}
+        missing, unexpected = self.encoder.load_state_dict(state, strict=False)
+        fresh = tuple(f"readouts.{s}." for s in sessions if s not in info["sessions"])
+        if unexpected or any(not key.startswith(fresh) for key in missing):
+            raise EncodersError(f"{path}: its weights do not fit the model it describes "
+                                f"(unexpected {unexpected[:3]}, missing {[k for k in missing if not k.startswith(fresh)][:3]})")
+        if self.frozen_core:
+            self.encoder.core.eval()
 
     def _check_data(self, stage: str) -> None:
         """A model restored from a checkpoint must meet the data it was trained on: same sessions, neuron ids, image shape."""
@@ -299,3 +362,16 @@ class EncodingModel(pl.LightningModule):
         if self._rng_to_restore is not None:
             rng.restore(self._rng_to_restore)
             self._rng_to_restore = None
+
+
+def start_from(path: str, core: dict | None, readout: dict | None) -> tuple[dict, dict]:
+    """The core and readout configs of checkpoint `path` (checked to be a trained model's); configs given
+    as well must be the same, else EncodersError naming both."""
+    hparams = upgrade(read_checkpoint(path)).get("hyper_parameters", {})
+    if not hparams.get("data_info") or "core" not in hparams or "readout" not in hparams:
+        raise EncodersError(f"model.init_from: {path} is not a checkpoint of a trained encoding model")
+    for name, given in (("core", core), ("readout", readout)):
+        if given is not None and dict(given) != dict(hparams[name]):
+            raise EncodersError(f"model.{name}: {dict(given)} differs from the {name} of model.init_from {path} "
+                                f"({dict(hparams[name])}); leave it out to take the checkpoint's")
+    return dict(hparams["core"]), dict(hparams["readout"])
