@@ -115,6 +115,18 @@ def _product_parser(description: str, product: type, data_required: bool) -> Arg
     return parser
 
 
+def _export_parser() -> ArgumentParser:
+    from encoders.export import export_stimuli
+
+    parser = _parser("rig stimuli from MEI products: 8-bit PNGs in the dataset's pixel space, natural controls, a manifest")
+    parser.add_argument("checkpoints", nargs="+", type=str, help="the checkpoints that made the products (several = an ensemble)")
+    parser.add_function_arguments(export_stimuli, skip={"checkpoints"}, as_positional=False)
+    for action in parser._actions:  # a bare `--add` means `--add true`
+        if action.dest == "add":
+            action.nargs, action.const = "?", True
+    return parser
+
+
 def build_parser(only: str | None = None) -> ArgumentParser:
     """The `encoders` parser; with `only`, just that command's (each pulls in its own heavy imports:
     products load diffusers, priors their trainer), so `encoders info` does not wait for the rest."""
@@ -140,6 +152,8 @@ def build_parser(only: str | None = None) -> ArgumentParser:
 
         reconstruct = _product_parser("reconstruct test images from their responses", Reconstructions, True)
         commands.add_subcommand("reconstruct", reconstruct, help="reconstruct test images from their responses (GA or EGG)")
+    if wanted("export"):
+        commands.add_subcommand("export", _export_parser(), help="rig stimuli (PNGs + manifest) from MEI products and the dataset")
     if wanted("compare"):
         compare = _parser("train architectures x seeds; compare accuracy, GA vs EGG MEI transfer, similarity", config=False)
         compare.add_argument("experiment", type=str, help="comparison YAML, e.g. experiments/compare_twin.yaml")
@@ -154,6 +168,15 @@ def build_parser(only: str | None = None) -> ArgumentParser:
         optimize = _parser("maximise a score of synthetic data against a target")
         add_arguments(optimize)
         actions.add_subcommand("optimize", optimize, help="maximise a score of synthetic data against a target")
+    if wanted("twin"):
+        from encoders.twin.recording import record_stimuli
+
+        twin = _parser("the synthetic twin as an experimental animal", config=False)
+        commands.add_subcommand("twin", twin, help="the synthetic twin: record a stimulus folder with its true neurons")
+        twin_actions = twin.add_subcommands(dest="action")
+        record = _parser("show a stimulus folder to a twin session's true neurons; write the twin plus that recording")
+        record.add_function_arguments(record_stimuli, as_positional=True)
+        twin_actions.add_subcommand("record", record, help="record a stimulus folder (e.g. exported MEIs) with the true neurons")
     if wanted("prior"):
         from encoders.synthesis.prior_quality import report
         from encoders.synthesis.prior_training import parser as prior_parser
@@ -297,6 +320,18 @@ def _prior(options) -> int:
     return 0
 
 
+def _twin(options) -> int:
+    from encoders.datasets.summary import print_summary
+    from encoders.twin.recording import record_stimuli
+
+    o = {k: v for k, v in options.twin.record.as_dict().items() if k != "config"}
+    o["split"] = options.twin.record.split
+    name = record_stimuli(**o)
+    print(f"recorded session {name!r}")
+    print_summary(o["out"])
+    return 0
+
+
 def _info(options) -> int:
     from encoders.datasets.summary import print_summary
 
@@ -304,9 +339,17 @@ def _info(options) -> int:
     return 0
 
 
+def _export(options) -> int:
+    from encoders.export import export_stimuli
+
+    o = options.export
+    print(export_stimuli(**{name: o[name] for name in inspect.signature(export_stimuli).parameters}).line)
+    return 0
+
+
 COMMANDS = {"prepare": _prepare, "info": _info, "mei": lambda o: _products(o, "mei"),
-            "reconstruct": lambda o: _products(o, "reconstruct"), "compare": _compare, "similarity": _similarity,
-            "prior": _prior}
+            "reconstruct": lambda o: _products(o, "reconstruct"), "compare": _compare, "similarity": _similarity, "twin": _twin,
+            "prior": _prior, "export": _export}
 
 
 def fold_method_flags(argv: Sequence[str]) -> list[str]:
