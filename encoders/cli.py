@@ -153,7 +153,8 @@ def build_parser(only: str | None = None) -> ArgumentParser:
         reconstruct = _product_parser("reconstruct test images from their responses", Reconstructions, True)
         commands.add_subcommand("reconstruct", reconstruct, help="reconstruct test images from their responses (GA or EGG)")
     if wanted("export"):
-        commands.add_subcommand("export", _export_parser(), help="rig stimuli (PNGs + manifest) from MEI products and the dataset")
+        commands.add_subcommand("export", _export_parser(),
+                                help="rig stimuli (PNGs + manifest) from MEI products and the dataset")
     if wanted("compare"):
         compare = _parser("train architectures x seeds; compare accuracy, GA vs EGG MEI transfer, similarity", config=False)
         compare.add_argument("experiment", type=str, help="comparison YAML, e.g. experiments/compare_twin.yaml")

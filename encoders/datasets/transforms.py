@@ -72,6 +72,45 @@ class ImageTransform:
         """Pixel space (after geometry) -> model space."""
         return (x - self.mean) / self.std
 
+    def to_rig(
+        self, x: torch.Tensor, image_shape: tuple[int, ...], background: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model space -> the stored images' own pixel space in 8 bits: what a recording rig shows.
+
+        The inverse of `__call__` for stored images of shape `image_shape` ((H, W) or (C, H, W)):
+        undo the z-score; undo the resize (of the images of the cropped size whose resize is `x`,
+        the one nearest the bilinear enlargement of `x`: exact when the stored images are larger
+        than the model's input, least squares when smaller); fill the cropped margins with
+        `background` (a pixel value; default the training images' mean, `self.mean`); repeat grey
+        to the stored channels; round, and clip to 0..255.
+
+        Returns the images (N, *image_shape) as uint8 and, per image, how many pixels (y, x
+        positions, any channel) were clipped: the only places where the transform of the result
+        differs from `x` by more than the rounding (at most 0.5 pixel values before the z-score).
+        """
+        x = torch.as_tensor(x).detach().to("cpu", torch.float64)
+        image_shape = tuple(int(s) for s in image_shape)
+        expected = self.output_shape(image_shape)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"images of {tuple(x.shape[1:])} are not in the model space of stored images of "
+                             f"shape {image_shape}, which is {expected}")
+        channels = image_shape[0] if len(image_shape) == 3 else 1
+        height, width = image_shape[-2:]
+        top, bottom, left, right = (int(c) for c in self.crop)
+        inner = (height - top - bottom, width - left - right)
+        pixels = self.to_pixels(x)
+        if tuple(pixels.shape[-2:]) != inner:
+            pixels = _unresize(pixels, inner)
+        if pixels.shape[1] != channels:  # grey model of colour images: the same value in every channel
+            pixels = pixels.expand(-1, channels, -1, -1)
+        fill = self.mean if background is None else float(background)
+        full = torch.full((x.shape[0], channels, height, width), fill, dtype=torch.float64)
+        full[..., top : height - bottom, left : width - right] = pixels
+        rounded = full.round()
+        clipped = ((rounded < 0) | (rounded > 255)).any(1).flatten(1).sum(1)
+        images = rounded.clamp(0, 255).to(torch.uint8)
+        return (images[:, 0] if len(image_shape) == 2 else images), clipped
+
     def output_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
         """(C, H, W) in model space for stored images of shape (H, W) or (C, H, W)."""
         return tuple(self.geometry(torch.zeros((1, *image_shape))).shape[1:])
@@ -92,3 +131,23 @@ class ImageTransform:
             mean=float(state["mean"]),
             std=float(state["std"]),
         )
+
+
+def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) float64: the weights the resize of `ImageTransform.geometry` gives one axis.
+
+    Its bilinear, antialiased resize is separable, so a resize of X (H, W) is My @ X @ Mx.T. Read
+    off by resizing basis images (two rows tall: torch treats a one-pixel axis differently).
+    """
+    basis = torch.eye(n_in, dtype=torch.float32)[:, None, None, :].expand(n_in, 1, 2, n_in)
+    out = F.interpolate(basis, size=(2, n_out), mode="bilinear", align_corners=False, antialias=True)
+    return out[:, 0, 0, :].T.to(torch.float64)
+
+
+def _unresize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Images (N, C, *size) whose resize to x's (h, w) is x: the bilinear enlargement of x, moved by the
+    smallest change that makes its resize exact (or closest, in least squares, when enlarging)."""
+    my, mx = resize_matrix(size[0], x.shape[-2]), resize_matrix(size[1], x.shape[-1])
+    start = F.interpolate(x.to(torch.float32), size=size, mode="bilinear", align_corners=False, antialias=True).to(torch.float64)
+    residual = x - my @ start @ mx.T
+    return start + torch.linalg.pinv(my) @ residual @ torch.linalg.pinv(mx).T

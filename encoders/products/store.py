@@ -72,6 +72,15 @@ def recorded_checkpoints(data: xr.Dataset) -> list[str]:
     return [str(v) for v in np.atleast_1d(value)]
 
 
+def recorded_models(data: xr.Dataset) -> list[str] | None:
+    """The model digests (`model_digest`) of the checkpoints a product was made with, in their order;
+    None for files written before products recorded them (read them from the checkpoints then)."""
+    value = data.attrs.get("models")
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else [str(v) for v in np.atleast_1d(value)]
+
+
 def existing(path: Path, key: str) -> xr.Dataset | None:
     """The product at `path`, loaded, if it exists and was made from the same fingerprint.
 
@@ -88,6 +97,8 @@ def existing(path: Path, key: str) -> xr.Dataset | None:
         return None
     if "checkpoint" in data.attrs:
         data.attrs["checkpoint"] = recorded_checkpoints(data)
+    if "models" in data.attrs:
+        data.attrs["models"] = recorded_models(data)
     return data
 
 
@@ -118,7 +129,8 @@ def get_or_make(
         nearby = same_product_nearby(nc, key)
         results = nearby[1] if nearby is not None else compute()
         how = f"copied from {nearby[0].parent.name} (the same model)" if nearby is not None else "made"
-        results.attrs.update({"checkpoint": [str(p) for p in paths], "fingerprint": key})
+        results.attrs.update({"checkpoint": [str(p) for p in paths], "fingerprint": key,
+                              "models": [model_digest(p) for p in paths]})
         write_netcdf(results, nc)
     if how != "kept" or not png.is_file():  # also redone when a run stopped between the two writes
         save_figure(draw(results), png)
