@@ -7,8 +7,10 @@ half-written file; the next successful write of the same file removes such lefto
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,13 +27,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
         for folder in made:  # innermost first: a failed write leaves no empty folders behind either
             try:
                 folder.rmdir()
             except OSError:
                 break
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            from encoders.errors import EncodersError
+
+            raise EncodersError(f"{path}: not written, no space left on its device (nothing was left half-written)") from None
         raise
     _remove_stale_temporaries(path, prefix)
     return path
@@ -63,8 +69,26 @@ def check_writable(folder: str | Path) -> Path:
     return folder
 
 
+def ensure_space(path: str | Path, nbytes: int) -> None:
+    """EncodersError naming `path` unless its folder's filesystem has room for `nbytes` (plus 5% and 64 kB).
+
+    HDF5 (through h5py) can crash the whole process when a write fails for lack of space, instead
+    of raising; writers of large HDF5 files check before they start.
+    """
+    from encoders.errors import EncodersError
+
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    need = int(nbytes * 1.05) + 64 * 1024
+    if free < need:
+        raise EncodersError(f"{path}: needs about {need / 2**20:.1f} MB, its device has {free / 2**20:.1f} MB free")
+
+
 def write_netcdf(data: xr.Dataset | xr.DataArray, path: str | Path) -> Path:
-    """Write a labelled dataset to NetCDF (h5netcdf) atomically."""
+    """Write a labelled dataset to NetCDF (h5netcdf) atomically, after checking there is room (see ensure_space)."""
+    ensure_space(path, data.nbytes + 64 * 1024)
     return atomic_write(path, lambda tmp: data.to_netcdf(tmp, engine="h5netcdf"))
 
 

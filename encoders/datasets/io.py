@@ -25,7 +25,7 @@ from encoders.datasets.schema import (
 )
 from encoders.datasets.validation import validate_file, validate_session
 from encoders.errors import DatasetError
-from encoders.outputs import atomic_write
+from encoders.outputs import atomic_write, ensure_space
 
 IMAGE_CHUNK = 1  # images per HDF5 chunk: one image, so random batches of the lazy path read only what they use
 
@@ -52,6 +52,7 @@ def write_dataset(
         xr.Dataset(attrs=root).to_netcdf(tmp, mode="w", engine="h5netcdf")
         for session in sessions:
             validate_session(session, path)
+            ensure_space(path, _nbytes(session))  # before HDF5 writes: h5py can crash the process on a full disk
             if session.session_id in written:
                 raise DatasetError(path, "session written twice", session=session.session_id)
             _session_to_xarray(session).to_netcdf(
@@ -69,6 +70,12 @@ def write_dataset(
 
     atomic_write(path, write)
     return written
+
+
+def _nbytes(session: SessionData) -> int:
+    """The bytes a session's arrays take (what its HDF5 group will about take, uncompressed)."""
+    arrays = [session.images, session.image_ids, session.responses, session.trials, *session.neuron_meta.values()]
+    return sum(np.asarray(a).nbytes for a in arrays if a is not None) + 64 * session.n_images
 
 
 def list_sessions(path: str | Path) -> list[str]:

@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from encoders.outputs import atomic_write
+from encoders.outputs import atomic_write, write_netcdf
 from encoders.similarity import DIFFERENTIABLE, HIGHER_IS_BETTER, MEASURES, get_measure
 from encoders.similarity.centering import as_representation, center
 
@@ -263,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     ds.attrs["target"] = source
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "optimization.nc", lambda p: ds.to_netcdf(p, engine="h5netcdf"))
+    write_netcdf(ds, out / "optimization.nc")
     atomic_write(out / "optimization.png", lambda p: plot_optimization(ds, p))
     print(f"{args.measure} vs {source}: {tuple(target.shape)}, {args.steps} steps, lr {args.lr}")
     print(summary_table(ds))

@@ -28,9 +28,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         try:
             atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
-        except OSError as error:
-            raise EncodersError(f"{path}: checkpoint could not be written ({error.strerror or error}); the previous "
-                                "one is kept whole, so once there is space the run continues with --ckpt_path last") from None
+        except (OSError, EncodersError) as error:  # atomic_write says "no space left" itself
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).split(": ", 1)[-1]
+            raise EncodersError(f"{path}: checkpoint could not be written ({reason}); the previous one is kept whole, "
+                                "so once the problem is solved the run continues with --ckpt_path last") from None
 
 
 def use_atomic_checkpoints(trainer) -> None:
