@@ -327,8 +327,8 @@ def _twin(options) -> int:
 
     o = {k: v for k, v in options.twin.record.as_dict().items() if k != "config"}
     o["split"] = options.twin.record.split
-    name = record_stimuli(**o)
-    print(f"recorded session {name!r}")
+    names = record_stimuli(**o)
+    print(f"recorded session(s) {names}")
     print_summary(o["out"])
     return 0
 

@@ -28,7 +28,7 @@ def twin(tmp_path_factory):
 
 def test_recorded_session_holds_the_true_neurons_answers(twin, capsys):
     out = twin["folder"] / "recorded.h5"
-    assert main(["twin", "record", str(twin["data"]), str(twin["stimuli"]), str(out), "--session", "twin0",
+    assert main(["twin", "record", str(twin["data"]), str(twin["stimuli"]), str(out), "--sessions", "[twin0]",
                  "--repeats", "200", "--seed", "3"]) == 0
     assert list_sessions(out) == ["twin0", "twin0_rec", "twin1"]
     recorded, original = read_session(out, "twin0_rec"), read_session(twin["data"], "twin0")
@@ -47,14 +47,22 @@ def test_recorded_session_holds_the_true_neurons_answers(twin, capsys):
     assert "twin0_rec" in capsys.readouterr().out
 
 
+def test_every_session_records_by_default(twin):
+    out = twin["folder"] / "all.h5"
+    assert main(["twin", "record", str(twin["data"]), str(twin["stimuli"]), str(out), "--repeats", "2"]) == 0
+    assert list_sessions(out) == ["twin0", "twin0_rec", "twin1", "twin1_rec"]
+    a, b = read_session(out, "twin0_rec"), read_session(out, "twin1_rec")
+    assert a.tiers.tolist() == b.tiers.tolist() and a.image_ids.tolist() == b.image_ids.tolist()
+
+
 @pytest.mark.parametrize("change, fragment", [
     (lambda t: {"out": str(t["data"])}, "would overwrite the twin's data file"),
-    (lambda t: {"session": "nope"}, "no session 'nope'"),
-    (lambda t: {"name": "twin1"}, "already has a session 'twin1'"),
+    (lambda t: {"sessions": "[nope]"}, "no session(s) ['nope']"),
+    (lambda t: {"suffix": ""}, "--suffix"),
     (lambda t: {"repeats": "0"}, "--repeats"),
-], ids=["out_is_data", "unknown_session", "name_taken", "zero_repeats"])
+], ids=["out_is_data", "unknown_session", "empty_suffix", "zero_repeats"])
 def test_bad_input_one_line(twin, tmp_path, capsys, change, fragment):
-    options = {"out": str(tmp_path / "x.h5"), "session": "twin0", **change(twin)}
+    options = {"out": str(tmp_path / "x.h5"), "sessions": "[twin0]", **change(twin)}
     argv = ["twin", "record", str(twin["data"]), str(twin["stimuli"]), options.pop("out")]
     for key, value in options.items():
         argv += [f"--{key}", value]

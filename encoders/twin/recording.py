@@ -28,27 +28,32 @@ RECORDING_SPLIT = SplitRule(test_fraction=0.2, validation_fraction=0.1, repeats_
 
 
 def record_stimuli(
-    data: str, stimuli: str, out: str, session: str | None = None, name: str | None = None, repeats: int = 10,
+    data: str, stimuli: str, out: str, sessions: list[str] | None = None, suffix: str = "_rec", repeats: int = 10,
     pattern: str = r"(\d+)", seed: int = 0, split: SplitRule = RECORDING_SPLIT,
-) -> str:
-    """Record a folder of stimulus images with the twin's true neurons; write the twin plus that session.
+) -> list[str]:
+    """Record a folder of stimulus images with the twin's true neurons; write the twin plus the recordings.
 
     Args:
         data: the twin's data file (with ground truth).
-        stimuli: folder (or zip) of 8-bit grey PNG/JPEG/TIFF images of the twin's image size.
-        out: the data file to write: every session of `data`, its ground truth, and the recording.
-        session: the twin session whose neurons are recorded (the same neurons, a later session); default the first.
-        name: the new session's id (default `<session>_rec`).
+        stimuli: folder (or zip) of 8-bit grey PNG/JPEG/TIFF images of the twin's image size; files that
+            are not images (an export's manifest) are skipped.
+        out: the data file to write: every session of `data`, its ground truth, and the recordings.
+        sessions: the twin sessions whose neurons see the images (the same neurons, a later session
+            each); default all.
+        suffix: each new session's id is the recorded session's id plus this.
         repeats: presentations of every image (Poisson trials around the true rate).
         pattern: regular expression with one group, searched in each file name: the image id.
         seed: seed of the Poisson noise.
-        split: tiers of the recorded images (default: seeded, 20% test and 10% validation; every
-            image is repeated, so `repeats_to_test` would put all of them in the test tier).
+        split: tiers of the recorded images, the same for every session (default: seeded, 20% test and
+            10% validation; every image is repeated, so `repeats_to_test` would put all of them in the
+            test tier).
     Returns:
-        the new session's id.
+        the new sessions' ids.
     """
     if repeats < 1:
         raise EncodersError(f"--repeats: at least 1, got {repeats}")
+    if not suffix:
+        raise EncodersError("--suffix: must not be empty (the new sessions need ids of their own)")
     if Path(out).resolve() == Path(data).resolve():
         raise EncodersError(f"{out}: the output would overwrite the twin's data file; write a new file")
     problem = split.problem()
@@ -57,34 +62,37 @@ def record_stimuli(
     twin = Twin.from_file(data)
     if twin is None:
         raise DatasetError(data, "has no ground truth: only a synthetic twin can record stimuli", field="ground_truth")
-    sessions = list_sessions(data)
-    session = session or sessions[0]
-    name = name or f"{session}_rec"
-    if session not in sessions:
-        raise DatasetError(data, f"no session {session!r} to record from; sessions: {sessions}", field="session")
-    if name in sessions:
-        raise DatasetError(data, f"already has a session {name!r}; choose another --name", field="session")
+    existing = list_sessions(data)
+    chosen = list(sessions) if sessions else list(existing)
+    unknown = [s for s in chosen if s not in existing]
+    if unknown:
+        raise DatasetError(data, f"no session(s) {unknown} to record from; sessions: {existing}", field="sessions")
+    taken = [f"{s}{suffix}" for s in chosen if f"{s}{suffix}" in existing]
+    if taken:
+        raise DatasetError(data, f"already has session(s) {taken}; choose another --suffix", field="sessions")
     source = ImageSource(folder=stimuli) if Path(stimuli).is_dir() else ImageSource(zip=stimuli)
     source.pattern = pattern
-    ids, images = read_images(source, session=name)
+    ids, images = read_images(source, field="stimuli")
     if images.ndim != 3 or images.shape[1:] != (twin.image_size, twin.image_size):
         raise DatasetError(stimuli, f"images of shape {images.shape[1:]}; the twin's neurons see grey "
-                           f"{twin.image_size}x{twin.image_size} images", session=name, field="images")
-    recorded = read_session(data, session)
-    with torch.no_grad():
-        rates = ground_truth_response(twin.truth, images.astype(np.float32), twin.session_columns(session)).double().numpy()
-    rng = np.random.default_rng([seed, repeats, len(ids)])
-    trials = rng.poisson(rates[:, None, :], size=(len(ids), repeats, rates.shape[1])).astype(np.float32)
-    tiers, rule = assign_tiers(split, name, len(ids), np.full(len(ids), repeats))
-    new = SessionData(
-        session_id=name, images=images, image_ids=ids.astype(np.int64), responses=trials.mean(1), tiers=tiers,
-        neuron_ids=recorded.neuron_ids, trials=trials, neuron_meta=recorded.neuron_meta,
-        attrs={"units": "spikes per bin (Poisson)", "spike_counts": 1, "animal": "synthetic", "split": rule,
-               "provenance": f"encoders twin record: {Path(stimuli).name} shown {repeats}x to the true neurons of "
-                             f"{session} (seed {seed})"},
-    )
-    write_dataset(out, [*(read_session(data, s) for s in sessions), new],
+                           f"{twin.image_size}x{twin.image_size} images", field="images")
+    # one Poisson stream per session, drawn from its true rates; the split is the same for every session
+    tiers, rule = assign_tiers(split, "recording", len(ids), np.full(len(ids), repeats))
+    new = []
+    for index, session in enumerate(chosen):
+        recorded = read_session(data, session)
+        with torch.no_grad():
+            rates = ground_truth_response(twin.truth, images.astype(np.float32), twin.session_columns(session)).double().numpy()
+        rng = np.random.default_rng([seed, index, repeats, len(ids)])
+        trials = rng.poisson(rates[:, None, :], size=(len(ids), repeats, rates.shape[1])).astype(np.float32)
+        new.append(SessionData(
+            session_id=f"{session}{suffix}", images=images, image_ids=ids.astype(np.int64), responses=trials.mean(1),
+            tiers=tiers, neuron_ids=recorded.neuron_ids, trials=trials, neuron_meta=recorded.neuron_meta,
+            attrs={"units": "spikes per bin (Poisson)", "spike_counts": 1, "animal": "synthetic", "split": rule,
+                   "provenance": f"encoders twin record: {Path(stimuli).name} shown {repeats}x to the true neurons of "
+                                 f"{session} (seed {seed})"},
+        ))
+    write_dataset(out, [*(read_session(data, s) for s in existing), *new],
                   attrs={"title": "Synthetic V4 digital twin with recorded stimulus sets", "source": f"{data} + {stimuli}"},
                   ground_truth=read_ground_truth(data))
-    return name
-
+    return [session.session_id for session in new]
