@@ -8,7 +8,7 @@ target neuron and a seeded random set of natural images as controls, and `manife
 `manifest.json`: each image's id (never one of the dataset's ids of its session), file, origin,
 and every neuron's predicted response to the PNG exactly as written (read back and passed through
 the checkpoint's transform; mean and spread over an ensemble's members). Every check runs before
-the first file is written; the files go through `encoders.outputs`. See docs/export.md.
+the first file is written; the files go through `encoders.outputs`. See the README, "Closing the loop".
 """
 
 from __future__ import annotations
