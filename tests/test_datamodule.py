@@ -172,3 +172,12 @@ def test_resuming_mid_epoch_skips_the_batches_done_and_refuses_other_batches(tin
 
     with pytest.raises(DatasetError, match=r"cannot resume mid-epoch: the training batches changed .*'world_size': \(1, 2\)"):
         loader(world_size=2).load_state_dict(state)
+
+
+def test_numeric_session_ids_from_yaml_or_flags_are_strings(cowley_h5):
+    """`--data.sessions '[210305]'` reads a number: the data module takes it as the session id it names."""
+    from encoders.datasets.datamodule import RecordedDataModule
+
+    datamodule = RecordedDataModule(str(cowley_h5), sessions=[210305], resize=(20, 20))
+    datamodule.setup("fit")
+    assert datamodule.sessions == ["210305"]

@@ -328,7 +328,7 @@ class RecordedDataModule(pl.LightningDataModule):
     def __init__(
         self,
         path: str,
-        sessions: list[str] | None = None,
+        sessions: list[str | int] | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 256,
         grayscale: bool = True,
@@ -346,7 +346,8 @@ class RecordedDataModule(pl.LightningDataModule):
                         memory_limit_gb=memory_limit_gb, num_workers=num_workers)
         self.save_hyperparameters()
         self.path = Path(path)
-        self.requested_sessions = list(sessions) if sessions else None
+        # session ids are strings; YAML and flags read numeric ids (Cowley's 210305) as numbers
+        self.requested_sessions = [str(s) for s in sessions] if sessions else None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.geometry = ImageTransform(grayscale=grayscale, crop=tuple(crop), resize=tuple(resize) if resize else None)
