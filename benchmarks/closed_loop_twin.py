@@ -64,26 +64,29 @@ def product_images(path: Path) -> tuple[torch.Tensor, list[tuple[str, str]]]:
     return images.flatten(0, 2), [t for t in targets for _ in range(n_seeds)]
 
 
-def prediction_of_truth(model, twin: Twin, images: torch.Tensor, sessions: dict[str, str]) -> dict[str, float]:
-    """Per readout: the mean over the session's neurons of corr(predicted, true rate) across `images`."""
+def prediction_of_truth(model, twin: Twin, images: torch.Tensor, sessions: dict[str, str]) -> dict[str, np.ndarray]:
+    """Per readout: each of the session's neurons' corr(predicted, true rate) across `images`."""
     columns_pixels = true_rates(twin.truth, twin.geometry(model), model.image_transform.to_pixels(images))
     out = {}
     with torch.no_grad():
         for label, (readout, recorded) in sessions.items():
             predicted = torch.cat([model(x, readout) for x in images.split(256)])
             truth = columns_pixels[:, twin.session_columns(recorded)]
-            out[label] = float(np.nanmean(correlation(predicted, truth).numpy()))
+            out[label] = correlation(predicted, truth).numpy()
     return out
 
 
-def config_in(name: str, out: Path) -> str:
-    """experiments/<name> with its run folders moved from runs/loop to `out` (the shipped YAML otherwise unchanged)."""
+def config_in(name: str, out: Path, run: str | None = None) -> str:
+    """experiments/<name> with its run folders moved from runs/loop to `out` (and from round1 to `run`), written
+    into `out` when that changes anything; the shipped YAML is otherwise unchanged."""
     text = (ROOT / "experiments" / name).read_text()
-    if out == Path("runs/loop"):
+    moved = text.replace("runs/loop/round1", f"runs/loop/{run}") if run else text
+    moved = moved.replace("runs/loop", str(out))
+    if moved == text:
         return f"experiments/{name}"
     (ROOT / out).mkdir(parents=True, exist_ok=True)
-    path = ROOT / out / name
-    path.write_text(text.replace("runs/loop", str(out)))
+    path = ROOT / out / f"{run or Path(name).stem}.yaml"
+    path.write_text(moved)
     return str(path)
 
 
@@ -115,6 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     if not (ROOT / r1).is_file():
         run(py, "train.py", "fit", "--config", config_in("loop_twin_round1.yaml", out), "--model.init_from", str(r0),
             "--data.path", str(recorded), log=log)
+    # the control: the same fine-tuning on the natural images alone (is it the recordings, or 10 more epochs?)
+    control = out / "round1_natural_only" / "checkpoints" / "last.ckpt"
+    if not (ROOT / control).is_file():
+        run(py, "train.py", "fit", "--config", config_in("loop_twin_round1.yaml", out, "round1_natural_only"),
+            "--model.init_from", str(r0), "--data.path", str(data), log=log)
 
     # ---- the experiment's answer: each target's recorded and true response to its MEIs and controls
     manifest = pd.read_csv(ROOT / stimuli / "manifest.csv")
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         per_session[session] = (rec, index, truth, {n: j for j, n in enumerate(rec.neuron_ids.tolist())})
     for kind in ("mei_ga", "mei_egg", "natural_top", "natural_random"):
         recorded_values, true_values = [], []
-        for target_session, neuron in {(r["session"], t) for r in rows for t in r["targets"]}:
+        for target_session, neuron in sorted({(r["session"], t) for r in rows for t in r["targets"]}):
             rec, index, truth, neurons = per_session[target_session]
             j = neurons[neuron]
             chosen = [index[r["image_id"]] for r in rows if r["session"] == target_session and r["origin"] == kind
@@ -143,10 +151,11 @@ def main(argv: list[str] | None = None) -> None:
             if chosen:
                 recorded_values.append(rec.responses[chosen, j].mean())
                 true_values.append(truth[chosen, j].mean())
-        answer[kind] = {"recorded": float(np.mean(recorded_values)), "true": float(np.mean(true_values)), "neurons": len(true_values)}
+        answer[kind] = {"recorded": float(np.mean(recorded_values)), "true": float(np.mean(true_values)), "neurons": len(true_values),
+                        "true_per_target": [float(v) for v in true_values]}
 
     # ---- did the model learn the synthesised images? held-out MEIs (never recorded) and the recorded test tier
-    models = {"round 0": load_encoder(ROOT / r0), "round 1": load_encoder(ROOT / r1)}
+    models = {"round 0": load_encoder(ROOT / r0), "round 1": load_encoder(ROOT / r1), "control": load_encoder(ROOT / control)}
     held = [product_images(ROOT / held_out / name) for name in ("mei_ga.nc", "mei_egg.nc")]
     held_images = torch.cat([h[0] for h in held])
     held_sessions = sorted({s for h in held for s, _ in h[1]})
@@ -162,20 +171,41 @@ def main(argv: list[str] | None = None) -> None:
             x = model.image_transform(rec.images[rec.tiers == "test"])
             test.update(prediction_of_truth(model, twin, x, {k: v for k, v in readouts.items() if v[1] == s}))
         fit[name] = {"held_out_meis": on_held, "recorded_test_tier": test}
-    summary = {"answer": answer, "prediction_of_truth": fit, "commands": log,
+    from scipy.stats import wilcoxon
+
+    def mean(values: dict, keys: list[str]) -> float:
+        return float(np.nanmean(np.concatenate([values[k] for k in keys])))
+
+    rows_fit, table = {}, []
+    for where in ("held_out_meis", "recorded_test_tier"):
+        before = np.concatenate([fit["round 0"][where][s] for s in held_sessions])
+        after = np.concatenate([fit["round 1"][where][s] for s in held_sessions])
+        natural = np.concatenate([fit["control"][where][s] for s in held_sessions])
+        rows_fit[where] = {"round0": mean(fit["round 0"][where], held_sessions), "round1": mean(fit["round 1"][where], held_sessions),
+                           "control": mean(fit["control"][where], held_sessions),
+                           "round1_recorded_readout": mean(fit["round 1"][where], [f"{s}_rec" for s in held_sessions]),
+                           "better": float(np.mean(after > before)), "p": float(wilcoxon(after, before).pvalue),
+                           "better_than_control": float(np.mean(after > natural)), "p_control": float(wilcoxon(after, natural).pvalue),
+                           "neurons": int(len(before))}
+        table.append((where, rows_fit[where]))
+    summary = {"answer": answer, "prediction_of_truth": rows_fit, "commands": log, "held_out_images": int(len(held_images)),
                "images_exported": int(len(manifest)), "targets": int(len({(r["session"], t) for r in rows for t in r["targets"]}))}
     write_json(summary, ROOT / out / "loop.json")
     lines = ["| response of each target neuron (spikes/bin, mean over targets) | recorded (10 trials) | true rate |", "|---|---|---|"]
     names = {"mei_ga": "its GA MEI (best seed)", "mei_egg": "its EGG MEI (best seed)", "natural_top": "its 3 top natural images",
              "natural_random": "random natural images"}
     lines += [f"| {names[k]} | {v['recorded']:.2f} | {v['true']:.2f} |" for k, v in answer.items()]
-    lines += ["", "| model → truth correlation on synthesised images | round 0 | round 1 (same readout) | round 1 (recorded session's readout) |",
-              "|---|---|---|---|"]
-    for where in ("held_out_meis", "recorded_test_tier"):
-        r0v, r1v = fit["round 0"][where], fit["round 1"][where]
-        same = np.mean([r1v[s] for s in held_sessions])
-        rec_ = np.mean([r1v[f"{s}_rec"] for s in held_sessions])
-        lines.append(f"| {where.replace('_', ' ')} | {np.mean([r0v[s] for s in held_sessions]):.3f} | {same:.3f} | {rec_:.3f} |")
+    for kind in ("mei_ga", "mei_egg"):  # paired over the same targets (the order of `targets` is the same for every kind)
+        mei, top = np.array(answer[kind]["true_per_target"]), np.array(answer["natural_top"]["true_per_target"])
+        lines.append(f"| {names[kind]} − its top natural images, true rate, paired over {len(mei)} targets | | "
+                     f"{np.mean(mei - top):+.2f} (higher for {np.mean(mei > top):.0%}, Wilcoxon p {wilcoxon(mei, top).pvalue:.2g}) |")
+    lines += ["", "| model → truth correlation on synthesised images (per neuron, mean) | round 0 | round 1 | round 1 vs 0: "
+              "better for, p | control: natural images only | round 1 vs control: better for, p | round 1, the recording's own readout |",
+              "|---|---|---|---|---|---|---|"]
+    for where, v in table:
+        lines.append(f"| {where.replace('_', ' ')} ({v['neurons']} neurons) | {v['round0']:.3f} | {v['round1']:.3f} | "
+                     f"{v['better']:.0%}, {v['p']:.2g} | {v['control']:.3f} | {v['better_than_control']:.0%}, {v['p_control']:.2g} | "
+                     f"{v['round1_recorded_readout']:.3f} |")
     text = "\n".join(lines) + "\n"
     write_text(text, ROOT / out / "loop.md")
     print(text)
