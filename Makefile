@@ -25,7 +25,7 @@ run: $(STAMP) data/synthetic_v4.h5
 	$(BIN)/python train.py fit --config experiments/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile  # one test file per worker: 2 cores, module fixtures built once
 
 cowley: $(STAMP) data/cowley2023_v4.h5
 	$(BIN)/python train.py fit --config experiments/cowley_attention.yaml
