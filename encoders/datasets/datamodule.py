@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from encoders.twin import Twin
 
 
+STATISTICS_CHUNK = 1024  # images per float64 block when summing pixel statistics (bounded memory)
+
+
 @dataclass
 class SessionTable:
     """What is held in memory for one session."""
@@ -398,8 +401,9 @@ class RecordedDataModule(pl.LightningDataModule):
         )
         if in_memory:
             for s in sessions:
-                # geometry was already applied while computing statistics; only z-score here
-                self.tables[s].images = self.transform.from_pixels(self.tables[s].images)
+                # geometry was already applied while computing statistics; only z-score here, in place
+                # (as `transform.from_pixels`, without two temporary copies of the session's images)
+                self.tables[s].images.sub_(self.transform.mean).div_(self.transform.std)
         self.images = SessionImages(self.path, self.tables, self.transform)
 
     def _pixel_statistics(self, sessions: list[str], in_memory: bool) -> tuple[float, float]:
@@ -411,10 +415,11 @@ class RecordedDataModule(pl.LightningDataModule):
                 if in_memory:
                     pixels = self.geometry.apply_chunked(raw)
                     self.tables[s].images = pixels
-                    x = pixels[torch.from_numpy(train)].double()
-                    total += x.sum().item()
-                    total_sq += (x * x).sum().item()
-                    count += x.numel()
+                    for index in torch.from_numpy(train).split(STATISTICS_CHUNK):  # float64 copies of a chunk, not the tier
+                        x = pixels[index].double()
+                        total += x.sum().item()
+                        total_sq += (x * x).sum().item()
+                        count += x.numel()
                 else:
                     is_train = self.tables[s].tiers == "train"
                     for i in range(0, raw.shape[0], 512):

@@ -61,8 +61,12 @@ class ImageTransform:
     def apply_chunked(self, images: np.ndarray | object) -> torch.Tensor:
         """Transform a whole (possibly on-disk, h5py) image array in chunks."""
         n = images.shape[0]
-        parts = [self(images[i : i + CHUNK]) for i in range(0, n, CHUNK)]
-        return torch.cat(parts).contiguous()
+        first = self(images[:CHUNK])
+        out = torch.empty((n, *first.shape[1:]), dtype=first.dtype)  # filled in place: no second copy from a cat
+        out[: len(first)] = first
+        for i in range(CHUNK, n, CHUNK):
+            out[i : i + CHUNK] = self(images[i : i + CHUNK])
+        return out
 
     def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> pixel space (after geometry), for display and ground-truth scoring."""
