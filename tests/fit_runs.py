@@ -58,6 +58,14 @@ def write_tiny_twin(path: Path) -> Path:
     return path
 
 
+def fit_tiny(folder: Path, epochs: int = 1) -> dict:
+    """A tiny twin in `folder` and a checkpoint fitted on it for `epochs` (in this process): data, checkpoint, folder."""
+    data = write_tiny_twin(folder / "twin.h5")
+    config = tiny_config(folder / "run", data, max_epochs=epochs)
+    assert train_in_process(["fit", "--config", str(write_config(folder / "run.yaml", config))]) == 0
+    return {"folder": folder, "data": data, "checkpoint": folder / "run" / "checkpoints" / "last.ckpt"}
+
+
 def tiny_config(root: Path, data: Path, max_epochs: int = 4, last_every_n_train_steps: int | None = None,
                 callbacks: list[dict] | None = None, test_after_fit: bool = False) -> dict:
     """A tiny experiment: small core, attention readout WITH dropout (so the random stream matters)

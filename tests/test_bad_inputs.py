@@ -50,11 +50,7 @@ class Payload:
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """A tiny twin and a checkpoint trained on it for one epoch."""
-    folder = tmp_path_factory.mktemp("good")
-    data = fit_runs.write_tiny_twin(folder / "twin.h5")
-    config = fit_runs.tiny_config(folder / "run", data, max_epochs=1)
-    assert fit_runs.train_in_process(["fit", "--config", str(fit_runs.write_config(folder / "run.yaml", config))]) == 0
-    return {"folder": folder, "data": data, "checkpoint": folder / "run" / "checkpoints" / "last.ckpt"}
+    return fit_runs.fit_tiny(tmp_path_factory.mktemp("good"))
 
 
 @dataclass

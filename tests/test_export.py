@@ -50,11 +50,8 @@ def _mei(checkpoints: list[Path], out: Path, neurons: str = TARGETS, seeds: str 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny twin, a checkpoint fitted on it for one epoch, another model (changed weights), their GA MEIs, one export."""
-    folder = tmp_path_factory.mktemp("export")
-    data = fit_runs.write_tiny_twin(folder / "twin.h5")
-    config = fit_runs.tiny_config(folder / "run", data, max_epochs=1)
-    assert fit_runs.train_in_process(["fit", "--config", str(fit_runs.write_config(folder / "run.yaml", config))]) == 0
-    last = folder / "run" / "checkpoints" / "last.ckpt"
+    trained = fit_runs.fit_tiny(tmp_path_factory.mktemp("export"))
+    folder, data, last = trained["folder"], trained["data"], trained["checkpoint"]
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     for name, value in checkpoint["state_dict"].items():
         if name.startswith("encoder.core.") and value.is_floating_point() and value.ndim == 4:
