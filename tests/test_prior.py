@@ -98,7 +98,7 @@ def test_prior_training_resumes_bit_exact_after_a_kill(tmp_path, image_file):
     run.send_signal(signal.SIGKILL)
     run.wait()
     assert reference.wait() == 0, reference.stderr.read()
-    step = torch.load(last, weights_only=False)["global_step"]
+    step = torch.load(last, weights_only=True)["global_step"]
     assert 0 < step < 24  # killed mid-run
     resumed = _train(config, killed)
     assert resumed.wait() == 0, resumed.stderr.read()
