@@ -1,7 +1,7 @@
 """Training on a dataset larger than the memory limit: the DataModule's lazy path at scale.
 
-    flock /tmp/encoders-heavy.lock python benchmarks/lazy_training.py            # ~6 GB of images, limit 1 GB (~15-25 min)
-    python benchmarks/lazy_training.py --quick                                    # smoke run, ~1-2 minutes
+    flock /tmp/encoders-heavy.lock python benchmarks/lazy_training.py            # ~6 GB of images, limit 1 GB (~15-20 min)
+    python benchmarks/lazy_training.py --quick                                    # smoke run, ~2 minutes
 
 1. Writes a dataset of `--gb` GB of uint8 images (one image per HDF5 chunk, as `io.write_dataset`
    stores them) into a temporary folder, streaming: `write_dataset` consumes a generator of
@@ -10,20 +10,23 @@
    (`natural_image_pool`, a pool of 8192 with the 8 flips/rotations and contrast inversion),
    responses Poisson draws of a cheap energy model (a Gabor quadrature pair in a Gaussian
    receptive field per neuron): the point is I/O and memory, not accuracy.
-2. Trains with the project's real training path (`encoders.training.cli.run(["fit", "--config", ...])`,
+2. Runs `RecordedDataModule.setup()` alone on the whole file, its first read: time and peak memory
+   (setup streams pixel statistics over every training image).
+3. Trains with the project's real training path (`encoders.training.cli.run(["fit", "--config", ...])`,
    = `python train.py fit`) in a fresh child process per row, for `--steps` optimisation steps, no
    validation: a first slice of the sessions that fits the memory limit, in memory and lazily
    (`data.in_memory` true, false); then the whole file with `in_memory` left to the DataModule
    (it picks lazy: the file is several times the limit) with each `--workers` count, and the
    largest count twice, to check that workers leave training deterministic (same losses, weights).
-3. Each child reports the DataModule's `setup()` time and its peak memory (VmHWM right after
-   setup: setup streams pixel statistics over every training image), images/s over the steps
-   after `--warmup`, and peak RSS (VmHWM from /proc of the training process; DataLoader workers
-   are separate processes and reported apart).
+   Each child reports setup() time and the peak memory right after it, images/s over the steps
+   after `--warmup`, the time per step spent waiting for data and computing, and peak RSS (VmHWM
+   from /proc of the training process; DataLoader workers are separate processes, reported apart).
 
 The file's pages are dropped from the page cache (posix_fadvise DONTNEED) before each run unless
-`--warm-cache`, so lazy reads come from the disk, as they would for a file larger than RAM.
-Throughput depends on what else runs on the machine: the 1-minute load average is printed per row.
+`--warm-cache`, so lazy reads come from the disk, as they would for a file larger than RAM (the
+disk's host may still cache it). Before each run the script waits until other processes use less
+than `--quiet` cores; the load average and the CPU other processes used during each run are printed.
+Results and the interpretation of a full run: docs/lazy_path.md.
 """
 
 from __future__ import annotations
@@ -215,14 +218,15 @@ try:
             self.images = 0
             self.start: float | None = None
             self.end: float | None = None
-            self.waits: list[float] = []
+            self.waits: list[float] = []  # per step: from the end of the last step to this one's start (fetching)
+            self.computes: list[float] = []  # per step: its forward, backward and optimizer step
             self.result: dict = {}
 
         def on_train_start(self, trainer, pl_module) -> None:
             self.rss_train_start = proc_status("VmRSS")
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            now = time.perf_counter()
+            now = self.step_start = time.perf_counter()
             if self.start is None and trainer.global_step >= self.warmup:
                 self.start = now
             elif self.start is not None:
@@ -234,6 +238,7 @@ try:
             if self.start is not None:
                 self.images += int(batch["images"].shape[0])
                 self.end = time.perf_counter()
+                self.computes.append(self.end - self.step_start)
 
         def on_train_end(self, trainer, pl_module) -> None:
             digest = hashlib.sha256()
@@ -249,6 +254,8 @@ try:
             self.result = {
                 "images_per_s": self.images / (self.end - self.start) if self.start and self.end else float("nan"),
                 "data_ms_per_step": 1000 * float(np.mean(self.waits)) if self.waits else float("nan"),
+                "step_ms_median": 1000 * float(np.median(self.computes)) if self.computes else float("nan"),
+                "step_ms_mean": 1000 * float(np.mean(self.computes)) if self.computes else float("nan"),
                 "steps": len(self.losses), "losses": self.losses, "weights_sha256": digest.hexdigest(),
                 "peak_rss_mb": proc_status("VmHWM"), "worker_peak_rss_mb": workers,
                 "rss_train_start_mb": self.rss_train_start, "rss_end_mb": proc_status("VmRSS"),
@@ -352,6 +359,7 @@ def run_child(kind: str, argument: str, folder: Path, name: str, quiet: float = 
     result["load_mean"], result["load_max"] = float(np.mean(loads)), float(np.max(loads))
     busy, iowait = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     result["child_cores"] = (usage.ru_utime + usage.ru_stime) / wall
+    result["child_user_s"], result["child_sys_s"] = usage.ru_utime, usage.ru_stime
     result["others_cores"] = max(0.0, busy / wall - result["child_cores"])  # CPU used by every other process
     result["iowait_cores"] = iowait / wall
     result["others_cores_before"] = quiet
@@ -376,6 +384,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write every result to this JSON file")
     parser.add_argument("--quiet", type=float, default=QUIET,
                         help="before each run, wait until other processes use fewer cores than this (0: do not wait)")
+    parser.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES",
+                        help="set MALLOC_MMAP_THRESHOLD_ for the training runs (glibc; e.g. 33554432: see docs/lazy_path.md)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -395,6 +405,8 @@ def main() -> None:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.malloc_mmap_threshold is not None:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)  # inherited by the children
     image_bytes = args.image_size**2
     images_per_session = int(args.session_gb * 1e9 // image_bytes)
     n_sessions = max(1, round(args.gb / args.session_gb))
@@ -437,9 +449,10 @@ def main() -> None:
             print(f"training: {label} ({n * session_gb:.2f} GB) ...", flush=True)
             row = run_child("train", str(config), folder, f"run{i}", args.quiet)
             row.update(label=label, gb=n * session_gb, model_gb=n * images_per_session * image_bytes * 4 / 1e9, workers=workers)
-            print(f"  {row['path']}: {row['images_per_s']:.0f} images/s, peak RSS {row['peak_rss_mb']:.0f} MB, "
-                  f"setup {row['setup_s']:.1f} s (load {row['load_mean']:.2f}, other processes {row['others_cores']:.2f} cores)",
-                  flush=True)
+            print(f"  {row['path']}: {row['images_per_s']:.0f} images/s (data wait {row['data_ms_per_step']:.1f} ms, compute "
+                  f"{row['step_ms_median']:.0f} ms per step), peak RSS {row['peak_rss_mb']:.0f} MB, setup {row['setup_s']:.1f} s; "
+                  f"CPU user {row['child_user_s']:.0f} s, sys {row['child_sys_s']:.0f} s (load {row['load_mean']:.2f}, "
+                  f"other processes {row['others_cores']:.2f} cores)", flush=True)
             rows.append(row)
         results["runs"] = rows
     finally:
@@ -462,19 +475,20 @@ def report(results: dict, args) -> None:
     table = Table(box=box.MARKDOWN, title=f"lazy path: {args.steps} steps of batch 64, images/s after {args.warmup} "
                   f"steps, {args.image_size}x{args.image_size} uint8 images, {'warm' if args.warm_cache else 'cold'} page cache")
     columns = ("run", "path", "dataset GB", "float32 in memory GB", "memory limit GB", "workers", "images/s",
-               "data wait ms/step", "peak RSS MB", "workers' peak RSS MB", "setup s", "RSS before / peak after setup MB",
+               "data wait ms/step", "compute ms/step, mean (median)", "peak RSS MB", "workers' peak RSS MB", "setup s", "RSS before / peak after setup MB",
                "load (1 min) / others' CPU cores")
     for column in columns:
         table.add_column(column, justify="left" if column in ("run", "path") else "right", no_wrap=column == "run")
     setup = results["setup"]
     table.add_row("all, setup() alone, first read", setup["path"], f"{big_gb:.2f}", f"{big_gb * 4:.2f}",
-                  f"{args.memory_limit_gb:g}", "-", "-", "-", "-", "-", f"{setup['setup_s']:.1f}",
+                  f"{args.memory_limit_gb:g}", "-", "-", "-", "-", "-", "-", f"{setup['setup_s']:.1f}",
                   f"{setup['rss_before_setup_mb']:.0f} / {setup['setup_peak_rss_mb']:.0f}",
                   f"{setup['load_mean']:.2f} / {setup['others_cores']:.2f}")
     for r in rows:
         workers = " + ".join(f"{x:.0f}" for x in r["worker_peak_rss_mb"]) or "-"
         table.add_row(r["label"], r["path"], f"{r['gb']:.2f}", f"{r['model_gb']:.2f}", f"{args.memory_limit_gb:g}",
-                      str(r["workers"]), f"{r['images_per_s']:.0f}", f"{r['data_ms_per_step']:.1f}", f"{r['peak_rss_mb']:.0f}", workers,
+                      str(r["workers"]), f"{r['images_per_s']:.0f}", f"{r['data_ms_per_step']:.1f}",
+                      f"{r['step_ms_mean']:.0f} ({r['step_ms_median']:.0f})", f"{r['peak_rss_mb']:.0f}", workers,
                       f"{r['setup_s']:.1f}", f"{r['rss_before_setup_mb']:.0f} / {r['setup_peak_rss_mb']:.0f}",
                       f"{r['load_mean']:.2f} / {r['others_cores']:.2f}")
     console.print(table)
@@ -510,7 +524,8 @@ def report(results: dict, args) -> None:
                   f"cores on average; the setup() of the later runs reads it again, page cache dropped but the disk's host may cache it)")
     start, end = results["load_start"], results["load_end"]
     console.print(f"load average (1, 5, 15 min): start {start[0]:.2f} {start[1]:.2f} {start[2]:.2f}, "
-                  f"end {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}; {os.cpu_count()} CPUs, torch threads: default")
+                  f"end {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}; {os.cpu_count()} CPUs, torch threads: default; "
+                  f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
 
 
 if __name__ == "__main__":
