@@ -261,10 +261,7 @@ def _products(options, which: str) -> int:
     out = _output_folder(chosen.out)
     device = usable_device(chosen.device)
     check_writable(out)
-    from encoders.synthesis.methods import EGGSettings, load_prior
-
-    if isinstance(product.method, EGGSettings):
-        load_prior(product.method.prior)  # a missing or broken prior fails now, not after ranking or scoring (cached)
+    product.method.check_available()  # e.g. a missing or broken prior fails now, not after ranking or scoring
     model = load_models(chosen.checkpoints)
     datamodule = None
     if chosen.data is None:

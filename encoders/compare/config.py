@@ -239,13 +239,15 @@ def _method(reader: _Reader, name: str, value: Any, seeds: tuple[int, ...], cont
 
 
 def _check_prior(reader: _Reader, where: str, method: GASettings | EGGSettings) -> None:
-    if isinstance(method, EGGSettings) and not Path(method.prior).is_dir():
-        raise reader.fail(f"{where}.prior", f"{method.prior}: diffusion prior folder not found")
+    try:
+        method.check_available()
+    except EncodersError as error:
+        raise reader.fail(f"{where}.prior", str(error)) from None
 
 
 def _pairs(reader: _Reader, value: Any, methods: dict) -> dict[str, tuple[str, str]]:
     if value is None:
-        kinds = {k: [n for n, m in methods.items() if isinstance(m, METHOD_TYPES[k])] for k in METHOD_TYPES}
+        kinds = {k: [n for n, m in methods.items() if m.method == k] for k in METHOD_TYPES}
         if len(kinds["egg"]) == 1 and len(kinds["ga"]) == 1:
             return {"defaults": (kinds["egg"][0], kinds["ga"][0])}
         return {}

@@ -36,7 +36,7 @@ from encoders.ensemble import Ensemble
 from encoders.outputs import write_netcdf
 from encoders.products.store import existing, fingerprint
 from encoders.synthesis.gradient_ascent import default_norm
-from encoders.synthesis.methods import EGGSettings, Method, method_name
+from encoders.synthesis.methods import Method, method_name
 from encoders.synthesis.targets import Target
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def run_generalisation(
 
     relations = [[relation(g, sa, ss, config.generating_seeds) for sa, ss in zip(scorer_archs, scorer_seeds)]
                  for g in architectures]
-    fixed_contrast = np.array([not (isinstance(m, EGGSettings) and m.contrast is None) for m in methods.values()])
+    fixed_contrast = np.array([not m.prior_contrast for m in methods.values()])
     result = xr.Dataset(
         {
             "activation": (("architecture", "method", "scorer", "neuron", "seed"), activation),

@@ -21,7 +21,7 @@ from encoders.contract import device_of
 from encoders.outputs import write_netcdf
 from encoders.products import compute_meis
 from encoders.products.store import existing, fingerprint
-from encoders.synthesis.methods import EGGSettings, Method, check_method, method_attrs, method_name
+from encoders.synthesis.methods import Method, check_method, method_attrs, method_name
 from encoders.synthesis.targets import Target
 
 
@@ -60,7 +60,7 @@ def make_mei_set(
     `name` is the method's name in the config (the `method` coordinate of the file).
     """
     request = {"name": name, "targets": [list(t) for t in targets], "settings": method_attrs(method, model.input_shape)}
-    steps = method.num_steps if isinstance(method, EGGSettings) else method.steps
+    steps = method.step_count
 
     def make() -> xr.Dataset:
         data = compute_meis(model, targets, method)

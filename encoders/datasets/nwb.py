@@ -116,8 +116,11 @@ def convert_nwb(
 def read_nwb_session(path: str | Path, cache: dict | None = None, **options) -> SessionData:
     """One NWB file as a session (options and defaults as `convert_nwb`'s; `cache` keeps external images between files)."""
     pynwb = import_pynwb()
-    defaults = {name: p.default for name, p in inspect.signature(convert_nwb).parameters.items()}
-    options = {**{k: v for k, v in defaults.items() if k not in ("nwb", "out")}, **options}
+    defaults = {name: p.default for name, p in inspect.signature(convert_nwb).parameters.items() if name not in ("nwb", "out")}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:  # a misspelt option would otherwise be carried along and never used
+        raise TypeError(f"read_nwb_session: unknown option(s) {unknown}; options: {sorted(defaults)}")
+    options = {**defaults, **options}
     path = Path(path)
     session = path.stem
     if not path.is_file():

@@ -131,7 +131,7 @@ class MEIs(Product):
         # "mii" (and "mii" minimises); MENIs are EGG images at the prior's own contrast
         if (minimize and kind == "mei") or kind == "mii":
             kind, minimize = "mii", True
-        if kind == "meni" and (minimize or not (isinstance(method, EGGSettings) and method.contrast is None)):
+        if kind == "meni" and (minimize or not method.prior_contrast):
             raise EncodersError("kind: meni (most exciting naturalistic images) is EGG at the prior's own contrast: "
                                 "give method EGGSettings with contrast: null, and no minimize")
         self.method = method

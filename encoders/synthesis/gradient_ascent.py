@@ -203,6 +203,22 @@ class GASettings:
         return cls(seeds=tuple(seeds), steps=1000, optimizer="adamw", lr=10.0, normalize_gradient=False, blur_sigma=1.0,
                    contrast=0.25, clamp=False)
 
+    method = "ga"  # the method's short name (files, attributes, compare's method types)
+
+    # ---- what every method answers (EGGSettings has the same): callers never ask which method it is
+    @property
+    def step_count(self) -> int:
+        """Optimisation steps of one image (its trace's length)."""
+        return self.steps
+
+    @property
+    def prior_contrast(self) -> bool:
+        """Whether the images keep a diffusion prior's own contrast (never for GA: the norm is fixed)."""
+        return False
+
+    def check_available(self) -> None:
+        """Everything the method needs outside its settings is there (GA needs nothing)."""
+
     def image_norm(self, shape: Sequence[int]) -> float:
         return float(self.norm) if self.norm is not None else default_norm(shape, self.contrast)
 

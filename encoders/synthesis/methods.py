@@ -85,6 +85,21 @@ class EGGSettings:
         if self.contrast is not None and not self.contrast > 0:
             raise EncodersError(f"method.contrast: must be positive or null, got {self.contrast}")
 
+    # ---- what every method answers (GASettings has the same)
+    @property
+    def step_count(self) -> int:
+        """Denoising steps of one image (its trace's length)."""
+        return self.num_steps
+
+    @property
+    def prior_contrast(self) -> bool:
+        """Whether the images keep the prior's own contrast (contrast None: MENIs, reconstructions)."""
+        return self.contrast is None
+
+    def check_available(self) -> None:
+        """The prior loads (a missing folder or broken weights fail now, in one line); cached for the run."""
+        load_prior(self.prior)
+
     def norm(self, shape: Sequence[int]) -> float | None:
         return default_norm(shape, self.contrast) if self.contrast is not None else None
 
@@ -117,7 +132,7 @@ def check_method(method: Method) -> None:
 
 
 def method_name(method: Method) -> str:
-    return "egg" if isinstance(method, EGGSettings) else "ga"
+    return method.method
 
 
 def method_attrs(method: Method, shape: Sequence[int]) -> dict:
