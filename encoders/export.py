@@ -122,6 +122,8 @@ def export_stimuli(
     from encoders.devices import usable_device
 
     device = usable_device(device)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise EncodersError(f"--seed: must be a non-negative integer, got {seed!r}")
     plan = _Plan.check(checkpoints, data, products, out, top_natural, random_natural, top_by, seeds, background, first_id, add)
     candidates = plan.candidates(top_natural, random_natural, seed, top_by, seeds, device)
     return plan.write(candidates, first_id, device, {

@@ -52,6 +52,10 @@ def record_stimuli(
     """
     if repeats < 1:
         raise EncodersError(f"--repeats: at least 1, got {repeats}")
+    if seed < 0:
+        raise EncodersError(f"--seed: must be non-negative, got {seed}")
+    if not Path(stimuli).exists():
+        raise EncodersError(f"{stimuli}: stimulus folder (or zip) not found")
     if not suffix:
         raise EncodersError("--suffix: must not be empty (the new sessions need ids of their own)")
     if Path(out).resolve() == Path(data).resolve():
