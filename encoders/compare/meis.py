@@ -21,7 +21,7 @@ from encoders.contract import device_of
 from encoders.outputs import write_netcdf
 from encoders.products import compute_meis
 from encoders.products.store import existing, fingerprint
-from encoders.synthesis.methods import Method, check_method, method_attrs, method_name
+from encoders.synthesis.methods import Method, method_attrs, method_name
 from encoders.synthesis.targets import Target
 
 
@@ -39,7 +39,7 @@ def timed_set(name: str, method: Method, checkpoints: Sequence[Path], request: d
     if found is not None:
         print(f"compare: {path} exists for these checkpoints and settings: kept")
         return found, False
-    check_method(method)  # loads an EGG prior: not timed
+    method.check_available()  # loads an EGG prior: not timed
     start = time.perf_counter()
     data = make()
     seconds = time.perf_counter() - start

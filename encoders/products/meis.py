@@ -25,7 +25,6 @@ from encoders.synthesis.gradient_ascent import GASettings
 from encoders.synthesis.methods import (
     EGGSettings,
     Method,
-    check_method,
     method_attrs,
     method_name,
     synthesize,
@@ -149,7 +148,7 @@ class MEIs(Product):
             raise EncodersError("top_k needs data (a data module or --data) to rank neurons by validation correlation")
         if self._scored(data):
             data.twin.check(model)
-        check_method(self.method)
+        self.method.check_available()
 
     def _scored(self, data: ProductData) -> bool:
         return self.ground_truth and data.twin is not None

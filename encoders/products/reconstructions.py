@@ -18,7 +18,7 @@ from encoders.products.figures import reconstruction_figure
 from encoders.products.progress import Progress
 from encoders.synthesis.energies import METRICS, ResponseDistance
 from encoders.synthesis.gradient_ascent import GASettings
-from encoders.synthesis.methods import EGGSettings, Method, check_method, method_attrs, method_name, synthesize
+from encoders.synthesis.methods import EGGSettings, Method, method_attrs, method_name, synthesize
 from encoders.synthesis.targets import check_sessions, model_space_images
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ class Reconstructions(Product):
         if data.datamodule is None:
             raise EncodersError("reconstructions need data: the test images and their responses")
         choose_test_images(model, data.datamodule, self.images, self.sessions)
-        check_method(self.method)
+        self.method.check_available()
 
     def request(self, model: ResponseModel, data: ProductData) -> dict:
         chosen = choose_test_images(model, data.datamodule, self.images, self.sessions)

@@ -124,13 +124,6 @@ def load_prior(folder: str) -> DiffusionPrior:
     return DiffusionPrior.load(folder)
 
 
-def check_method(method: Method) -> None:
-    """Raise EncodersError now for what would fail when the method runs: an EGG prior that is missing
-    or broken is loaded (and kept, see `load_prior`) before any work, e.g. before training."""
-    if isinstance(method, EGGSettings):
-        load_prior(method.prior)
-
-
 def method_name(method: Method) -> str:
     return method.method
 
