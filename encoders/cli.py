@@ -248,48 +248,27 @@ def _output_folder(path: str) -> Path:
 
 
 def _products(options, which: str) -> int:
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
+    from encoders.devices import usable_device
     from encoders.ensemble import load_models
+    from encoders.outputs import check_writable
     from encoders.products import MEIs, ProductData, Progress, Reconstructions, make_products
 
     chosen = getattr(options, which)
     product_class = {"mei": MEIs, "reconstruct": Reconstructions}[which]
     product = product_class(**{name: chosen[name] for name in inspect.signature(product_class).parameters})
-    from encoders.devices import usable_device
-    from encoders.outputs import check_writable
-
     out = _output_folder(chosen.out)
     device = usable_device(chosen.device)
     check_writable(out)
     product.method.check_available()  # e.g. a missing or broken prior fails now, not after ranking or scoring
     model = load_models(chosen.checkpoints)
-    datamodule = None
-    if chosen.data is None:
-        product.check(model, ProductData())  # without data, ids are all there is to check
-    if chosen.data is not None:
-        transform = model.image_transform
-        datamodule = RecordedDataModule(chosen.data, sessions=model.sessions, grayscale=transform.grayscale,
-                                        crop=transform.crop, resize=transform.resize)
-        datamodule.setup("predict")
-        check_data(model, datamodule)
+    # the data in the model's own input space (its transform), checked to be the data it was trained on
+    recording = Recording.for_model(chosen.data, model) if chosen.data is not None else None
+    data = ProductData.of(recording, truth_store=out / "twin_truth")
     model = model.to(device)
-    for made in make_products([product], [Path(p) for p in chosen.checkpoints], model, ProductData.of(datamodule), out, Progress()):
+    for made in make_products([product], [Path(p) for p in chosen.checkpoints], model, data, out, Progress()):
         print(made.line)
     return 0
-
-
-def check_data(model, datamodule) -> None:
-    """A checkpoint used with a data file of other neurons or images fails in one line, before any work."""
-    for session in model.sessions:
-        if session not in datamodule.sessions:
-            raise EncodersError(f"{datamodule.path}: has no session {session!r} of the checkpoint (it has {datamodule.sessions})")
-        ids = list(datamodule.tables[session].neuron_ids)
-        if ids != list(model.neuron_ids(session)):
-            raise EncodersError(f"{datamodule.path}: session {session!r} has {len(ids)} neurons with other ids than "
-                                f"the checkpoint's {len(model.neuron_ids(session))}; use the data the model was trained on")
-    shape = tuple(datamodule.input_shape())
-    if shape != tuple(model.input_shape):
-        raise EncodersError(f"{datamodule.path}: images map to {shape} in model space, the checkpoint takes {tuple(model.input_shape)}")
 
 
 def _compare(options) -> int:
@@ -350,88 +329,6 @@ COMMANDS = {"prepare": _prepare, "info": _info, "mei": lambda o: _products(o, "m
             "prior": _prior, "export": _export}
 
 
-def fold_method_flags(argv: Sequence[str]) -> list[str]:
-    """`--method VALUE` and `--method.X V` flags (and a config file's `method`), in order, as one `--method` mapping.
-
-    jsonargparse (4.x) reads each `--method.X` flag of a union of settings types on its own: for
-    EGGSettings a second flag drops the first (`--method.num_steps 5 --method.prior P` ran 50
-    steps), or the class (`--method '{class_path: EGGSettings, ...}' --method.steps 5` ran GA).
-    One mapping, read once, keeps every value and fails on a flag of another method.
-    """
-    import yaml
-
-    def load(text: str) -> object:
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError:
-            return None
-
-    flags = [i for i, a in enumerate(argv) if a.partition("=")[0] == "--method" or a.startswith("--method.")]
-    if not any(argv[i].startswith("--method.") for i in flags):
-        return list(argv)  # nothing to fold: jsonargparse reads --method values whole
-    class_path, values = None, {}
-
-    def take(method: object) -> None:
-        nonlocal class_path, values
-        if isinstance(method, str):
-            method = {"class_path": method}
-        if not isinstance(method, dict):
-            return
-        if "class_path" in method:
-            if method["class_path"] != class_path:
-                values = {}
-            class_path = method["class_path"]
-            method = method.get("init_args") or {}
-        values.update(method)
-
-    out, skip = [], set()
-    for i, arg in enumerate(argv):
-        if i in skip:
-            continue
-        flag, equals, value = arg.partition("=")
-        if flag == "--config" and i < flags[0]:  # a config's method is where the flags start from
-            path = Path(value if equals else (argv[i + 1] if i + 1 < len(argv) else ""))
-            content = load(path.read_text()) if path.is_file() else None
-            if isinstance(content, dict) and "method" in content:
-                take(content["method"])
-        if flag == "--method" or flag.startswith("--method."):
-            if not equals and i + 1 < len(argv):
-                value = argv[i + 1]
-                skip.add(i + 1)
-            if flag == "--method":
-                take(load(value))
-            else:
-                values[flag[len("--method."):]] = value  # jsonargparse converts strings to the field's type
-            if i == flags[0]:
-                out.append("--method")
-                out.append(None)  # the folded mapping goes here
-            continue
-        out.append(arg)
-    import dataclasses
-    import typing
-
-    from encoders.synthesis.methods import Method
-
-    fields = {cls: {f.name for f in dataclasses.fields(cls)} for cls in typing.get_args(Method)}
-    named = {cls: names for cls, names in fields.items() if str(class_path).rsplit(".", 1)[-1] == cls.__name__}
-    for cls, names in named.items():  # the method asked for by name takes only its own options
-        if set(values) - names:
-            raise EncodersError(f"--method: {sorted(set(values) - names)} not option(s) of {cls.__name__}, the method "
-                                f"asked for; its options are {sorted(names)}")
-    if class_path is None:  # the one settings type that has every key given (jsonargparse would guess wrong)
-        fits = [cls for cls, names in fields.items() if set(values) <= names]
-        if not fits:
-            lacking = ", ".join(f"{cls.__name__} has no {sorted(set(values) - names)}" for cls, names in fields.items())
-            raise EncodersError(f"--method: no one method takes all of {sorted(values)} ({lacking}); give one method's options")
-        if len(fits) == 1:
-            class_path = f"{fits[0].__module__}.{fits[0].__name__}"
-    method = {"class_path": class_path, "init_args": values} if class_path else values
-    out[out.index(None)] = yaml.safe_dump(method, default_flow_style=True, width=10**6).strip()
-    return out
-
-
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
@@ -443,8 +340,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     with Interrupts() as interrupts:
         try:
             parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
-            if argv[:1] in (["mei"], ["reconstruct"]):
-                argv = fold_method_flags(argv)
             options = parser.parse_args(argv)
             try:
                 options = parser.instantiate(options)

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.cores import StackedCore, TaskDrivenCore
+from encoders.cores import Core, StackedCore, TaskDrivenCore
 from encoders.cores.output_shape import pixels_to_grid
 from encoders.datasets.transforms import ImageTransform
 from encoders.errors import EncodersError
 from encoders.readouts import AttentionReadout, GaussianReadout, Readout
 
-CORES: dict[str, type[nn.Module]] = {"stacked": StackedCore, "task_driven": TaskDrivenCore}
+CORES: dict[str, type[Core]] = {"stacked": StackedCore, "task_driven": TaskDrivenCore}
 READOUTS: dict[str, type[Readout]] = {"gaussian": GaussianReadout, "attention": AttentionReadout}
 
 # arguments of readouts that come from the data (features of the core, neurons of the session, their

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
+
 
 class EncodersError(Exception):
     """Base class for errors caused by user input (files, configs, arguments)."""
@@ -27,8 +31,22 @@ class DatasetError(EncodersError, ValueError):
 
 
 def one_line(error: BaseException) -> str:
-    """An error's message on one line: jsonargparse's run over several indented lines, the terminal and logs want one."""
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    """An error's message on one line: jsonargparse's run over several indented lines, the terminal and logs want one.
+
+    jsonargparse's "Option 'X' is not accepted" for a class given by class_path (a product's `method`)
+    gets the flag and the options that class does take."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    match = re.search(r'Parser key "([\w.]+)": Problem with given class_path \'([\w.]+)\': Option \'(\w+)\' is not accepted', text)
+    if match:
+        key, class_path, option = match.groups()
+        module, _, name = class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+            options = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+        except (ImportError, AttributeError, ValueError, TypeError):
+            return text
+        return f"--{key}.{option}: not an option of {name} (the {key} given); its options are {options}"
+    return text
 
 
 def cause_of(error: BaseException) -> "EncodersError | None":

@@ -49,7 +49,7 @@ def metrics_table(per_session: dict[str, dict[str, torch.Tensor]], neuron_ids: d
     return results
 
 
-def test_table(encoder, results: xr.Dataset, datamodule, twin) -> xr.Dataset:
+def test_table(encoder, results: xr.Dataset, recording, twin) -> xr.Dataset:
     """The per-neuron test table of a tested model, plus, on a twin, the correlation with the noiseless truth."""
     results = results.copy()
     if twin is not None:
@@ -57,7 +57,7 @@ def test_table(encoder, results: xr.Dataset, datamodule, twin) -> xr.Dataset:
 
         values = np.full(results.sizes["neuron"], np.nan)
         for session in dict.fromkeys(results.session.values.tolist()):
-            values[(results.session == session).values] = ground_truth_correlation(encoder, datamodule, session, twin).numpy()
+            values[(results.session == session).values] = ground_truth_correlation(encoder, recording, session, twin).numpy()
         results["ground_truth_correlation"] = ("neuron", values)
         results["ground_truth_correlation"].attrs.update(
             {"long_name": "Pearson r of prediction and the twin's noiseless rates, test tier", "units": "1"})

@@ -258,9 +258,9 @@ CASES: list[tuple] = [
     ("argument_out_of_range", "encoders", lambda i: i.mei(None, "--method.lr", "-1"), ["lr > 0", "lr=-1.0"]),
     ("argument_of_another_method", "encoders",
      lambda i: i.mei(None, "--method", _egg(SHIPPED_PRIOR), "--method.steps", "2"),
-     ["--method", "['steps'] not option(s) of EGGSettings", "num_steps"]),
+     ["--method.steps: not an option of EGGSettings", "num_steps"]),
     ("argument_of_two_methods", "encoders", lambda i: i.mei(None, "--method.prior", str(SHIPPED_PRIOR), "--method.steps", "2"),
-     ["--method", "GASettings has no ['prior']", "EGGSettings has no ['steps']"]),
+     ["--method.prior: not an option of GASettings", "'steps'"]),
     ("argument_unknown_kind", "encoders", lambda i: i.mei(None, "--kind", "mni"), ["kind", "'mni'", "'meni'"]),
 ]
 
@@ -495,7 +495,7 @@ def test_user_errors_exit_cleanly_as_real_processes(good, tmp_path, program):
 
 def test_keyword_passthroughs_reject_misspelt_arguments():
     """ModelCheckpoint forwards keyword arguments and EGG settings are typed: a typo must fail, not vanish."""
-    from encoders.synthesis.methods import EGGSettings
+    from encoders.synthesis import EGGSettings
     from encoders.training import ModelCheckpoint
 
     with pytest.raises(TypeError, match="dirpth"):

@@ -22,7 +22,6 @@ from encoders.synthesis import (
     gaussian_blur,
     optimize_images,
     optimize_in_batches,
-    synthesize,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: thread start-up dominates on 2 shared cores
@@ -149,12 +148,12 @@ def test_batched_run_equals_single_runs(model):
 
 
 def test_synthesize_runs_ga_in_chunks_of_batch_size(model):
-    """`synthesize` (the one path of every product) equals one GA batch, and reports each chunk's progress."""
+    """`method.synthesize` (the one path of every product) equals one GA batch, and reports each chunk's progress."""
     targets = [("s1", "s1-n2"), ("s0", "s0-n0"), ("s0", "s0-n3")]
     seeds = [3, 5, 7]
     settings = GASettings(steps=5, lr=0.05, blur_sigma=1.0, batch_size=2)
     done = []
-    result = synthesize(settings, lambda index: NeuronActivation(model, [targets[i] for i in index]), seeds, model, done.append)
+    result = settings.synthesize(lambda index: NeuronActivation(model, [targets[i] for i in index]), seeds, model, done.append)
     whole = optimize_images(NeuronActivation(model, targets), 3, SHAPE, seeds, steps=5, lr=0.05, blur_sigma=1.0, norm=NORM,
                             pixel_range=settings.pixel_range(model.image_transform))
     assert done == [2, 1] and result.trace.shape == (5, 3)
@@ -245,3 +244,28 @@ def test_energies_work_on_an_ensemble(model):
     torch.testing.assert_close(energy, -expected)
     result = optimize_images(NeuronActivation(ensemble, targets), 2, SHAPE, 0, 3, norm=NORM)
     assert torch.isfinite(result.images).all()
+
+
+def test_methods_record_their_settings_once():
+    """Every constructor argument is recorded (`config`) and read by equality, `replace`, attributes and the store key;
+    presets are the same method with other defaults, named in the files."""
+    from encoders.synthesis import EGGPaper, EGGSettings, GAPaper
+
+    ga = GASettings(seeds=[1, 2], steps=3)
+    assert ga.config["seeds"] == (1, 2) and ga.config["steps"] == 3 and set(ga.config) == {
+        "seeds", "steps", "optimizer", "lr", "normalize_gradient", "blur_sigma", "contrast", "norm", "clamp", "batch_size"}
+    assert ga == GASettings(seeds=(1, 2), steps=3) and hash(ga) == hash(GASettings(seeds=(1, 2), steps=3))
+    assert ga.replace(lr=0.1).lr == 0.1 and ga.replace(lr=0.1) != ga and ga.lr == 0.05
+    with pytest.raises(AttributeError):
+        ga.steps = 4  # settings are recorded once: change them with replace
+    with pytest.raises(EncodersError, match="num_steps"):
+        ga.replace(num_steps=4)
+    attrs = ga.attrs(SHAPE)
+    assert attrs["ga_steps"] == 3 and attrs["ga_norm"] == NORM and attrs["ga_class"] == "GASettings"
+    assert set(ga.key(SHAPE)) >= {f"ga_{name}" for name in ga.config}  # no setting can be left out of the cache key
+    paper = GAPaper(seeds=(0, 1))
+    assert paper.steps == 1000 and paper.optimizer == "adamw" and not paper.clamp and paper.attrs(SHAPE)["ga_class"] == "GAPaper"
+    assert paper.replace(contrast=0.3).contrast == 0.3 and type(paper.replace(contrast=0.3)) is GAPaper
+    egg = EGGPaper(prior="p")
+    assert egg.num_steps == 100 and not egg.clip_denoised and egg.name == "egg" and isinstance(egg, EGGSettings)
+    assert EGGSettings(prior="p", contrast=None).attrs(SHAPE)["egg_guide_at_norm"] == 0  # nothing to guide at

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from encoders.datasets.io import write_dataset
 from encoders.synthesis.gradient_ascent import GASettings
-from encoders.synthesis.methods import EGGSettings
+from encoders.synthesis import EGGSettings
 from encoders.synthesis.prior_quality import frechet_distance, image_statistics, noise_like, quality, random_features
 from encoders.synthesis.prior_training import DatasetImages, PriorData, dataset_images, random_crops
 
@@ -141,13 +141,21 @@ def test_paper_presets_are_the_papers_values():
 
 
 def test_presets_on_disk_match_the_code():
+    """The YAML presets name the preset classes: the settings are declared once, in encoders/synthesis/presets.py."""
     import yaml
+    from jsonargparse import ArgumentParser
 
-    ga = yaml.safe_load((ROOT / "experiments/presets/mei_ga_paper.yaml").read_text())["method"]
-    assert GASettings(**{**ga, "seeds": (0,)}) == GASettings.paper()
-    egg = yaml.safe_load((ROOT / "experiments/presets/mei_egg_paper.yaml").read_text())["method"]["init_args"]
-    assert EGGSettings(**{**egg, "seeds": (0,), "energy_scale": EGGSettings.paper(egg["prior"]).energy_scale}) == EGGSettings.paper(egg["prior"])
-    assert egg["energy_scale"] == pytest.approx(10 / math.sqrt(3 * 256 * 256), rel=1e-4)
+    from encoders.synthesis import EGGPaper, GAPaper, Method
+
+    parser = ArgumentParser()
+    parser.add_argument("--method", type=Method)
+    for name, preset in (("mei_ga_paper.yaml", GAPaper), ("mei_egg_paper.yaml", EGGPaper)):
+        config = yaml.safe_load((ROOT / "experiments/presets" / name).read_text())
+        method = parser.instantiate(parser.parse_object(config)).method
+        assert type(method) is preset and method.seeds == (0, 1, 2, 3)
+    assert GAPaper().steps == 1000 and GAPaper().optimizer == "adamw" and GAPaper().lr == 10.0 and not GAPaper().clamp
+    assert EGGPaper(prior="p").energy_scale == pytest.approx(10 / math.sqrt(3 * 256 * 256), rel=1e-12)
+    assert EGGPaper(prior="p").num_steps == 100 and not EGGPaper(prior="p").clip_denoised
 
 
 def test_prior_data_rejects_what_cannot_work(image_file):

@@ -26,29 +26,29 @@ class MetricsTable(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or pl_module.test_results is None or not len(pl_module.test_results.data_vars):
             return
-        datamodule = trainer.datamodule
-        twin = datamodule.twin if datamodule is not None else None
+        recording = trainer.datamodule.recording if trainer.datamodule is not None else None
+        twin = recording.twin if recording is not None else None
         encoder = pl_module.encoder
         was_training = encoder.training
-        results = test_table(encoder.eval(), pl_module.test_results, datamodule, twin)
+        results = test_table(encoder.eval(), pl_module.test_results, recording, twin)
         encoder.train(was_training)
         if "ground_truth_correlation" in results:
             for logger in trainer.loggers:
                 logger.log_metrics({"test/ground_truth_correlation": float(np.nanmean(results["ground_truth_correlation"].values))})
         results.attrs["checkpoint"] = str(getattr(trainer, "ckpt_path", "") or "")
-        if datamodule is not None:
-            results.attrs["test_images_used"] = self._coverage(results, datamodule)
+        if recording is not None:
+            results.attrs["test_images_used"] = self._coverage(results, recording)
         path = write_netcdf(results, Path(trainer.default_root_dir) / self.filename)
         self._print(results, path)
         self._log_wandb(trainer, results)
 
     @staticmethod
-    def _coverage(results: xr.Dataset, datamodule) -> str:
+    def _coverage(results: xr.Dataset, recording) -> str:
         """'complete', or which sessions' test images were partly or not at all used (e.g. limit_test_batches)."""
         used = dict(item.split(":") for item in np.atleast_1d(results.attrs.get("images_per_session", [])))
         parts = []
-        for session in datamodule.sessions:
-            total = int((datamodule.tables[session].tiers == "test").sum())
+        for session in recording.sessions:
+            total = int((recording.tables[session].tiers == "test").sum())
             n = int(used.get(session, 0))
             if n != total:
                 parts.append(f"{session} {n} of {total}")

@@ -70,7 +70,7 @@ class Products(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the model is built by now: a typo in a neuron id fails before training, not after
-        self._data = ProductData.of(trainer.datamodule)
+        self._data = ProductData.of(trainer.datamodule, self._truth_store(trainer))
         for product in self.products:
             product.check(pl_module.encoder, self._data)
 
@@ -81,13 +81,18 @@ class Products(pl.Callback):
         if not paths:
             rank_zero_warn("Products: no saved checkpoint (add a ModelCheckpoint); no products made")
             return
-        data = self._data or ProductData.of(trainer.datamodule)
+        data = self._data or ProductData.of(trainer.datamodule, self._truth_store(trainer))
         for path in paths:
             folder = Path(trainer.default_root_dir) / "products" / path.stem
             model = load_encoder(path).to(pl_module.device)
             for made in make_products(self.products, [path], model, data, folder, Progress()):
                 rank_zero_info(made.line)
                 self._log_wandb(trainer, path.stem, made.path, made.figures, made.results)
+
+    @staticmethod
+    def _truth_store(trainer: pl.Trainer) -> Path:
+        """Where a twin's true MEIs are kept, shared by every checkpoint's products of the run."""
+        return Path(trainer.default_root_dir) / "twin_truth"
 
     @staticmethod
     def _log_wandb(trainer: pl.Trainer, stem: str, nc: Path, figures: list[Path], results: xr.Dataset) -> None:

@@ -27,10 +27,10 @@ MAP_IMAGES = 64  # validation images the maps are averaged over
 
 
 @torch.no_grad()
-def readout_views(encoder: Encoder, datamodule, session: str) -> tuple[torch.Tensor, torch.Tensor]:
+def readout_views(encoder: Encoder, recording, session: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean spatial maps (n_neurons, h, w) over the first validation images, and locations (n_neurons, 2) as grid cells."""
     device = next(encoder.parameters()).device
-    images = datamodule.tier_data(session, "validation")["images"][:MAP_IMAGES].to(device)
+    images = recording.tier_data(session, "validation")["images"][:MAP_IMAGES].to(device)
     features = encoder.core_features(images)
     readout = encoder.readouts[session]
     return readout.spatial_maps(features).mean(0).cpu(), readout.locations(features).cpu()
@@ -53,7 +53,7 @@ class ReadoutFigures(pl.Callback):
         sessions = encoder.sessions
         was_training = encoder.training
         encoder.eval()
-        views = {s: readout_views(encoder, datamodule, s) for s in sessions}
+        views = {s: readout_views(encoder, datamodule.recording, s) for s in sessions}
         encoder.train(was_training)
         grid = tuple(encoder.readouts[sessions[0]].in_shape[1:])
         maps = {s: v[0] for s, v in views.items()}

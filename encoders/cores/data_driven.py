@@ -7,7 +7,7 @@ import inspect
 import torch
 from torch import Tensor, nn
 
-from encoders.cores.output_shape import dry_run_shape
+from encoders.cores.base import Core
 from encoders.cores.regularizers import laplace_l2_normalised
 
 
@@ -29,7 +29,7 @@ def _check_positive_int(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-class StackedCore(nn.Module):
+class StackedCore(Core):
     """Stack of conv -> BatchNorm -> ELU layers.
 
     Layer 0 is a large-kernel convolution (unpadded by default, so the output shrinks by
@@ -188,6 +188,3 @@ class StackedCore(nn.Module):
             penalty = penalty + self.gamma_hidden * self.group_sparsity()
         return penalty
 
-    def output_shape(self, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        """(C, h, w) of the output for a (C_in, H, W) input (a dry run)."""
-        return dry_run_shape(self, input_shape)

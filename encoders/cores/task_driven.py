@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from encoders.cores.output_shape import dry_run_shape
+from encoders.cores.base import Core
 
 _INSTALL_HINT = (
     "TaskDrivenCore needs the optional torchvision dependency: pip install 'encoders[torchvision]' "
@@ -58,7 +58,7 @@ def _truncate(resnet: nn.Module, layer: str) -> nn.Sequential:
     return nn.Sequential(kept)
 
 
-class TaskDrivenCore(nn.Module):
+class TaskDrivenCore(Core):
     """ImageNet ResNet features up to ``layer``, followed by a trainable BatchNorm2d and ReLU.
 
     With ``fine_tune=False`` the ResNet is frozen: its parameters do not require grad and it
@@ -170,6 +170,3 @@ class TaskDrivenCore(nn.Module):
         """No penalty: returns a zero scalar on the core's device."""
         return self.head[0].weight.new_zeros(())
 
-    def output_shape(self, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        """(C, h, w) of the output for a (C_in, H, W) input (a dry run)."""
-        return dry_run_shape(self, input_shape)

@@ -1,4 +1,8 @@
-"""LightningDataModule over a dataset file: every batch comes from one session, sessions interleaved.
+"""LightningDataModule over a dataset file (a `Recording`): every batch comes from one session, sessions interleaved.
+
+The data themselves (tiers, images in model space, responses, the twin) are the `Recording`'s,
+which products and everything else outside training read without Lightning; this module adds
+the loaders.
 
 Two paths, chosen by `in_memory` (or automatically by size):
 - in memory: each session's images are preprocessed once into one float32 tensor; a batch is a
@@ -9,75 +13,22 @@ Two paths, chosen by `in_memory` (or automatically by size):
 
 from __future__ import annotations
 
-import functools
 
-import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from encoders.datasets.io import list_sessions, read_arrays
-from encoders.datasets.receptive_fields import rf_centres
-from encoders.datasets.schema import SESSIONS_GROUP, TIERS
+from encoders.datasets.recording import Recording, SessionImages, SessionTable
 from encoders.datasets.transforms import ImageTransform
 from encoders.errors import DatasetError, EncodersError
 
 if TYPE_CHECKING:
     from encoders.twin import Twin
-
-
-STATISTICS_CHUNK = 1024  # images per float64 block when summing pixel statistics (bounded memory)
-
-
-@dataclass
-class SessionTable:
-    """What is held in memory for one session."""
-
-    responses: torch.Tensor  # (N, neurons) float32
-    trials: torch.Tensor | None  # (N, repeats, neurons) float32, NaN = missing
-    tiers: np.ndarray  # (N,) str
-    image_ids: np.ndarray  # (N,) int64
-    neuron_ids: list[str]
-    images: torch.Tensor | None  # (N, C, H, W) model space, in-memory path only
-
-
-class SessionImages:
-    """Image access for one tier across sessions, in memory or lazily from the HDF5 file."""
-
-    def __init__(self, path: Path, tables: dict[str, SessionTable], transform: ImageTransform):
-        self.path = path
-        self.tables = tables
-        self.transform = transform
-        self._handle: h5py.File | None = None
-        self._pid: int | None = None
-
-    def get(self, session: str, index: torch.Tensor) -> torch.Tensor:
-        table = self.tables[session]
-        if table.images is not None:
-            return table.images[index]
-        # One read per image: with one image per HDF5 chunk this is ~100x faster than h5py's
-        # fancy indexing, which also demands sorted indices.
-        stored = self._file()[f"{SESSIONS_GROUP}/{session}/images"]
-        return self.transform(np.stack([stored[i] for i in index.tolist()]))
-
-    def _file(self) -> h5py.File:
-        # One handle per process: DataLoader workers must not share an h5py handle.
-        if self._handle is None or self._pid != os.getpid():
-            self._handle = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._handle
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_handle"] = None
-        return state
 
 
 class TierDataset(Dataset):
@@ -360,166 +311,52 @@ class RecordedDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.transform_from = transform_from
-        self.tables: dict[str, SessionTable] = {}
-        self.transform: ImageTransform | None = None
-        self.images: SessionImages | None = None
+        self.recording: Recording | None = None
 
     # ---- loading -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.tables:
+        if self.recording is not None:
             return
-        available = list_sessions(self.path)
-        sessions = self.requested_sessions or available
-        unknown = [s for s in sessions if s not in available]
-        if unknown:
-            raise DatasetError(self.path, f"unknown session(s) {unknown}; the file has {available}", field="sessions")
-        with h5py.File(self.path, "r") as f:
-            shapes = {s: f[f"{SESSIONS_GROUP}/{s}/images"].shape for s in sessions}
-        model_shape = self.geometry.output_shape(next(iter(shapes.values()))[1:])
-        n_images = sum(shape[0] for shape in shapes.values())
-        size_gb = n_images * int(np.prod(model_shape)) * 4 / 1e9
-        in_memory = self.in_memory if self.in_memory is not None else size_gb <= self.memory_limit_gb
+        g = self.geometry
+        self.recording = Recording(self.path, sessions=self.requested_sessions, grayscale=g.grayscale, crop=g.crop,
+                                   resize=g.resize, normalize=self.normalize, in_memory=self.in_memory,
+                                   memory_limit_gb=self.memory_limit_gb, transform_from=self.transform_from)
 
-        for s in sessions:
-            fields = ["responses", "tier", "image_id", "neuron_id"]
-            with h5py.File(self.path, "r") as f:
-                has_trials = "trials" in f[f"{SESSIONS_GROUP}/{s}"]
-            arrays = read_arrays(self.path, s, fields + (["trials"] if has_trials else []))
-            self.tables[s] = SessionTable(
-                responses=torch.as_tensor(arrays["responses"], dtype=torch.float32),
-                trials=torch.as_tensor(arrays["trials"], dtype=torch.float32) if has_trials else None,
-                tiers=np.asarray(arrays["tier"]).astype(str),
-                image_ids=arrays["image_id"],
-                neuron_ids=[str(x) for x in arrays["neuron_id"]],
-                images=None,
-            )
-        mean, std = self._pixel_statistics(sessions, in_memory)
-        if self.transform_from is not None:
-            mean, std = self._reference_statistics()
-        self.transform = ImageTransform(
-            grayscale=self.geometry.grayscale, crop=self.geometry.crop, resize=self.geometry.resize, mean=mean, std=std
-        )
-        if in_memory:
-            for s in sessions:
-                # geometry was already applied while computing statistics; only z-score here, in place
-                # (as `transform.from_pixels`, without two temporary copies of the session's images)
-                self.tables[s].images.sub_(self.transform.mean).div_(self.transform.std)
-        self.images = SessionImages(self.path, self.tables, self.transform)
+    # ---- the recording's, for Lightning-side code (products and models read the recording) -----------
+    @property
+    def tables(self) -> dict[str, SessionTable]:
+        return self.recording.tables if self.recording is not None else {}
 
-    def _pixel_statistics(self, sessions: list[str], in_memory: bool) -> tuple[float, float]:
-        total = total_sq = count = 0.0
-        with h5py.File(self.path, "r") as f:
-            for s in sessions:
-                raw = f[f"{SESSIONS_GROUP}/{s}/images"]
-                train = np.flatnonzero(self.tables[s].tiers == "train")
-                if in_memory:
-                    pixels = self.geometry.apply_chunked(raw)
-                    self.tables[s].images = pixels
-                    for index in torch.from_numpy(train).split(STATISTICS_CHUNK):  # float64 copies of a chunk, not the tier
-                        x = pixels[index].double()
-                        total += x.sum().item()
-                        total_sq += (x * x).sum().item()
-                        count += x.numel()
-                else:
-                    is_train = self.tables[s].tiers == "train"
-                    for i in range(0, raw.shape[0], 512):
-                        # contiguous block reads, then select: fancy h5py indexing is slow
-                        x = self.geometry(raw[i : i + 512][is_train[i : i + 512]]).double()
-                        total += x.sum().item()
-                        total_sq += (x * x).sum().item()
-                        count += x.numel()
-        if not self.normalize:
-            return 0.0, 1.0
-        mean = total / count
-        std = max((total_sq / count - mean * mean) ** 0.5, 1e-8)
-        return mean, std
+    @property
+    def transform(self) -> ImageTransform | None:
+        return self.recording.transform if self.recording is not None else None
 
-    def _reference_statistics(self) -> tuple[float, float]:
-        """The pixel mean and std of `transform_from`'s transform, after checking its geometry is this data's."""
-        from encoders.checkpoints import read_checkpoint, upgrade
+    @property
+    def images(self) -> SessionImages | None:
+        return self.recording.images if self.recording is not None else None
 
-        info = upgrade(read_checkpoint(self.transform_from)).get("hyper_parameters", {}).get("data_info") or {}
-        if "transform" not in info:
-            raise EncodersError(f"{self.transform_from}: not a checkpoint of a trained model (no image transform)")
-        reference = ImageTransform.from_state(info["transform"])
-        theirs = {"grayscale": reference.grayscale, "crop": list(reference.crop), "resize": reference.resize and list(reference.resize)}
-        ours = {"grayscale": self.geometry.grayscale, "crop": list(self.geometry.crop),
-                "resize": self.geometry.resize and list(self.geometry.resize)}
-        if theirs != ours:
-            raise EncodersError(f"{self.path}: data image transform {ours} differs from the checkpoint {self.transform_from}'s "
-                                f"{theirs}; set data.grayscale/crop/resize as in its training")
-        return reference.mean, reference.std
-
-    # ---- what models need to build themselves ---------------------------------------------------
-    @functools.cached_property
+    @property
     def twin(self) -> Twin | None:
-        """The data file's ground truth (a synthetic twin), resolved once, or None for recorded data."""
-        from encoders.twin import Twin
-
-        return Twin.from_file(self.path)
+        """The data file's ground truth (a synthetic twin), or None for recorded data."""
+        self.setup()
+        return self.recording.twin
 
     @property
     def sessions(self) -> list[str]:
-        return list(self.tables)
+        return self.recording.sessions if self.recording is not None else []
 
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of model-space images."""
-        with h5py.File(self.path, "r") as f:
-            shape = f[f"{SESSIONS_GROUP}/{self.sessions[0]}/images"].shape[1:]
-        return self.transform.output_shape(shape)
+        return self.recording.input_shape
 
     def raw_image_shape(self, session: str) -> tuple[int, ...]:
-        """Shape of one stored image, (H, W) or (C, H, W), in pixel space."""
-        with h5py.File(self.path, "r") as f:
-            return tuple(f[f"{SESSIONS_GROUP}/{session}/images"].shape[1:])
+        return self.recording.raw_image_shape(session)
 
     def session_info(self) -> dict[str, dict]:
-        """Per session: neuron ids, mean training response (readout bias initialisation), the number of
-        training images and, when the images are held in memory, "rf_centre": each neuron's receptive-field
-        centre [x, y] in model-input pixels estimated from the training tier
-        (`encoders.datasets.receptive_fields.rf_centres`; a readout's init_mu "data" starts there).
-        The lazy path has no centres: it would have to read every training image once more."""
-        info = {}
-        for s, table in self.tables.items():
-            train = torch.from_numpy(np.flatnonzero(table.tiers == "train"))
-            info[s] = {
-                "neuron_ids": table.neuron_ids,
-                "mean_response": table.responses[train].mean(0).tolist(),
-                "n_train": int(len(train)),
-            }
-            if table.images is not None:
-                info[s]["rf_centre"] = [list(xy) for xy in self._rf_centres(s, train)]
-        return info
-
-    @functools.cached_property
-    def _rf_cache(self) -> dict[str, list[tuple[float, float]]]:
-        return {}
-
-    def _rf_centres(self, session: str, train: torch.Tensor) -> list[tuple[float, float]]:
-        """A session's receptive-field centres as plain (x, y) floats, estimated once (tens of ms a session)."""
-        if session not in self._rf_cache:
-            table = self.tables[session]
-            centres = rf_centres(table.images[train], table.responses[train])
-            self._rf_cache[session] = [(round(float(x), 4), round(float(y), 4)) for x, y in centres.tolist()]
-        return self._rf_cache[session]
+        return self.recording.session_info()
 
     def tier_data(self, session: str, tier: str) -> dict[str, torch.Tensor]:
-        """A whole tier of one session in memory: images (model space), responses, trials, ids."""
-        if tier not in TIERS:
-            raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
-        if session not in self.tables:
-            raise DatasetError(self.path, f"unknown session; the data module has {self.sessions}", session=session)
-        table = self.tables[session]
-        index = torch.from_numpy(np.flatnonzero(table.tiers == tier))
-        out = {
-            "images": self.images.get(session, index),
-            "responses": table.responses[index],
-            "image_id": torch.from_numpy(table.image_ids[index.numpy()]),
-            "image_index": index,
-        }
-        if table.trials is not None:
-            out["trials"] = table.trials[index]
-        return out
+        return self.recording.tier_data(session, tier)
 
     # ---- loaders -----------------------------------------------------------------------------
     def _loader(self, tier: str, batch_size: int, shuffle: bool) -> SessionLoader:

@@ -91,14 +91,19 @@ def open_session(path: str | Path, session: str) -> xr.Dataset:
 
 def read_arrays(path: str | Path, session: str, fields: Iterable[str]) -> dict[str, np.ndarray]:
     """Read whole fields of one session into memory (strings decoded)."""
-    out = {}
     with h5py.File(path, "r") as f:
-        group = _require_session_group(f, path, session)
-        for name in fields:
-            if name not in group:
-                raise DatasetError(path, "missing field", session=session, field=name)
-            data = group[name]
-            out[name] = data.asstr()[()] if data.dtype.kind == "O" else data[()]
+        return read_fields(f, path, session, fields)
+
+
+def read_fields(f: h5py.File, path: str | Path, session: str, fields: Iterable[str]) -> dict[str, np.ndarray]:
+    """`read_arrays` from a file already open."""
+    out = {}
+    group = _require_session_group(f, path, session)
+    for name in fields:
+        if name not in group:
+            raise DatasetError(path, "missing field", session=session, field=name)
+        data = group[name]
+        out[name] = data.asstr()[()] if data.dtype.kind == "O" else data[()]
     return out
 
 

@@ -91,34 +91,44 @@ def validate_session(session: SessionData, path: str | Path) -> None:
 
 def validate_file(path: str | Path) -> list[str]:
     """Check a dataset file on disk; return its session ids. Raises `DatasetError` on any problem."""
+    with open_file(path) as f:
+        return validate_open_file(f, path)
+
+
+def open_file(path: str | Path) -> h5py.File:
+    """The dataset file opened for reading, or `DatasetError` saying why it cannot be."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(path, "file not found")
     if not path.is_file():
         raise DatasetError(path, "is not a file")
     try:
-        handle = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as error:
         raise DatasetError(path, f"not a readable HDF5 file (corrupt or truncated?): {error}") from None
-    with handle as f:
-        version = f.attrs.get("schema_version")
-        if version is None:
-            raise DatasetError(path, "missing root attribute", field="schema_version")
-        version = version.decode() if isinstance(version, bytes) else str(version)
-        if version not in SUPPORTED_SCHEMA_VERSIONS:
-            raise DatasetError(
-                path, f"unknown schema version {version!r}; this encoders reads {SUPPORTED_SCHEMA_VERSIONS}",
-                field="schema_version",
-            )
-        if SESSIONS_GROUP not in f or not isinstance(f[SESSIONS_GROUP], h5py.Group):
-            raise DatasetError(path, "missing group", field=SESSIONS_GROUP)
-        sessions = sorted(f[SESSIONS_GROUP].keys())
-        if not sessions:
-            raise DatasetError(path, "holds no sessions", field=SESSIONS_GROUP)
-        for sid in sessions:
-            _validate_group(f[SESSIONS_GROUP][sid], path, sid)
-        if GROUND_TRUTH_GROUP in f and not isinstance(f[GROUND_TRUTH_GROUP], h5py.Group):
-            raise DatasetError(path, "must be a group", field=GROUND_TRUTH_GROUP)
+
+
+def validate_open_file(f: h5py.File, path: str | Path) -> list[str]:
+    """`validate_file` on a file already open (one handle serves the checks and the reads that follow)."""
+    path = Path(path)
+    version = f.attrs.get("schema_version")
+    if version is None:
+        raise DatasetError(path, "missing root attribute", field="schema_version")
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise DatasetError(
+            path, f"unknown schema version {version!r}; this encoders reads {SUPPORTED_SCHEMA_VERSIONS}",
+            field="schema_version",
+        )
+    if SESSIONS_GROUP not in f or not isinstance(f[SESSIONS_GROUP], h5py.Group):
+        raise DatasetError(path, "missing group", field=SESSIONS_GROUP)
+    sessions = sorted(f[SESSIONS_GROUP].keys())
+    if not sessions:
+        raise DatasetError(path, "holds no sessions", field=SESSIONS_GROUP)
+    for sid in sessions:
+        _validate_group(f[SESSIONS_GROUP][sid], path, sid)
+    if GROUND_TRUTH_GROUP in f and not isinstance(f[GROUND_TRUTH_GROUP], h5py.Group):
+        raise DatasetError(path, "must be a group", field=GROUND_TRUTH_GROUP)
     return sessions
 
 

@@ -22,23 +22,28 @@ from encoders.products.progress import Progress
 from encoders.products.store import get_or_make
 
 if TYPE_CHECKING:
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
     from encoders.twin import Twin
 
 
 @dataclass
 class ProductData:
-    """The recorded data a product may use: the data module (images, responses, tiers) and the twin, if any.
+    """The recorded data a product may use: the recording (images, responses, tiers) and the twin, if any.
 
-    The twin is resolved once from the data file (`RecordedDataModule.twin`) and passed to whatever scores against it.
+    The twin is resolved once with the recording (`Recording.twin`) and passed to whatever scores against it.
+    `truth_store`, when given, is the folder where a twin's true MEIs are kept for every product and
+    checkpoint that asks for the same ones (`encoders.twin.scoring.true_meis`).
     """
 
-    datamodule: RecordedDataModule | None = None
+    recording: Recording | None = None
     twin: Twin | None = None
+    truth_store: Path | None = None
 
     @classmethod
-    def of(cls, datamodule: RecordedDataModule | None) -> "ProductData":
-        return cls(datamodule, getattr(datamodule, "twin", None))
+    def of(cls, recording: Recording | None, truth_store: Path | None = None) -> "ProductData":
+        """The data of a recording (or of anything holding one as `.recording`, e.g. a set-up data module)."""
+        recording = getattr(recording, "recording", recording)
+        return cls(recording, getattr(recording, "twin", None), truth_store)
 
 
 class Product:

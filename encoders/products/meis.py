@@ -22,14 +22,7 @@ from encoders.products.figures import mei_figure
 from encoders.products.progress import Progress
 from encoders.synthesis.energies import NeuronActivation
 from encoders.synthesis.gradient_ascent import GASettings
-from encoders.synthesis.methods import (
-    EGGSettings,
-    Method,
-    method_attrs,
-    method_name,
-    synthesize,
-    truth_settings,
-)
+from encoders.synthesis.method import Method
 from encoders.synthesis.targets import Target, check_choice, resolve_targets, top_k_targets
 
 KINDS = {"mei": "most exciting images", "meni": "most exciting naturalistic images", "mii": "most inhibitory images"}
@@ -48,15 +41,15 @@ def compute_meis(
     model.eval()
     seeds = list(method.seeds)
     pairs = [(target, seed) for target in targets for seed in seeds]
-    name = method_name(method)
+    name = method.name
     with (progress or Progress.quiet()).task(f"MEIs ({name}) of {len(targets)} neurons x {len(seeds)} seeds", len(pairs)) as advance:
-        result = synthesize(
-            method, lambda index: NeuronActivation(model, [pairs[i][0] for i in index], minimize=minimize),
+        result = method.synthesize(
+            lambda index: NeuronActivation(model, [pairs[i][0] for i in index], minimize=minimize),
             [seed for _, seed in pairs], model, advance,
         )
     sign = 1.0 if minimize else -1.0  # energy = -rate, or +rate for inhibitory images
     data = mei_dataset(name, targets, seeds, result.images, sign * result.energy, sign * result.trace, model.image_transform, minimize)
-    data.attrs.update(method_attrs(method, model.input_shape))
+    data.attrs.update(method.attrs(model.input_shape))
     data.attrs["product"] = "inhibitory images" if minimize else "most exciting images"
     data.attrs["minimize"] = int(minimize)
     return data
@@ -107,7 +100,7 @@ class MEIs(Product):
     Args:
         neurons: explicit "SESSION/NEURON_ID" list; or
         top_k: the k neurons best predicted on the validation tier (by each checkpoint's model).
-        method: GASettings (gradient ascent) or EGGSettings (energy-guided diffusion).
+        method: a synthesis method: GASettings (gradient ascent), EGGSettings (energy-guided diffusion) or a preset.
         minimize: make inhibitory images (lowest response) instead: kind "mii".
         kind: "mei", "meni" (EGG with contrast None: the prior's own contrast) or "mii" (= minimize): the file name and title.
         ground_truth: on a synthetic twin, score the images on the true neurons (and find their true MEIs).
@@ -117,7 +110,7 @@ class MEIs(Product):
         self,
         neurons: list[str] | None = None,
         top_k: int | None = None,
-        method: GASettings | EGGSettings = GASettings(),
+        method: Method = GASettings(),
         minimize: bool = False,
         kind: str = "mei",
         ground_truth: bool = True,
@@ -139,12 +132,12 @@ class MEIs(Product):
         self.ground_truth = ground_truth
 
     def stem(self) -> str:
-        return f"{self.kind}_{method_name(self.method)}"
+        return f"{self.kind}_{self.method.name}"
 
     def check(self, model: ResponseModel, data: ProductData) -> None:
         if self.targets is not None:
             resolve_targets(model, self.targets)
-        elif data.datamodule is None:
+        elif data.recording is None:
             raise EncodersError("top_k needs data (a data module or --data) to rank neurons by validation correlation")
         if self._scored(data):
             data.twin.check(model)
@@ -154,7 +147,7 @@ class MEIs(Product):
         return self.ground_truth and data.twin is not None
 
     def request(self, model: ResponseModel, data: ProductData) -> dict:
-        return {"settings": method_attrs(self.method, model.input_shape), "neurons": self.targets, "top_k": self.top_k,
+        return {"settings": self.method.key(model.input_shape), "neurons": self.targets, "top_k": self.top_k,
                 "minimize": self.minimize, "ground_truth": self._scored(data), "product": self.kind}
 
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
@@ -162,7 +155,7 @@ class MEIs(Product):
 
         model.eval()
         if self.targets is None:
-            targets, scores = top_k_targets(model, data.datamodule, self.top_k)
+            targets, scores = top_k_targets(model, data.recording, self.top_k)
         else:
             targets, scores = list(self.targets), None
         results = compute_meis(model, targets, self.method, self.minimize, progress)
@@ -171,14 +164,14 @@ class MEIs(Product):
             results["validation_correlation"] = ("neuron", np.asarray(scores))
             results["validation_correlation"].attrs.update({"long_name": "correlation of prediction and response, validation tier", "units": "1"})
         if self._scored(data):
-            results = score_on_ground_truth(results, model, data.twin, truth_settings(self.method))
+            results = score_on_ground_truth(results, model, data.twin, self.method.truth(), data.truth_store)
             results.attrs["ground_truth_summary"] = ground_truth_summary(results)
         return results
 
     def figure(self, results: xr.Dataset) -> Figure:
-        return mei_figure(results, method=method_name(self.method))
+        return mei_figure(results, method=self.method.name)
 
     def describe(self, results: xr.Dataset) -> str:
-        line = f"{self.kind.upper()}s ({method_name(self.method)}) of {results.sizes['neuron']} neurons"
+        line = f"{self.kind.upper()}s ({self.method.name}) of {results.sizes['neuron']} neurons"
         summary = results.attrs.get("ground_truth_summary")
         return f"{line}; {summary}" if summary else line

@@ -18,21 +18,18 @@ from encoders.products.figures import reconstruction_figure
 from encoders.products.progress import Progress
 from encoders.synthesis.energies import METRICS, ResponseDistance
 from encoders.synthesis.gradient_ascent import GASettings
-from encoders.synthesis.methods import EGGSettings, Method, method_attrs, method_name, synthesize
+from encoders.synthesis.method import Method
 from encoders.synthesis.targets import check_sessions, model_space_images
 
 if TYPE_CHECKING:
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
 
 PREDICT_BATCH = 256  # images per forward pass when scoring reconstructions (memory bound only)
 TARGETS = ("recorded", "predicted")
-# z-scored natural images have unit RMS on average: reconstructions match it. 300 steps with a
-# blur of 2 pixels: at 100 steps and blur 1 the images are still noise-like on the twin.
-DEFAULT_METHOD = GASettings(steps=300, blur_sigma=2.0, contrast=1.0)
 
 
 def choose_test_images(
-    model: ResponseModel, datamodule: RecordedDataModule, images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None,
+    model: ResponseModel, recording: Recording, images: int | Mapping[str, Sequence[int]], sessions: Sequence[str] | None,
 ) -> dict[str, list[int]]:
     """Positions within each session's test tier: the first `images` of each session, or given lists.
 
@@ -50,9 +47,9 @@ def choose_test_images(
         raise EncodersError("no sessions chosen for reconstructions")
     check_sessions(model, list(chosen))
     for session, index in chosen.items():
-        if session not in datamodule.sessions:
-            raise EncodersError(f"session {session!r} is not in the data ({datamodule.sessions})")
-        n_test = int((datamodule.tables[session].tiers == "test").sum())
+        if session not in recording.sessions:
+            raise EncodersError(f"session {session!r} is not in the data ({recording.sessions})")
+        n_test = int((recording.tables[session].tiers == "test").sum())
         if not isinstance(images, Mapping):
             index = chosen[session] = index[:n_test]  # a count asks for at most what there is
         if not index or min(index) < 0 or max(index) >= n_test:
@@ -63,7 +60,7 @@ def choose_test_images(
 
 
 def compute_reconstructions(
-    model: ResponseModel, datamodule: RecordedDataModule, chosen: Mapping[str, Sequence[int]], method: Method,
+    model: ResponseModel, recording: Recording, chosen: Mapping[str, Sequence[int]], method: Method,
     target: str = "recorded", metric: str = "mse", progress: Progress | None = None,
 ) -> xr.Dataset:
     """Reconstruct the chosen test images of each session from their responses (one per seed).
@@ -88,17 +85,17 @@ def compute_reconstructions(
     rows: dict[str, list] = {k: [] for k in ("session", "image_id", "test_index", "image", "target", "recon",
                                               "predicted", "corr", "trace")}
     total = sum(len(index) for index in chosen.values()) * s
-    name = method_name(method)
+    name = method.name
     with (progress or Progress.quiet()).task(f"reconstructions ({name}) of {total // s} test images x {s} seeds", total) as advance:
         for session, index in chosen.items():
-            data = model_space_images(model, datamodule, session, "test")
+            data = model_space_images(model, recording, session, "test")
             position = torch.as_tensor(list(index))
             images = data["images"][position]
             with torch.no_grad():
                 responses = model(images.to(device), session).cpu() if target == "predicted" else data["responses"][position]
             wanted = responses.repeat_interleave(s, dim=0)  # image i = test image i // s, seed i % s
-            result = synthesize(
-                method, lambda rows_: ResponseDistance(model, session, wanted[rows_], metric),
+            result = method.synthesize(
+                lambda rows_: ResponseDistance(model, session, wanted[rows_], metric),
                 [seeds[i % s] for i in range(len(wanted))], model, advance,
             )
             with torch.no_grad():
@@ -154,7 +151,7 @@ def compute_reconstructions(
         ("trace", f"energy ({metric} between predicted and target responses) at the start of each step", "1"),
     ):
         results[var].attrs.update({"long_name": long_name, "units": units})
-    results.attrs.update(method_attrs(method, shape))
+    results.attrs.update(method.attrs(shape))
     results.attrs.update({"product": "reconstructions", "target": target, "metric": metric})
     return results
 
@@ -175,7 +172,7 @@ class Reconstructions(Product):
         sessions: sessions to use with a count (None = all); not with a mapping.
         target: "recorded" responses or the model's "predicted" responses to the image.
         metric: "mse" or "correlation" between predicted and target responses (see ResponseDistance).
-        method: GASettings (default: 300 steps, blur 2, contrast 1 = natural images' RMS) or EGGSettings.
+        method: GASettings (default: 300 steps, blur 2, contrast 1 = natural images' RMS) or EGGSettings (any method).
     """
 
     kind = "reconstruction"
@@ -186,7 +183,10 @@ class Reconstructions(Product):
         sessions: list[str] | None = None,
         target: str = "recorded",
         metric: str = "mse",
-        method: GASettings | EGGSettings = DEFAULT_METHOD,
+        # z-scored natural images have unit RMS on average: reconstructions match it. 300 steps with a blur
+        # of 2 pixels: at 100 steps and blur 1 the images are still noise-like on the twin. (Written out here,
+        # not a module constant: jsonargparse reads a call in the signature as the default class and values.)
+        method: Method = GASettings(steps=300, blur_sigma=2.0, contrast=1.0),
     ):
         if target not in TARGETS:
             raise EncodersError(f"target must be one of {list(TARGETS)}, got {target!r}")
@@ -195,25 +195,25 @@ class Reconstructions(Product):
         self.images, self.sessions, self.target, self.metric, self.method = images, sessions, target, metric, method
 
     def stem(self) -> str:
-        return f"reconstruction_{method_name(self.method)}"
+        return f"reconstruction_{self.method.name}"
 
     def check(self, model: ResponseModel, data: ProductData) -> None:
-        if data.datamodule is None:
+        if data.recording is None:
             raise EncodersError("reconstructions need data: the test images and their responses")
-        choose_test_images(model, data.datamodule, self.images, self.sessions)
+        choose_test_images(model, data.recording, self.images, self.sessions)
         self.method.check_available()
 
     def request(self, model: ResponseModel, data: ProductData) -> dict:
-        chosen = choose_test_images(model, data.datamodule, self.images, self.sessions)
-        return {"settings": method_attrs(self.method, model.input_shape), "images": chosen, "target": self.target, "metric": self.metric}
+        chosen = choose_test_images(model, data.recording, self.images, self.sessions)
+        return {"settings": self.method.key(model.input_shape), "images": chosen, "target": self.target, "metric": self.metric}
 
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
-        chosen = choose_test_images(model, data.datamodule, self.images, self.sessions)
-        return compute_reconstructions(model, data.datamodule, chosen, self.method, self.target, self.metric, progress)
+        chosen = choose_test_images(model, data.recording, self.images, self.sessions)
+        return compute_reconstructions(model, data.recording, chosen, self.method, self.target, self.metric, progress)
 
     def figure(self, results: xr.Dataset) -> Figure:
-        return reconstruction_figure(results, method=method_name(self.method))
+        return reconstruction_figure(results, method=self.method.name)
 
     def describe(self, results: xr.Dataset) -> str:
-        return (f"reconstructions ({method_name(self.method)}) of {results.sizes['image']} test images: response r "
+        return (f"reconstructions ({self.method.name}) of {results.sizes['image']} test images: response r "
                 f"{float(results.correlation.mean()):.2f}, pixel r {float(results.image_correlation.mean()):.2f}")

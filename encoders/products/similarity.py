@@ -95,7 +95,7 @@ class SimilarityDiagnostics(Product):
         self.measures, self.layers, self.seed, self.max_features = list(measures), layers, seed, max_features
 
     def check(self, model: ResponseModel, data: ProductData) -> None:
-        if data.datamodule is None:
+        if data.recording is None:
             raise EncodersError("similarity diagnostics need data: the recorded test responses")
         if not hasattr(model, "layer_features") and self.layers:
             raise EncodersError("layers: true needs a single trained model (an ensemble has no core layers); use layers: false")
@@ -105,7 +105,7 @@ class SimilarityDiagnostics(Product):
 
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
         with progress.task(f"similarity: {len(self.measures)} measures", 1) as advance:
-            scores = similarity_diagnostics(model, data.datamodule, self.measures, self.layers, self.seed, self.max_features)
+            scores = similarity_diagnostics(model, data.recording, self.measures, self.layers, self.seed, self.max_features)
             advance(1)
         return scores
 

@@ -136,3 +136,24 @@ def get_or_make(
         save_figure(draw(results), png)
         return results, [png], how
     return results, [], how
+
+
+def get_or_compute(
+    nc: Path, request: dict, compute: Callable[[], xr.Dataset], paths: Sequence[Path] = (),
+) -> tuple[xr.Dataset, str]:
+    """A labelled result without a figure (a twin's true MEIs, a comparison's scores), kept in `nc`.
+
+    `nc` is read back when it exists for the same fingerprint (the request plus the models of
+    checkpoints `paths`, if any), else compute() is run and written atomically. Returns the results
+    and "kept" or "made". The one cache of everything that is not a product (which adds a figure).
+    """
+    key = fingerprint(paths, request)
+    results = existing(nc, key)
+    if results is not None:
+        return results, "kept"
+    results = compute()
+    results.attrs["fingerprint"] = key
+    if paths:
+        results.attrs.update({"checkpoint": [str(p) for p in paths], "models": [model_digest(p) for p in paths]})
+    write_netcdf(results, nc)
+    return results, "made"

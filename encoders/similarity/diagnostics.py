@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from encoders.similarity import HIGHER_IS_BETTER, get_measure
 
 if TYPE_CHECKING:
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
 
 DEFAULT_MEASURES: tuple[str, ...] = (
     "cka_linear",
@@ -165,7 +165,7 @@ def _score(name: str, X: Tensor, Y: Tensor, where: str, notes: dict[str, None]) 
 
 def similarity_diagnostics(
     model: nn.Module,
-    datamodule: RecordedDataModule,
+    recording: Recording,
     measures: Sequence[str] = DEFAULT_MEASURES,
     layers: bool = True,
     seed: int = 0,
@@ -177,7 +177,7 @@ def similarity_diagnostics(
 
     Args:
         model: an :class:`~encoders.encoder.Encoder` (put in eval mode here).
-        datamodule: a set-up :class:`~encoders.datasets.datamodule.RecordedDataModule` with the
+        recording: a set-up :class:`~encoders.datasets.recording.Recording` with the
             model's sessions (its ``tier_data(session, "test")`` is used).
         measures: names in :data:`encoders.similarity.MEASURES`.
         layers: also score every core layer (``model.layer_features``), not only the output.
@@ -203,9 +203,9 @@ def similarity_diagnostics(
     if max_features < 1 or pool_size < 1 or batch_size < 1:
         raise ValueError(f"max_features, pool_size and batch_size must be >= 1, got {max_features}, {pool_size}, {batch_size}")
     sessions = list(model.sessions)
-    missing = [s for s in sessions if s not in datamodule.sessions]
+    missing = [s for s in sessions if s not in recording.sessions]
     if missing:
-        raise ValueError(f"the data module lacks the model's session(s) {missing}; it has {datamodule.sessions}")
+        raise ValueError(f"the recording lacks the model's session(s) {missing}; it has {recording.sessions}")
 
     model.eval()
     baseline_model = random_init_like(model, seed)
@@ -217,7 +217,7 @@ def similarity_diagnostics(
     n_stimuli, n_neurons, ceiling_stimuli = [], [], []
 
     for s, session in enumerate(sessions):
-        data = datamodule.tier_data(session, "test")
+        data = recording.tier_data(session, "test")
         images, responses = data["images"], data["responses"].double()
         args = (layers, batch_size, pool_size, projections, max_features, seed)
         trained = _representations(model, images, session, *args)

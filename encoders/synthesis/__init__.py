@@ -10,14 +10,17 @@ from encoders.synthesis.gradient_ascent import (
     optimize_images,
     optimize_in_batches,
 )
-from encoders.synthesis.methods import EGGSettings, Method, SynthesisResult, synthesize
+from encoders.synthesis.egg import EGGSettings
+from encoders.synthesis.method import Method, SynthesisResult
+from encoders.synthesis.presets import EGGPaper, GAPaper
 from encoders.synthesis.targets import all_targets, parse_target, resolve_targets, top_k_targets
 
 __all__ = [
+    "EGGPaper",
     "EGGSettings",
+    "GAPaper",
     "Method",
     "SynthesisResult",
-    "synthesize",
     "GASettings",
     "GradientAscentResult",
     "NeuronActivation",

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
+from encoders.contract import device_of
 from encoders.errors import EncodersError
 from encoders.synthesis.blur import gaussian_blur
+from encoders.synthesis.method import Energy, Method, SynthesisResult, generators
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_CONTRAST = 0.25  # per-pixel RMS in z-scored units: L2 norm 25 for 100x100 grey images, as in the paper
-
-Energy = Callable[[torch.Tensor], torch.Tensor]
-
 
 def default_norm(shape: Sequence[int], contrast: float = DEFAULT_CONTRAST) -> float:
     """L2 norm of a (C, H, W) model-space image whose per-pixel RMS is `contrast`.
@@ -39,12 +38,9 @@ def default_norm(shape: Sequence[int], contrast: float = DEFAULT_CONTRAST) -> fl
 
 def initial_images(n_images: int, shape: Sequence[int], seeds: Sequence[int] | int) -> torch.Tensor:
     """(n_images, *shape) standard-normal noise, image b drawn from a generator seeded with seeds[b]."""
-    seeds = [int(seeds)] * n_images if isinstance(seeds, int) else [int(s) for s in seeds]
-    if len(seeds) != n_images:
-        raise ValueError(f"need one seed per image: {n_images} images, {len(seeds)} seeds")
     images = torch.empty((n_images, *shape))
-    for b, seed in enumerate(seeds):
-        images[b] = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
+    for b, generator in enumerate(generators(seeds, n_images)):
+        images[b] = torch.randn(tuple(shape), generator=generator)
     return images
 
 
@@ -158,66 +154,69 @@ def _descend(
     return GradientAscentResult(images=images.detach().cpu(), energy=final, trace=trace, norm_trace=norm_trace)
 
 
-@dataclass(frozen=True)
-class GASettings:
-    """Gradient-ascent settings of a product (MEIs, reconstructions), stored with its results.
+class GASettings(Method):
+    """Gradient ascent on pixels (a product's `method`), its settings stored with its results.
 
-    seeds: initial-noise seeds; every target is optimised once per seed.
-    lr, normalize_gradient: with the default normalised SGD, each step moves pixels by lr (RMS).
-    contrast: per-pixel RMS the image norm is set to (`default_norm`); `norm` overrides it.
-    clamp: clamp to the model-space range of pixel values 0..255 (see `pixel_range`).
-    batch_size: images optimised together (memory bound); results do not depend on it.
+    Args:
+        seeds: initial-noise seeds; every target is optimised once per seed.
+        steps: optimiser steps.
+        optimizer: "sgd" or "adamw" (Adam without weight decay: the norm constraint fixes the scale).
+        lr, normalize_gradient: with the default normalised SGD, each step moves pixels by lr (RMS).
+        blur_sigma: std (pixels) of the Gaussian applied to the gradient; 0 = none.
+        contrast: per-pixel RMS the image norm is set to (`default_norm`); `norm` overrides it.
+        norm: L2 norm of every image, or None for contrast * sqrt(C*H*W).
+        clamp: clamp to the model-space range of pixel values 0..255 (see `pixel_range`).
+        batch_size: images optimised together (memory bound); results do not depend on it.
     """
 
-    seeds: tuple[int, ...] = (0,)
-    steps: int = 100
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    normalize_gradient: bool = True
-    blur_sigma: float = 1.0
-    contrast: float = DEFAULT_CONTRAST
-    norm: float | None = None
-    clamp: bool = True
-    batch_size: int = 128
+    name = "ga"
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        seeds: tuple[int, ...] = (0,),
+        steps: int = 100,
+        optimizer: str = "sgd",
+        lr: float = 0.05,
+        normalize_gradient: bool = True,
+        blur_sigma: float = 1.0,
+        contrast: float = DEFAULT_CONTRAST,
+        norm: float | None = None,
+        clamp: bool = True,
+        batch_size: int = 128,
+    ):
+        self.seeds = tuple(int(s) for s in seeds)
+        self.steps, self.optimizer, self.lr = int(steps), optimizer, float(lr)
+        self.normalize_gradient, self.blur_sigma = bool(normalize_gradient), float(blur_sigma)
+        self.contrast, self.norm = float(contrast), None if norm is None else float(norm)
+        self.clamp, self.batch_size = bool(clamp), int(batch_size)
         if not self.seeds:
-            raise EncodersError("give at least one seed")
+            raise EncodersError("method.seeds: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
-            raise EncodersError(f"seeds must be distinct, got {list(self.seeds)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise EncodersError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise EncodersError(f"method.seeds: must be distinct, got {list(self.seeds)}")
+        if optimizer not in OPTIMIZERS:
+            raise EncodersError(f"method: optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or not self.contrast > 0 or self.blur_sigma < 0:
             raise EncodersError(  # steps 0 would hand back the starting noise as if it were an optimised image
-                f"need steps >= 1, batch_size >= 1, lr > 0, contrast > 0, blur_sigma >= 0; got {self}"
+                f"method: need steps >= 1, batch_size >= 1, lr > 0, contrast > 0, blur_sigma >= 0; got steps={steps}, "
+                f"batch_size={batch_size}, lr={float(lr)}, contrast={contrast}, blur_sigma={blur_sigma}"
             )
         if self.norm is not None and not self.norm > 0:
-            raise EncodersError(f"norm must be positive, got {self.norm}")
+            raise EncodersError(f"method.norm: must be positive, got {norm}")
 
     @classmethod
     def paper(cls, seeds: tuple[int, ...] = (0,)) -> "GASettings":
-        """Pierzchlewicz et al. 2023 (sinzlab/energy-guided-diffusion, scripts/meis_ga.py): 1,000 steps of AdamW at
-        lr 10 on the raw gradient blurred with sigma 1, every image rescaled to norm 25 at 100x100 (contrast
-        0.25), no clamp. (The paper's AdamW keeps torch's default weight decay 0.01; here decay is 0: the
-        norm is fixed after every step anyway.)"""
-        return cls(seeds=tuple(seeds), steps=1000, optimizer="adamw", lr=10.0, normalize_gradient=False, blur_sigma=1.0,
-                   contrast=0.25, clamp=False)
+        """The paper's preset (`encoders.synthesis.presets.GAPaper`)."""
+        from encoders.synthesis.presets import GAPaper
 
-    method = "ga"  # the method's short name (files, attributes, compare's method types)
+        return GAPaper(seeds=seeds)
 
-    # ---- what every method answers (EGGSettings has the same): callers never ask which method it is
+    # ---- what every method answers
     @property
     def step_count(self) -> int:
-        """Optimisation steps of one image (its trace's length)."""
         return self.steps
 
-    @property
-    def prior_contrast(self) -> bool:
-        """Whether the images keep a diffusion prior's own contrast (never for GA: the norm is fixed)."""
-        return False
-
-    def check_available(self) -> None:
-        """Everything the method needs outside its settings is there (GA needs nothing)."""
+    def truth(self) -> "GASettings":
+        return self  # a twin's true MEIs are found the same way as the model's
 
     def image_norm(self, shape: Sequence[int]) -> float:
         return float(self.norm) if self.norm is not None else default_norm(shape, self.contrast)
@@ -229,15 +228,15 @@ class GASettings:
         low, high = transform.from_pixels(torch.tensor([0.0, 255.0])).tolist()
         return (low, high)
 
-    def attrs(self, shape: Sequence[int]) -> dict[str, object]:
-        """NetCDF-storable description (no None, no bools)."""
-        return {
-            "seeds": list(self.seeds), "steps": self.steps, "optimizer": self.optimizer, "lr": self.lr,
-            "normalize_gradient": int(self.normalize_gradient),
-            "blur_sigma": self.blur_sigma, "contrast": self.contrast, "norm": self.image_norm(shape),
-            "norm_rule": "given" if self.norm is not None else "contrast * sqrt(C*H*W)",
-            "clamp": int(self.clamp), "batch_size": self.batch_size,
-        }
+    def derived(self, shape: Sequence[int]) -> dict:
+        return {"norm": self.image_norm(shape), "norm_rule": "given" if self.norm is not None else "contrast * sqrt(C*H*W)"}
+
+    def run_chunk(self, energy: Energy, seeds: Sequence[int], model) -> SynthesisResult:
+        shape = tuple(model.input_shape)
+        result = optimize_images(energy, len(seeds), shape, seeds, self.steps, self.optimizer, self.lr, self.blur_sigma,
+                                 self.image_norm(shape), self.pixel_range(model.image_transform), device_of(model),
+                                 self.normalize_gradient)
+        return SynthesisResult(result.images, result.energy, result.trace)
 
 
 def optimize_in_batches(

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from encoders.errors import EncodersError
+from encoders.synthesis.method import Energy
+from encoders.synthesis.method import generators as seeded
 from encoders.synthesis.prior import DiffusionPrior
 
-Energy = Callable[[torch.Tensor], torch.Tensor]  # model-space images (B, C, H, W) -> (B,)
 Adapter = Callable[[torch.Tensor], torch.Tensor]  # prior images -> the energy's input space
 
 
@@ -60,13 +61,6 @@ def guidance_gradient(
         # autograd.grad, not backward: no parameter of the prior or the model collects gradients
         (gradient,) = torch.autograd.grad(value.sum(), x_t)
     return output.detach(), value.detach(), gradient
-
-
-def _generators(seeds: Sequence[int] | int, n_images: int, device: torch.device) -> list[torch.Generator]:
-    seeds = [int(seeds)] * n_images if isinstance(seeds, int) else [int(s) for s in seeds]
-    if len(seeds) != n_images:
-        raise EncodersError(f"need one seed per image: {n_images} images, {len(seeds)} seeds")
-    return [torch.Generator(device).manual_seed(seed) for seed in seeds]
 
 
 def egg_sample(
@@ -105,7 +99,7 @@ def egg_sample(
     device = next(prior.parameters()).device
     dtype = next(prior.parameters()).dtype
     scheduler = prior.respaced(num_steps)
-    generators = _generators(seeds, n_images, device)
+    generators = seeded(seeds, n_images, device)
 
     # callbacks may run inside Lightning's inference mode, where no gradient could be taken
     with torch.inference_mode(False):

@@ -108,7 +108,7 @@ def evaluate_prior(prior_folder: str, data: str, n: int = 128, num_steps: int = 
 
     Returns {"prior": {...}, "data": {...}, "noise": {...}, "samples": tensor, "held_out": tensor, "settings": {...}}.
     """
-    from encoders.synthesis.methods import load_prior
+    from encoders.synthesis.egg import load_prior
     from encoders.synthesis.prior_figures import unguided_samples
 
     prior = load_prior(str(prior_folder))

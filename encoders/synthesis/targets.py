@@ -20,7 +20,7 @@ from encoders.errors import EncodersError
 from encoders.metrics import correlation
 
 if TYPE_CHECKING:
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
 
 Target = tuple[str, str]  # (session, neuron_id)
 
@@ -69,44 +69,44 @@ def all_targets(model: nn.Module) -> list[Target]:
     return [(session, neuron) for session in model.sessions for neuron in model.neuron_ids(session)]
 
 
-def model_space_images(model: nn.Module, datamodule: RecordedDataModule, session: str, tier: str) -> dict[str, torch.Tensor]:
-    """`datamodule.tier_data`, with images mapped into the MODEL's input space.
+def model_space_images(model: nn.Module, recording: Recording, session: str, tier: str) -> dict[str, torch.Tensor]:
+    """`recording.tier_data`, with images mapped into the MODEL's input space.
 
-    A data module made outside training (CLI) computes its own normalisation statistics; going
+    A recording made outside training (CLI) computes its own normalisation statistics; going
     through pixel space makes its images exactly what the checkpoint was trained on.
     """
-    data = dict(datamodule.tier_data(session, tier))
-    pixels = datamodule.transform.to_pixels(data["images"])
+    data = dict(recording.tier_data(session, tier))
+    pixels = recording.transform.to_pixels(data["images"])
     data["images"] = model.image_transform.from_pixels(pixels)
     return data
 
 
 @torch.no_grad()
-def validation_correlations(model: nn.Module, datamodule: RecordedDataModule, tier: str = "validation", batch_size: int = 256) -> dict[str, np.ndarray]:
+def validation_correlations(model: nn.Module, recording: Recording, tier: str = "validation", batch_size: int = 256) -> dict[str, np.ndarray]:
     """Per session, the correlation of each neuron's prediction with its responses on `tier`."""
     out = {}
     for session in model.sessions:
-        if session not in datamodule.sessions:
+        if session not in recording.sessions:
             continue
-        data = model_space_images(model, datamodule, session, tier)
+        data = model_space_images(model, recording, session, tier)
         device = device_of(model)
         rates = torch.cat([model(x.to(device), session).cpu() for x in data["images"].split(batch_size)])
         out[session] = correlation(rates, data["responses"]).numpy()
     return out
 
 
-def top_k_targets(model: nn.Module, datamodule: RecordedDataModule, k: int, tier: str = "validation") -> tuple[list[Target], list[float]]:
+def top_k_targets(model: nn.Module, recording: Recording, k: int, tier: str = "validation") -> tuple[list[Target], list[float]]:
     """The k neurons (over all sessions) best predicted on `tier`, best first, and their correlations.
 
     NaN correlations (constant responses) rank last.
     """
     if k < 1:
         raise EncodersError(f"top_k must be a positive number of neurons, got {k}")
-    scores = validation_correlations(model, datamodule, tier)
+    scores = validation_correlations(model, recording, tier)
     table = [(float(r), session, model.neuron_ids(session)[i])
              for session, values in scores.items() for i, r in enumerate(values)]
     if not table:
-        raise EncodersError("the data module shares no session with the model")
+        raise EncodersError("the recording shares no session with the model")
     table.sort(key=lambda row: -row[0] if np.isfinite(row[0]) else np.inf)  # stable: ties keep model order
     if k > len(table):
         print(f"top_k {k}: the model has {len(table)} neurons in the data's sessions; taking all {len(table)}", file=sys.stderr)

@@ -111,10 +111,7 @@ class EncodingModel(pl.LightningModule):
             if datamodule is None:
                 raise EncodersError("EncodingModel needs a DataModule on first setup (or data_info)")
             datamodule.setup(stage)
-            self.hparams.data_info = {
-                "sessions": datamodule.session_info(), "input_shape": list(datamodule.input_shape()),
-                "transform": datamodule.transform.state(),
-            }
+            self.hparams.data_info = datamodule.recording.model_info()
             if self.hparams.get("init_from") is not None:
                 self._build_from_checkpoint(datamodule)
             else:
@@ -160,17 +157,7 @@ class EncodingModel(pl.LightningModule):
         if datamodule is None:
             return
         datamodule.setup(stage)
-        info = self.hparams.data_info
-        for session, table in datamodule.session_info().items():
-            if session not in info["sessions"]:
-                raise EncodersError(f"{datamodule.path}: session {session!r} is not one the checkpoint was trained on "
-                                    f"({sorted(info['sessions'])}); choose data.sessions")
-            if list(table["neuron_ids"]) != list(info["sessions"][session]["neuron_ids"]):
-                raise EncodersError(f"{datamodule.path}: session {session!r} has other neurons ({len(table['neuron_ids'])}) "
-                                    f"than the checkpoint ({len(info['sessions'][session]['neuron_ids'])}); use the data it was trained on")
-        if list(datamodule.input_shape()) != list(info["input_shape"]):
-            raise EncodersError(f"{datamodule.path}: images map to {tuple(datamodule.input_shape())} in model space, "
-                                f"the checkpoint takes {tuple(info['input_shape'])}; set data.grayscale/crop/resize as in training")
+        datamodule.recording.check_model(self.hparams.data_info, sessions=datamodule.sessions)
 
     def _allow_unused_readouts(self) -> None:
         """Under DDP, let a step leave other sessions' readouts without gradients.

@@ -2,6 +2,7 @@
 
 - :class:`GroundTruthActivation`: the true rate of a neuron as an energy on model-space images
   (GA on it makes the twin's own MEIs under the model's norm, blur and clamp).
+- :func:`true_meis`: the twin's own MEIs under a model's geometry, kept once in a store folder.
 - :func:`score_on_ground_truth`: a model's MEIs on the true neurons, against the true MEIs.
 - :func:`true_rates`: true rates of images in a model's input geometry (pixel units), as the
   compare scorer needs them.
@@ -10,6 +11,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,12 +22,13 @@ import torch
 import xarray as xr
 from torch import nn
 
+from encoders.contract import ResponseModel, device_of
 from encoders.metrics import correlation
-from encoders.synthesis.gradient_ascent import GASettings, optimize_in_batches
+from encoders.synthesis.method import Method
 from encoders.twin.geometry import TwinGeometry
 
 if TYPE_CHECKING:
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
     from encoders.twin import Twin
 
 BATCH = 256  # images per forward pass of the true neurons: bounds memory only
@@ -71,14 +77,52 @@ def true_rates(truth: nn.Module, geometry: TwinGeometry, pixels: torch.Tensor) -
     return torch.cat(out) if out else torch.zeros(0, truth.n_neurons)
 
 
-def _device(model: nn.Module) -> torch.device:
-    """Where a model's parameters live (CPU for a model without parameters)."""
-    parameters = getattr(model, "parameters", None)
-    first = next(iter(parameters()), None) if parameters is not None else None
-    return first.device if first is not None else torch.device("cpu")
+def true_meis(
+    model: ResponseModel, twin: Twin, targets: Sequence[tuple[str, str]], seeds: Sequence[int], settings: Method,
+    minimize: bool = False, store: Path | None = None,
+) -> torch.Tensor:
+    """The twin's own MEIs of `targets` (one per seed: (targets x seeds, C, H, W), target-major) in the model's
+    input space, found by `settings` on the true neurons through the model's `TwinGeometry`.
+
+    With `store`, kept there once per (twin file, model geometry, targets, seeds, settings) and read back by
+    every product and checkpoint asking for the same (`encoders.products.store.get_or_compute`): the
+    products of a run's best and last checkpoints, GA and EGG alike, share one search.
+    """
+    shape = tuple(model.input_shape)
+    device = device_of(model)
+    n, s = len(targets), len(seeds)
+
+    def compute() -> xr.Dataset:
+        columns = twin.columns(model, list(targets)).repeat_interleave(s)  # image i = target i // s, seed i % s
+        truth, geometry = twin.truth.to(device), twin.geometry(model)
+        found = settings.synthesize(
+            lambda index: GroundTruthActivation(truth, columns[index], geometry, minimize=minimize),
+            [seeds[i % s] for i in range(n * s)], model,
+        )
+        data = xr.Dataset({"true_mei": (("neuron", "seed", "channel", "y", "x"), found.images.view(n, s, *shape).numpy())},
+                          coords={"session": ("neuron", [t[0] for t in targets]), "neuron_id": ("neuron", [t[1] for t in targets]),
+                                  "seed": list(seeds)})
+        data["true_mei"].attrs.update({"long_name": "the twin's own MEI, in the model's input space", "units": "z-scored pixel"})
+        data.attrs.update({"ground_truth": str(twin.path), "minimize": int(minimize), **settings.attrs(shape)})
+        return data
+
+    if store is None:
+        found = compute()
+    else:
+        from encoders.products.store import get_or_compute
+
+        stat = Path(twin.path).stat()
+        request = {"twin": [str(Path(twin.path).resolve()), stat.st_size, stat.st_mtime_ns],
+                   "transform": model.image_transform.state(), "input_shape": list(shape), "targets": [list(t) for t in targets],
+                   "seeds": list(seeds), "settings": settings.key(shape), "minimize": bool(minimize)}
+        key = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        found, _ = get_or_compute(Path(store) / f"true_meis_{key}.nc", request, compute)
+    return torch.as_tensor(found["true_mei"].values).reshape(n * s, *shape)
 
 
-def score_on_ground_truth(results: xr.Dataset, model: nn.Module, twin: Twin, settings: GASettings) -> xr.Dataset:
+def score_on_ground_truth(
+    results: xr.Dataset, model: nn.Module, twin: Twin, settings: Method, store: Path | None = None,
+) -> xr.Dataset:
     """Add the twin's view of each MEI: true rate, rate relative to the true MEI, similarity to it.
 
     The true MEI is found the same way as the model's (same seeds, steps, optimiser, blur, norm and
@@ -105,7 +149,7 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, twin: Twin, set
     targets = list(zip(results.session.values.tolist(), results.neuron_id.values.tolist()))
     columns = twin.columns(model, targets)
     geometry = twin.geometry(model)
-    device = _device(model)
+    device = device_of(model)
     truth = twin.truth.to(device)
     transform = model.image_transform
     minimize = bool(results.attrs["minimize"])
@@ -114,7 +158,6 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, twin: Twin, set
     shape = tuple(results.image.shape[-3:])
 
     pair_columns = columns.repeat_interleave(s)  # image i = neuron i // s, seed i % s
-    pair_seeds = [seeds[i % s] for i in range(n * s)]
     own = pair_columns.to(device)[:, None]
 
     def true_response(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -129,20 +172,17 @@ def score_on_ground_truth(results: xr.Dataset, model: nn.Module, twin: Twin, set
     ours = results.isel(method=0)  # one method per file: ga or egg
     images = torch.as_tensor(ours.image.values).reshape(n * s, *shape)
     true_rate, model_drive, model_maps = true_response(images)
-    found = optimize_in_batches(
-        lambda index: GroundTruthActivation(truth, pair_columns[index], geometry, minimize=minimize),
-        pair_seeds, shape, settings, settings.pixel_range(transform), device,
-    )
-    found_rate, found_drive, found_maps = true_response(found.images)
+    found_images = true_meis(model, twin, targets, seeds, settings, minimize, store)
+    found_rate, found_drive, found_maps = true_response(found_images)
     # THE true MEI: the seed with the strongest drive, which breaks the ties of rates saturated at rate_max
     best = found_drive.argmin(1) if minimize else found_drive.argmax(1)
     pick = (torch.arange(n), best)
-    true_mei = found.images.view(n, s, *shape)[pick]
+    true_mei = found_images.view(n, s, *shape)[pick]
     reference, true_drive, true_maps = found_rate[pick], found_drive[pick], found_maps[pick]
 
     model_pixels = torch.as_tensor(ours.image_pixels.values).flatten(2)
     true_pixels = transform.to_pixels(true_mei)
-    found_pixels = transform.to_pixels(found.images).view(n, s, -1)
+    found_pixels = transform.to_pixels(found_images).view(n, s, -1)
     similarity = correlation(model_pixels, true_pixels.flatten(1)[:, None].expand(-1, s, -1), dim=2)
     feature_similarity = correlation(model_maps, true_maps[:, None].expand(-1, s, -1), dim=2)
     paired = correlation(model_pixels, found_pixels, dim=2)
@@ -217,16 +257,16 @@ def _mean_pair_correlation(x: torch.Tensor) -> torch.Tensor:
 
 
 def ground_truth_correlation(
-    model: nn.Module, datamodule: RecordedDataModule, session: str, twin: Twin, tier: str = "test",
+    model: nn.Module, recording: Recording, session: str, twin: Twin, tier: str = "test",
 ) -> torch.Tensor:
     """Per-neuron correlation of the model's predictions with the twin's noiseless true rates, (n_neurons,).
 
-    The tier's images (model space, from the data module) reach the true neurons through the
+    The tier's images (model space, from the recording) reach the true neurons through the
     model's `TwinGeometry`: where and at the scale the model saw them.
     """
     columns = twin.columns(model, [(session, n) for n in model.neuron_ids(session)])
     geometry = twin.geometry(model)
-    images = datamodule.tier_data(session, tier)["images"]
+    images = recording.tier_data(session, tier)["images"]
     truth = twin.truth
     with torch.no_grad():
         predicted = model(images, session)
