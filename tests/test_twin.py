@@ -226,6 +226,37 @@ def test_mei_scores_on_the_truth_without_a_crop(twin):
     assert "on the twin's true neurons" in ground_truth_summary(scored)
 
 
+def test_true_meis_are_searched_once_and_kept(twin, tmp_path):
+    """A twin's true MEIs are kept in the store for (twin, geometry, targets, seeds, settings): a second scoring
+    (another checkpoint, or an EGG product with the same yardstick) reads them back, with identical scores."""
+    from encoders.synthesis.gradient_ascent import GASettings
+    from encoders.twin.scoring import score_on_ground_truth, true_meis
+
+    model = FakeModel(ImageTransform(mean=110.0, std=45.0))
+    targets, seeds = [("twin1", "twin1-n001"), ("twin0", "twin0-n003")], [0, 1]
+    settings = GASettings(seeds=tuple(seeds), steps=3, batch_size=4)
+    images = torch.randn(1, 2, 2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    results = xr.Dataset(
+        {"image": (("method", "neuron", "seed", "channel", "y", "x"), images.numpy()),
+         "image_pixels": (("method", "neuron", "seed", "channel", "y", "x"), model.image_transform.to_pixels(images).numpy())},
+        coords={"method": ["ga"], "session": ("neuron", [t[0] for t in targets]),
+                "neuron_id": ("neuron", [t[1] for t in targets]), "seed": seeds},
+        attrs={"minimize": 0},
+    )
+    store = tmp_path / "twin_truth"
+    first = score_on_ground_truth(results, model, twin, settings, store)
+    [kept] = list(store.glob("true_meis_*.nc"))
+    stamp = kept.stat().st_mtime_ns
+    again = score_on_ground_truth(results, model, twin, settings, store)
+    assert kept.stat().st_mtime_ns == stamp and list(store.glob("*.nc")) == [kept]  # read back, not searched again
+    xr.testing.assert_identical(first, again)
+    uncached = score_on_ground_truth(results, model, twin, settings)
+    np.testing.assert_array_equal(first.true_mei.values, uncached.true_mei.values)  # the store changes no number
+    true_meis(model, twin, targets, seeds, settings.replace(steps=4), store=store)  # other settings: another entry
+    true_meis(model, twin, targets[:1], seeds, settings, store=store)  # other targets: another entry
+    assert len(list(store.glob("true_meis_*.nc"))) == 3
+
+
 def test_test_correlation_with_the_truth_is_one_for_a_perfect_model(twin, path):
     """ground_truth_correlation compares predictions with the truth on the images the model saw."""
     from encoders.datasets.datamodule import RecordedDataModule
