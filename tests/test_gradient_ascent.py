@@ -252,7 +252,7 @@ def test_methods_record_their_settings_once():
     from encoders.synthesis import EGGPaper, EGGSettings, GAPaper
 
     ga = GASettings(seeds=[1, 2], steps=3)
-    assert ga.config["seeds"] == (1, 2) and ga.config["steps"] == 3 and set(ga.config) == {
+    assert ga.config["seeds"] == (1, 2) and ga.config["steps"] == 3 and ga.settings == ga.config and set(ga.config) == {
         "seeds", "steps", "optimizer", "lr", "normalize_gradient", "blur_sigma", "contrast", "norm", "clamp", "batch_size"}
     assert ga == GASettings(seeds=(1, 2), steps=3) and hash(ga) == hash(GASettings(seeds=(1, 2), steps=3))
     assert ga.replace(lr=0.1).lr == 0.1 and ga.replace(lr=0.1) != ga and ga.lr == 0.05
@@ -266,6 +266,9 @@ def test_methods_record_their_settings_once():
     paper = GAPaper(seeds=(0, 1))
     assert paper.steps == 1000 and paper.optimizer == "adamw" and not paper.clamp and paper.attrs(SHAPE)["ga_class"] == "GAPaper"
     assert paper.replace(contrast=0.3).contrast == 0.3 and type(paper.replace(contrast=0.3)) is GAPaper
+    assert set(paper.config) == {"seeds", "contrast", "batch_size"} and paper.settings["lr"] == 10.0
+    with pytest.raises(EncodersError, match="preset that fixes"):
+        paper.replace(steps=10)
     egg = EGGPaper(prior="p")
     assert egg.num_steps == 100 and not egg.clip_denoised and egg.name == "egg" and isinstance(egg, EGGSettings)
     assert EGGSettings(prior="p", contrast=None).attrs(SHAPE)["egg_guide_at_norm"] == 0  # nothing to guide at

@@ -141,18 +141,17 @@ def test_paper_presets_are_the_papers_values():
 
 
 def test_presets_on_disk_match_the_code():
-    """The YAML presets name the preset classes: the settings are declared once, in encoders/synthesis/presets.py."""
-    import yaml
-    from jsonargparse import ArgumentParser
+    """The YAML presets name the preset classes: the settings are declared once, in encoders/synthesis/presets.py;
+    read by `encoders mei --config` (whose default method is GA: none of its defaults may leak into the preset)."""
+    from encoders.cli import build_parser
+    from encoders.synthesis import EGGPaper, GAPaper
 
-    from encoders.synthesis import EGGPaper, GAPaper, Method
-
-    parser = ArgumentParser()
-    parser.add_argument("--method", type=Method)
+    parser = build_parser("mei")
     for name, preset in (("mei_ga_paper.yaml", GAPaper), ("mei_egg_paper.yaml", EGGPaper)):
-        config = yaml.safe_load((ROOT / "experiments/presets" / name).read_text())
-        method = parser.instantiate(parser.parse_object(config)).method
+        options = parser.parse_args(["mei", "x.ckpt", "--out", "out", "--config", str(ROOT / "experiments/presets" / name)])
+        method = parser.instantiate(options).mei.method
         assert type(method) is preset and method.seeds == (0, 1, 2, 3)
+        assert method.settings == preset(**({"prior": method.prior} if preset is EGGPaper else {})).replace(seeds=(0, 1, 2, 3)).settings
     assert GAPaper().steps == 1000 and GAPaper().optimizer == "adamw" and GAPaper().lr == 10.0 and not GAPaper().clamp
     assert EGGPaper(prior="p").energy_scale == pytest.approx(10 / math.sqrt(3 * 256 * 256), rel=1e-12)
     assert EGGPaper(prior="p").num_steps == 100 and not EGGPaper(prior="p").clip_denoised

@@ -6,9 +6,11 @@ method's `batch_size`. Products (MEIs, MENIs, reconstructions) and comparisons h
 never ask which one it is: they swap the object, as diffusers swaps a scheduler.
 
 Settings are recorded once, from the constructor (as diffusers' `register_to_config`): every
-constructor argument, after the constructor normalised it, is in `config`; equality, hashing,
-`replace`, the NetCDF attributes (`attrs`) and the product store's key (`key`) all read that one
-record, so a setting added to a constructor can never be left out of a file or a cache key.
+argument of the method's constructor, after it normalised it, is in `settings`; equality, hashing,
+the NetCDF attributes (`attrs`) and the product store's key (`key`) all read that one record, so a
+setting added to a constructor can never be left out of a file or a cache key. A preset (a
+subclass that fixes some settings) takes fewer arguments: `config` holds those, which `replace`
+and the command line can change.
 jsonargparse reads a `Method`-typed option in subclass mode: `{class_path: ..., init_args: {...}}`,
 with `--method.X` flags merged into it.
 """
@@ -70,27 +72,38 @@ class Method:
         @functools.wraps(init)
         def recorded(self, *args, **kw):
             init(self, *args, **kw)
-            if "_config" not in self.__dict__:  # the innermost constructor (the one that sets every attribute) records
-                self.__dict__["_config"] = {name: getattr(self, name) for name in parameters}
+            values = {name: getattr(self, name) for name in parameters}
+            # the innermost constructor (the method's own, which sets every attribute) records all settings;
+            # the outermost (a preset's, which may fix some) records what can be given: the last to finish
+            self.__dict__.setdefault("_settings", values)
+            self.__dict__["_config"] = values
 
         cls.__init__ = recorded
 
     # ---- the record -------------------------------------------------------------------------------
     @property
     def config(self) -> dict:
-        """The constructor's arguments as recorded (read-only copy)."""
+        """The constructor's arguments as recorded (read-only copy): what `replace` and the CLI can change."""
         return dict(self._config)
 
+    @property
+    def settings(self) -> dict:
+        """Every setting the images depend on (a preset's fixed ones too), as recorded (read-only copy)."""
+        return dict(self._settings)
+
     def replace(self, **changes) -> "Method":
-        """The same method with some settings changed (a new object, checked like any other)."""
+        """The same method with some arguments changed (a new object, checked like any other)."""
         unknown = sorted(set(changes) - set(self._config))
         if unknown:
-            raise EncodersError(f"method: {unknown} not option(s) of {type(self).__name__}; its options are {sorted(self._config)}")
+            fixed = sorted(set(unknown) & set(self._settings))
+            hint = f"; {type(self).__name__} is a preset that fixes {fixed}: use its method class to change them" if fixed else ""
+            raise EncodersError(f"method: {unknown} not option(s) of {type(self).__name__}; its options are "
+                                f"{sorted(self._config)}{hint}")
         return type(self)(**{**self._config, **changes})
 
     def attrs(self, shape: Sequence[int]) -> dict:
         """NetCDF-storable settings (no None, no bools), prefixed by the method's name; shape = the model's input."""
-        values = {name: _plain(value) for name, value in self._config.items()}
+        values = {name: _plain(value) for name, value in self._settings.items()}
         values.update(self.derived(shape))
         out = {}
         for name, value in values.items():
@@ -111,16 +124,16 @@ class Method:
         return {}
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._config == self._config
+        return type(other) is type(self) and other._settings == self._settings
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, repr(sorted(self._config.items()))))
+        return hash((type(self).__name__, repr(sorted(self._settings.items()))))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._config.items())})"
 
     def __setattr__(self, name: str, value: object) -> None:
-        if "_config" in self.__dict__:
+        if "_settings" in self.__dict__:
             raise AttributeError(f"{type(self).__name__} is immutable; use replace({name}=...)")
         super().__setattr__(name, value)
 
