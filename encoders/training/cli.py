@@ -68,6 +68,10 @@ class EncodersCLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as error:  # a constructor's one-line error, wrapped by jsonargparse (e.g. a callback's)
             raise cause_of(error) or error from None
+        # the model is handed its data now, before the trainer: its Encoder is built for the recording (or, for a
+        # restored model, the recording checked to be its data) and a bad data file fails before anything starts
+        self.datamodule.setup(self.subcommand)
+        self.model.attach(self.datamodule.recording)
 
     def instantiate_trainer(self, **kwargs):
         try:

@@ -1,9 +1,10 @@
 """EncodingModel: the LightningModule that trains an `Encoder` (Poisson loss, AdamW, plateau schedule, metrics).
 
-It holds the encoder and owns only training: loss, optimisation, evaluation and logging. What
-depends on the data (sessions, neuron ids, input shape, image transform) is taken from the
-DataModule at the first `setup` and stored in the hyperparameters (`data_info`), so a checkpoint
-rebuilds its encoder alone (`encoders.checkpoints.load_encoder`). Products never see this class.
+It holds the encoder and owns only training: loss, optimisation, evaluation and logging. It is
+handed its data (`attach(recording)`: the train CLI does so when it builds the model; with a plain
+Trainer, `setup` does it with the DataModule's recording); what depends on the data (sessions,
+neuron ids, input shape, image transform) is stored in the hyperparameters (`data_info`), so a
+checkpoint rebuilds its encoder alone (`encoders.checkpoints.load_encoder`). Products never see this class.
 """
 
 from __future__ import annotations
@@ -105,39 +106,50 @@ class EncodingModel(pl.LightningModule):
             self.encoder.core.eval()  # a frozen core keeps its BatchNorm statistics too
         return self
 
-    def setup(self, stage: str) -> None:
-        if self.encoder is None:
-            datamodule = self.trainer.datamodule if self._trainer is not None else None
-            if datamodule is None:
-                raise EncodersError("EncodingModel needs a DataModule on first setup (or data_info)")
-            datamodule.setup(stage)
-            self.hparams.data_info = datamodule.recording.model_info()
-            if self.hparams.get("init_from") is not None:
-                self._build_from_checkpoint(datamodule)
-            else:
-                self._build(self.hparams.data_info)
+    def attach(self, recording) -> None:
+        """Hand the model its data (a `Recording`): build the Encoder for it (its sessions, neuron ids, input shape
+        and transform; with `init_from`, the checkpoint's core and readouts plus new readouts for the data's other
+        sessions); a model that already has one (restored with its data_info) is checked to meet these data.
+
+        The train CLI calls this when it instantiates the model, before the trainer exists; used with a plain
+        Lightning Trainer, `setup` calls it with the trainer's DataModule's recording.
+        """
+        if self.encoder is not None:
+            recording.check_model(self.hparams.data_info, sessions=recording.sessions)
+            return
+        self.hparams.data_info = recording.model_info()
+        if self.hparams.get("init_from") is not None:
+            self._build_from_checkpoint(recording)
         else:
-            self._check_data(stage)
+            self._build(self.hparams.data_info)
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            datamodule.setup(stage)
+            self.attach(datamodule.recording)
+        elif self.encoder is None:
+            raise EncodersError("EncodingModel needs its data: attach(recording), a DataModule, or data_info")
         self._allow_unused_readouts()
 
-    def _build_from_checkpoint(self, datamodule) -> None:
+    def _build_from_checkpoint(self, recording) -> None:
         """The checkpoint's sessions (readouts and all) plus new readouts for the data's other sessions."""
         path = self.hparams.init_from
         base = upgrade(read_checkpoint(path))
         info, new = base["hyper_parameters"]["data_info"], self.hparams.data_info
         if list(new["input_shape"]) != list(info["input_shape"]):
-            raise EncodersError(f"{datamodule.path}: images map to {tuple(new['input_shape'])} in model space, the checkpoint "
+            raise EncodersError(f"{recording.path}: images map to {tuple(new['input_shape'])} in model space, the checkpoint "
                                 f"{path} takes {tuple(info['input_shape'])}; set data.grayscale/crop/resize as in its training")
         if new["transform"] != info["transform"]:
-            raise EncodersError(f"{datamodule.path}: image transform {new['transform']} differs from the checkpoint {path}'s "
+            raise EncodersError(f"{recording.path}: image transform {new['transform']} differs from the checkpoint {path}'s "
                                 f"{info['transform']}; give the data module transform_from: {path}")
         known = [s for s in new["sessions"] if s in info["sessions"]]
         if known and self.hparams.freeze_core:
-            raise EncodersError(f"{datamodule.path}: session(s) {known} are already in the checkpoint {path}; readout-only "
+            raise EncodersError(f"{recording.path}: session(s) {known} are already in the checkpoint {path}; readout-only "
                                 "training adds new sessions (choose data.sessions, or set model.freeze_core: false to fine-tune)")
         for session in known:
             if list(new["sessions"][session]["neuron_ids"]) != list(info["sessions"][session]["neuron_ids"]):
-                raise EncodersError(f"{datamodule.path}: session {session!r} has other neurons than in the checkpoint {path}")
+                raise EncodersError(f"{recording.path}: session {session!r} has other neurons than in the checkpoint {path}")
         sessions = {s: {**v, "from_checkpoint": True} for s, v in info["sessions"].items()}
         sessions.update({s: v for s, v in new["sessions"].items() if s not in info["sessions"]})
         self.hparams.data_info = {**new, "sessions": sessions}
@@ -150,14 +162,6 @@ class EncodingModel(pl.LightningModule):
                                 f"(unexpected {unexpected[:3]}, missing {[k for k in missing if not k.startswith(fresh)][:3]})")
         if self.frozen_core:
             self.encoder.core.eval()
-
-    def _check_data(self, stage: str) -> None:
-        """A model restored from a checkpoint must meet the data it was trained on: same sessions, neuron ids, image shape."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is None:
-            return
-        datamodule.setup(stage)
-        datamodule.recording.check_model(self.hparams.data_info, sessions=datamodule.sessions)
 
     def _allow_unused_readouts(self) -> None:
         """Under DDP, let a step leave other sessions' readouts without gradients.
