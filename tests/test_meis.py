@@ -384,3 +384,21 @@ def test_products_reach_a_real_offline_wandb_run(tmp_path, data):
     assert len(images) == 2 and all(p.stat().st_size > 1000 for p in images)
     best = Path(trainer.checkpoint_callback.best_model_path).stem
     assert {p.parent.name for p in images} == {best, "last"} and all(p.name.startswith("mei_ga") for p in images)
+
+
+def test_a_products_fingerprint_reads_every_constructor_argument():
+    """request() is the product's recorded arguments (its method by its own record): a new setting cannot be left out."""
+    import inspect
+
+    from encoders.products import Reconstructions, SimilarityDiagnostics
+
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(input_shape=(1, 16, 16))
+    for product in (MEIs(top_k=2), SimilarityDiagnostics()):
+        names = [p for p in inspect.signature(type(product).__init__).parameters if p != "self"]
+        assert sorted(product.arguments) == sorted(names) and set(names) <= set(product.request(model, ProductData()))
+    assert sorted(Reconstructions(images=2).arguments) == ["images", "method", "metric", "sessions", "target"]
+    a, b = MEIs(top_k=2, method=GASettings(steps=3)), MEIs(top_k=2, method=GASettings(steps=4))
+    assert a.request(model, ProductData())["method"]["ga_steps"] == 3
+    assert fingerprint([], a.request(model, ProductData())) != fingerprint([], b.request(model, ProductData()))

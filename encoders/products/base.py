@@ -9,6 +9,8 @@ ensemble) into a folder through the store. Nothing here imports Lightning.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +49,35 @@ class ProductData:
 
 
 class Product:
-    """Base of products; subclasses set `kind` and implement the methods below."""
+    """Base of products; subclasses set `kind` and implement the methods below.
+
+    The constructor's arguments are recorded once (`arguments`, with defaults filled in), and the store's
+    fingerprint reads that record (`request`): a setting added to a product's constructor is in every
+    cache key without being listed again. A method argument enters by its own record (`Method.key`).
+    """
 
     kind = "product"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recorded(self, *args, **kw):
+            bound = signature.bind(self, *args, **kw)
+            bound.apply_defaults()
+            init(self, *args, **kw)
+            self.__dict__["_arguments"] = {k: v for k, v in bound.arguments.items() if k != "self"}
+
+        cls.__init__ = recorded
+
+    @property
+    def arguments(self) -> dict:
+        """The constructor's arguments as given (defaults filled in)."""
+        return dict(self.__dict__.get("_arguments", {}))
 
     def stem(self) -> str:
         """File name without suffix, e.g. mei_ga."""
@@ -59,8 +87,16 @@ class Product:
         """Raise EncodersError for anything that would fail later (ids, sessions, data): before any work."""
 
     def request(self, model: ResponseModel, data: ProductData) -> dict:
-        """Everything the result depends on besides the model's weights (enters the fingerprint)."""
-        raise NotImplementedError
+        """Everything the result depends on besides the model's weights (enters the fingerprint): the product's
+        class and recorded arguments (a method by its settings) plus what `resolved` adds from the model and data."""
+        shape = tuple(model.input_shape)
+        arguments = {name: value.key(shape) if callable(getattr(value, "key", None)) else value
+                     for name, value in self.arguments.items()}
+        return {"product": type(self).__name__, "kind": self.kind, **arguments, **self.resolved(model, data)}
+
+    def resolved(self, model: ResponseModel, data: ProductData) -> dict:
+        """Choices made from the model and data that the result depends on (e.g. the test images picked)."""
+        return {}
 
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
         raise NotImplementedError

@@ -146,9 +146,8 @@ class MEIs(Product):
     def _scored(self, data: ProductData) -> bool:
         return self.ground_truth and data.twin is not None
 
-    def request(self, model: ResponseModel, data: ProductData) -> dict:
-        return {"settings": self.method.key(model.input_shape), "neurons": self.targets, "top_k": self.top_k,
-                "minimize": self.minimize, "ground_truth": self._scored(data), "product": self.kind}
+    def resolved(self, model: ResponseModel, data: ProductData) -> dict:
+        return {"scored_on_twin": self._scored(data)}
 
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
         from encoders.twin.scoring import ground_truth_summary, score_on_ground_truth

@@ -203,9 +203,8 @@ class Reconstructions(Product):
         choose_test_images(model, data.recording, self.images, self.sessions)
         self.method.check_available()
 
-    def request(self, model: ResponseModel, data: ProductData) -> dict:
-        chosen = choose_test_images(model, data.recording, self.images, self.sessions)
-        return {"settings": self.method.key(model.input_shape), "images": chosen, "target": self.target, "metric": self.metric}
+    def resolved(self, model: ResponseModel, data: ProductData) -> dict:
+        return {"chosen": choose_test_images(model, data.recording, self.images, self.sessions)}
 
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
         chosen = choose_test_images(model, data.recording, self.images, self.sessions)

@@ -100,9 +100,6 @@ class SimilarityDiagnostics(Product):
         if not hasattr(model, "layer_features") and self.layers:
             raise EncodersError("layers: true needs a single trained model (an ensemble has no core layers); use layers: false")
 
-    def request(self, model: ResponseModel, data: ProductData) -> dict:
-        return {"measures": self.measures, "layers": self.layers, "seed": self.seed, "max_features": self.max_features}
-
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
         with progress.task(f"similarity: {len(self.measures)} measures", 1) as advance:
             scores = similarity_diagnostics(model, data.recording, self.measures, self.layers, self.seed, self.max_features)
