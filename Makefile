@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export WANDB_MODE ?= offline
 
-.PHONY: install run test cowley compare-twin compare-cowley benchmarks clean
+.PHONY: install run test cowley compare-twin compare-cowley clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

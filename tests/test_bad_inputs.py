@@ -311,10 +311,10 @@ def _nan_target(i: Inputs) -> Path:
 
 def _compare(i: Inputs, architecture: dict | None = None, text: str | None = None, device: str = "cpu") -> list[str]:
     """`encoders compare` of one tiny architecture on the good twin, with parts replaced (or the YAML's text)."""
+    model = architecture or {"core": {"type": "stacked", "hidden_channels": 4, "layers": 1}, "readout": {"type": "gaussian"}}
     config = {"out": str(i.out), "device": device, "data": {"path": str(i.good["data"]), "batch_size": 16},
-              "architectures": {"small": architecture or {"core": {"type": "stacked", "hidden_channels": 4, "layers": 1},
-                                                          "readout": {"type": "gaussian"}}},
-              "seeds": {"generating": [0]}, "trainer": {"max_epochs": 1}, "methods": {"ga": {"type": "ga", "steps": 2}}}
+              "architectures": {"small": {"model": model}}, "seeds": {"generating": [0]}, "trainer": {"max_epochs": 1},
+              "methods": {"ga": {"class_path": "encoders.synthesis.GASettings", "init_args": {"steps": 2}}}}
     return ["compare", str(_text_file(i, "compare.yaml", text if text is not None else yaml.safe_dump(config)))]
 
 
@@ -417,9 +417,9 @@ CASES += [
     # compare: every check before anything trains or is written
     ("compare_invalid_architecture", "encoders",
      lambda i: _compare(i, {"core": {"type": "stacked", "layers": 0}, "readout": {"type": "gaussian"}}),
-     ["compare.yaml", "architectures.small", "layers must be a positive integer, got 0"]),
+     ["compare.yaml", "architectures.small.model", "layers must be a positive integer, got 0"]),
     ("compare_duplicate_method", "encoders",
-     lambda i: _compare(i, text=Path(_compare(i)[1]).read_text() + "methods: {ga: {type: ga}}\n"),
+     lambda i: _compare(i, text=Path(_compare(i)[1]).read_text() + "methods: {ga: {class_path: encoders.synthesis.GAPaper}}\n"),
      ["compare.yaml", "key 'methods' given twice"]),
     ("compare_device_missing", "encoders", lambda i: _compare(i, device="cuda"), ["compare.yaml: device", "no CUDA device"], [GPU]),
     ("prior_test_tier", "encoders",

@@ -1,8 +1,9 @@
 """`encoders compare` on a tiny grid: 2 architectures x 2 seeds on a tiny twin, 1 epoch, few steps.
 
 Checks the bookkeeping: which scorer counts as within / cross / generating, that an MEI is never
-scored as "within" on a model that helped make it, that a re-run skips finished parts, that the
-report and its figures exist, and that config typos are clear errors.
+scored as "within" on a model that helped make it, that each model trains alone from the train.py
+config the comparison wrote for it, that a re-run skips finished parts, and that the report and its
+figures exist. The spec's checks are in test_compare_spec.py.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import xarray as xr
 import yaml
 
 from encoders.cli import main
-from encoders.compare.config import load_config
 from encoders.compare.generalisation import relation
 from encoders.errors import EncodersError
-from encoders.products.store import recorded_checkpoints
+from encoders.products.store import model_digest, recorded_checkpoints
 from encoders.twin import write_twin
 
 torch.set_num_threads(1)
@@ -27,23 +27,28 @@ PRIOR = str(Path(__file__).resolve().parents[1] / "data" / "priors" / "natural32
 CORE = {"type": "stacked", "hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3}
 
 
+GA = "encoders.synthesis.GASettings"
+EGG = "encoders.synthesis.EGGSettings"
+
+
 def tiny_config(data: Path, out: Path) -> dict:
     return {
         "out": str(out),
         "data": {"path": str(data), "batch_size": 32},
         "architectures": {
-            "attention": {"core": CORE, "readout": {"type": "attention", "embed_dim": 4, "heads": 1, "dropout": 0.0}},
-            "gaussian": {"core": CORE, "readout": {"type": "gaussian", "gauss_type": "isotropic"}, "lr": 0.01},
-            "resnet": {"optional": True, "core": {"type": "task_driven", "weights_path": str(out / "none.pth")},
-                       "readout": {"type": "gaussian"}},
+            "attention": {"model": {"core": CORE, "readout": {"type": "attention", "embed_dim": 4, "heads": 1, "dropout": 0.0}}},
+            "gaussian": {"model": {"core": CORE, "readout": {"type": "gaussian", "gauss_type": "isotropic"}, "lr": 0.01}},
+            "resnet": {"optional": True, "model": {"core": {"type": "task_driven", "weights_path": str(out / "none.pth")},
+                                                    "readout": {"type": "gaussian"}}},
         },
         "seeds": {"generating": [0], "held_out": [1]},
         "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
                     "enable_model_summary": False, "num_sanity_val_steps": 0},
         "early_stopping": None,
         "meis": {"top_k": 3, "seeds": [0, 1]},
-        "methods": {"ga": {"type": "ga", "steps": 3}, "egg": {"type": "egg", "prior": PRIOR, "num_steps": 3}},
-        "meni": {"prior": PRIOR, "num_steps": 3},
+        "methods": {"ga": {"class_path": GA, "init_args": {"steps": 3}},
+                    "egg": {"class_path": EGG, "init_args": {"prior": PRIOR, "num_steps": 3}}},
+        "meni": {"class_path": EGG, "init_args": {"prior": PRIOR, "num_steps": 3}},
         "reconstructions": {"images": 1, "methods": ["ga", "egg"]},
         "similarity": {"measures": ["cka_linear", "procrustes_angular_score"], "max_features": 16},
         "wandb": None,
@@ -146,6 +151,27 @@ def test_report_and_figures(compared):
         assert f"figures/{name}.png" in report
 
 
+def test_each_model_trains_alone_from_its_config(compared, tmp_path):
+    """`<models>/<arch>/seed<k>/config.yaml` is a complete train.py config: `python train.py fit --config` on it
+    (here in-process, its folders moved elsewhere) trains the same model and writes the same test table."""
+    from encoders.training.cli import run
+
+    out, _ = compared
+    folder = out / "models" / "gaussian" / "seed1"
+    text = (folder / "config.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert config["seed_everything"] == 1 and config["data"]["seed"] == 1 and config["model"]["lr"] == 0.01
+    callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]
+    assert callbacks[0] == "encoders.training.ModelCheckpoint" and "encoders.callbacks.MetricsTable" in callbacks
+    assert config["trainer"]["logger"][0]["class_path"] == "pytorch_lightning.loggers.CSVLogger"
+    alone = tmp_path / "alone"
+    (tmp_path / "config.yaml").write_text(text.replace(str(folder), str(alone)))
+    run(["fit", "--config", str(tmp_path / "config.yaml")])
+    assert model_digest(alone / "checkpoints" / "best.ckpt") == model_digest(folder / "checkpoints" / "best.ckpt")
+    xr.testing.assert_equal(xr.load_dataset(alone / "test_metrics.nc"), xr.load_dataset(folder / "test_metrics.nc"))
+    assert (folder / "curves" / "metrics.csv").is_file()
+
+
 def test_rerun_skips_finished_parts(compared, capsys):
     out, config = compared
     finished = sorted([*out.glob("models/*/seed*/checkpoints/*.ckpt"), *out.glob("models/*/seed*/test_metrics.nc"),
@@ -165,26 +191,6 @@ def test_rerun_skips_finished_parts(compared, capsys):
     assert remade == {out / "meis" / "gaussian" / "mei_egg.nc", out / "models" / "gaussian" / "seed1" / "test_metrics.nc"}
 
 
-def test_unknown_config_keys_are_clear_errors(tmp_path, twin, capsys):
-    config = tiny_config(twin, tmp_path / "out")
-    config["architectures"]["attention"]["readout"]["embed_dimm"] = 4
-    path = write_config(tmp_path / "typo.yaml", config)
-    with pytest.raises(EncodersError, match=r"typo.yaml: architectures.attention.readout: unknown key\(s\) "
-                                            r"\['architectures.attention.readout.embed_dimm'\]"):
-        load_config(path)
-    config = tiny_config(twin, tmp_path / "out")
-    config["trainer"]["max_epoch"] = 1
-    config["meis"]["topk"] = 1
-    path = write_config(tmp_path / "typo2.yaml", config)
-    assert main(["compare", str(path)]) == 2
-    assert "typo2.yaml: trainer: unknown key(s) ['trainer.max_epoch']" in capsys.readouterr().err
-    config = tiny_config(twin, tmp_path / "out")
-    config["trainer"]["callbacks"] = []
-    with pytest.raises(EncodersError, match=r"trainer: \['callbacks'\] are set by `encoders compare`"):
-        load_config(write_config(tmp_path / "reserved.yaml", config))
-    assert not (tmp_path / "out").exists()
-
-
 def test_relation_never_calls_a_generating_member_within():
     assert relation("a", "a", 0, [0, 1]) == "generating"
     assert relation("a", "a", 2, [0, 1]) == "within"
@@ -195,7 +201,7 @@ def test_relation_never_calls_a_generating_member_within():
 def test_egg_guides_at_norm_only_with_a_norm():
     """Guiding at the kept norm needs a norm: without a contrast (the prior's own, as for MENIs) the
     settings record that it was not done, so such images never share a fingerprint with guided ones."""
-    from encoders.synthesis.methods import EGGSettings
+    from encoders.synthesis import EGGSettings
 
     guided = EGGSettings(prior=PRIOR, contrast=0.25, guide_at_norm=True).attrs((1, 16, 16))
     assert guided["egg_guide_at_norm"] == 1 and guided["egg_norm"] == pytest.approx(0.25 * 16)
@@ -204,46 +210,6 @@ def test_egg_guides_at_norm_only_with_a_norm():
     assert EGGSettings(prior=PRIOR, contrast=0.25, guide_at_norm=False).attrs((1, 16, 16))["egg_guide_at_norm"] == 0
     with pytest.raises(EncodersError, match="method.contrast: must be positive or null"):
         EGGSettings(prior=PRIOR, contrast=0.0)
-
-
-def test_methods_pairs_and_presets_are_checked(tmp_path, twin):
-    from encoders.synthesis.gradient_ascent import GASettings
-    from encoders.synthesis.methods import EGGSettings
-
-    config = tiny_config(twin, tmp_path / "out")
-    config["meis"]["contrast"] = 0.3
-    config["methods"] = {"ga": {"type": "ga", "steps": 3}, "ga_paper": {"type": "ga", "preset": "paper"},
-                         "egg_paper": {"type": "egg", "preset": "paper", "prior": PRIOR, "batch_size": 7}}
-    config["pairs"] = {"paper": ["egg_paper", "ga_paper"]}
-    config["reconstructions"] = {"images": 1, "methods": ["ga_paper", "egg_paper"]}
-    config["models"] = str(tmp_path / "other" / "models")  # another comparison's models, reused
-    loaded = load_config(write_config(tmp_path / "presets.yaml", config))
-    assert loaded.models == tmp_path / "other" / "models" and loaded.out == tmp_path / "out"
-    assert load_config(write_config(tmp_path / "plain.yaml", tiny_config(twin, tmp_path / "out"))).models == tmp_path / "out" / "models"
-    # a preset is the paper's settings with the comparison's seeds and contrast (and any field given beside it)
-    assert loaded.methods["ga_paper"] == GASettings.paper((0, 1)).__class__(**{**GASettings.paper((0, 1)).__dict__, "contrast": 0.3})
-    assert loaded.methods["egg_paper"].energy_scale == EGGSettings.paper(PRIOR).energy_scale
-    assert loaded.methods["egg_paper"].clip_denoised is False and loaded.methods["egg_paper"].batch_size == 7
-    assert loaded.methods["ga"].contrast == 0.3 and loaded.meni.contrast is None and loaded.pairs == {"paper": ("egg_paper", "ga_paper")}
-
-    def fails(change, message):
-        broken = tiny_config(twin, tmp_path / "out")
-        change(broken)
-        with pytest.raises(EncodersError, match=message):
-            load_config(write_config(tmp_path / "broken.yaml", broken))
-
-    fails(lambda c: c["methods"]["ga"].update(type="sgd"), r"methods.ga.type: must be one of \['egg', 'ga'\], got 'sgd'")
-    fails(lambda c: c["methods"]["ga"].update(contrast=1.0), r"methods.ga: \['contrast'\] are set by `encoders compare`")
-    fails(lambda c: c["methods"]["egg"].update(prior=str(tmp_path / "nowhere")), r"methods.egg.prior: .*nowhere: diffusion prior folder not found")
-    fails(lambda c: c["methods"]["egg"].pop("prior"), r"methods.egg.prior: is required")
-    fails(lambda c: c["methods"].update({"egg_paper": {"type": "egg", "preset": "paper"}}), r"methods.egg_paper.prior: is required")
-    fails(lambda c: c["methods"]["ga"].update(preset="fast"), r"methods.ga.preset: must be paper or absent, got 'fast'")
-    fails(lambda c: c.update(pairs={"x": ["egg", "gaa"]}), r"pairs.x: must be \[method, other method\]")
-    fails(lambda c: c["meni"].update(contrast=0.2), r"meni: \['contrast'\] are set by `encoders compare`")
-    fails(lambda c: c["reconstructions"].update(methods=["egg", "nope"]), r"reconstructions.methods: name methods of `methods`")
-    fails(lambda c: c["meis"].update(keep="first"), r"meis.keep: must be one of \['best', 'all'\], got 'first'")
-    fails(lambda c: c.update(ga={"steps": 3}), r"unknown key\(s\) \['ga'\]")
-    fails(lambda c: c["methods"].update(meni={"type": "ga"}), r"methods.meni: this name is taken")
 
 
 def test_compute_to_reference_counts_steps_to_95_percent_of_ga():
@@ -275,16 +241,15 @@ def test_compute_to_reference_counts_steps_to_95_percent_of_ga():
 def test_natural_images_at_the_meis_norm(twin):
     """The matched-contrast yardstick: each natural image rescaled, in model space, to the MEIs' L2 norm."""
     from encoders.compare.scoring import natural_pixels
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
 
-    datamodule = RecordedDataModule(str(twin), batch_size=32)
-    datamodule.setup("test")
-    session = datamodule.sessions[0]
-    own = natural_pixels(datamodule, session, ["validation", "test"])
-    matched = natural_pixels(datamodule, session, ["validation", "test"], norm=4.0)
+    recording = Recording(str(twin))
+    session = recording.sessions[0]
+    own = natural_pixels(recording, session, ["validation", "test"])
+    matched = natural_pixels(recording, session, ["validation", "test"], norm=4.0)
     assert own.shape == matched.shape and own.shape[0] == 40  # 20% validation + 20% test of 100 images
-    norms = datamodule.transform.from_pixels(matched).flatten(1).norm(dim=1)
+    norms = recording.transform.from_pixels(matched).flatten(1).norm(dim=1)
     np.testing.assert_allclose(norms.numpy(), 4.0, rtol=1e-4)
-    np.testing.assert_allclose(datamodule.transform.from_pixels(own).numpy(),
-                               torch.cat([datamodule.tier_data(session, t)["images"] for t in ("validation", "test")]).numpy(),
+    np.testing.assert_allclose(recording.transform.from_pixels(own).numpy(),
+                               torch.cat([recording.tier_data(session, t)["images"] for t in ("validation", "test")]).numpy(),
                                atol=1e-4)

@@ -73,11 +73,11 @@ def test_paper_comparison_uses_the_presets_architectures():
     assert set(config.architectures) == {"attention", "gaussian", "task_driven"}
     for kind in ("attention", "gaussian"):
         preset = yaml.safe_load((EXPERIMENTS / f"cowley_{kind}_paper.yaml").read_text())["model"]
-        architecture = config.architectures[kind].model_arguments()
+        architecture = config.architectures[kind].model
         assert architecture["core"] == preset["core"] == PAPER_CORE
         assert architecture["readout"] == preset["readout"] == PAPER[kind][0]
         assert architecture.get("elu_offset", 0.0) == preset.get("elu_offset", 0.0) == PAPER[kind][1]
-    task_driven = config.architectures["task_driven"].model_arguments()
+    task_driven = config.architectures["task_driven"].model
     assert task_driven["core"]["layer"] == "layer3.0" and task_driven["core"]["model_name"] == "resnet50"
     assert task_driven["readout"] == PAPER_GAUSSIAN and task_driven["elu_offset"] == -1.0
     assert config.data["resize"] == [100, 100] and config.data["batch_size"] == 64

@@ -4,8 +4,9 @@ neurons, how fast each method is, and how alike the architectures' representatio
 
     encoders compare experiments/compare_twin.yaml
 
-config.py (the YAML), grid.py (training), accuracy.py (test metrics, neuron choice), meis.py (one
-MEI set), scoring.py (models and ground truth as scorers), generalisation.py (within / cross /
-ground-truth scores), similarity.py (model-vs-model measures), figures.py and report.py, run.py
-(the pipeline), command.py (the command's options).
+config.py (the spec, read by jsonargparse with train.py's data/model/trainer blocks and the products'
+methods), grid.py (each model trained by train.py on a config it writes), accuracy.py (test metrics,
+neuron choice), meis.py (one MEI set), scoring.py (models and ground truth as scorers),
+generalisation.py (within / cross / ground-truth scores), similarity.py (model-vs-model measures),
+figures.py and report.py, run.py (the pipeline). Every cache is the product store's.
 """

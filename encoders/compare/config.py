@@ -1,4 +1,4 @@
-"""The comparison's YAML file, read and checked before any work: every key is known or it is an error.
+"""The comparison's spec: read by jsonargparse with training's and products' own blocks, checked whole before any work.
 
 Layout (see experiments/compare_*.yaml):
 
@@ -7,141 +7,156 @@ Layout (see experiments/compare_*.yaml):
                                    comparison's models, to compare synthesis settings without retraining
     device: cpu                    where MEIs, scores and similarities are computed (training: trainer.accelerator)
     threads: 1 | null              torch CPU threads of the whole run; null = torch's default (one per core)
-    data: {...}                    RecordedDataModule arguments (its `seed` is each model's seed)
-    architectures:                 name -> {core: {...}, readout: {...}, optional: bool, EncodingModel arguments}
+    data: {...}                    train.py's `data:` block (RecordedDataModule); its `seed` is each model's seed
+    architectures:                 name -> {model: {...}, optional: bool}; `model:` is train.py's block
+                                   (EncodingModel: core, readout, lr, ...); an optional one that cannot be
+                                   built here (no torchvision or weights) is skipped
     seeds: {generating: [...], held_out: [...]}
-    trainer: {...}                 pytorch_lightning.Trainer arguments (not callbacks/logger/default_root_dir)
-    early_stopping: {...} | null   EarlyStopping arguments (monitor is val/correlation)
+    trainer: {...}                 train.py's `trainer:` block, less callbacks/logger/default_root_dir
+    early_stopping: {...} | null   EarlyStopping arguments (monitor val/correlation, mode max)
     meis: {top_k, seeds, contrast, keep}
                                    neurons well predicted by every architecture; one MEI per neuron and seed,
-                                   every method's images at one per-pixel contrast; keep: best (each neuron's
-                                   best seed on the generating ensemble, the paper's protocol) or all seeds
-    methods:                       name -> {type: ga | egg, preset: paper (optional), GASettings/EGGSettings fields
-                                   without seeds and contrast}: every named method makes a set of MEIs
+                                   every method's images at one per-pixel contrast (`seeds` and `contrast`
+                                   replace the methods' own); keep: best (each neuron's best seed on the
+                                   generating ensemble, the paper's protocol) or all seeds
+    methods:                       name -> a method as products and training YAMLs take it:
+                                   {class_path: encoders.synthesis.GASettings | EGGSettings | GAPaper | EGGPaper,
+                                   init_args: {...}}: every named method makes a set of MEIs
     pairs: {label: [a, b]}         method a vs method b, paired per neuron (default: the one EGG vs the one GA)
-    meni: {...} | null             EGGSettings at the prior's own contrast: MENIs, compared with top natural images
+    meni: {class_path, init_args} | null
+                                   a method at the prior's own contrast (EGG): MENIs, compared with top natural images
     reconstructions: {...} | null  {images, sessions, contrast, methods, metric}: reconstructions of test images
                                    from the generating ensemble's predicted responses, by the named methods
     scoring: {natural_tiers, ground_truth}
     similarity: {...} | null       measures between the architectures' representations
     wandb: {project, name} | null  offline W&B runs (training curves, report tables and figures)
 
-An unknown key anywhere raises EncodersError naming the file and the key's full path.
+Every model trains through train.py (`grid.py` writes its config), so a block reads here exactly as
+there. Any error (an unknown key anywhere, a value a constructor refuses, a missing prior) is one
+EncodersError naming the file and the key.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-from dataclasses import dataclass, field, fields
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import pytorch_lightning as pl
-from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.callbacks import EarlyStopping
+import yaml
+from jsonargparse import ArgumentError, ArgumentParser
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
-from encoders.datasets.datamodule import RecordedDataModule
-from encoders.encoder import CORES, READOUTS
-from encoders.errors import EncodersError, one_line
-from encoders.similarity import MEASURES
+from encoders.errors import EncodersError, cause_of, one_line
 from encoders.synthesis.energies import METRICS
-from encoders.synthesis.gradient_ascent import DEFAULT_CONTRAST, GASettings
-from encoders.synthesis.methods import EGGSettings
-from encoders.training import EncodingModel
-from encoders.yaml_files import load_yaml_file
+from encoders.synthesis.gradient_ascent import DEFAULT_CONTRAST
+from encoders.yaml_files import load_yaml_file, strict_yaml
 
-SET_BY_COMPARE = {
-    "trainer": {"callbacks", "logger", "default_root_dir", "enable_checkpointing"},
-    "data": {"seed"},
-    "early_stopping": {"monitor", "mode"},
-    "model": {"core", "readout", "data_info"},
+Tier = Literal["train", "validation", "test"]
+# keys of train.py's blocks that compare sets itself, and why
+RESERVED = {
+    "data": {"seed": "each model's seed (`seeds:`)", "transform_from": "train.py sets it from model.init_from"},
+    "trainer": dict.fromkeys(("callbacks", "logger", "default_root_dir", "enable_checkpointing"),
+                             "compare's checkpoint, early stopping, CSV/W&B loggers and folders"),
+    "early_stopping": dict.fromkeys(("monitor", "mode"), "val/correlation, max"),
 }
-# filled from the data when a model is built, so a config may not set them
-DATA_DERIVED = {"core": set(), "readout": {"in_shape", "n_neurons", "mean_activity"}}
-TIERS = ("train", "validation", "test")
-METHOD_TYPES = {"ga": GASettings, "egg": EGGSettings}
-KEEP = ("best", "all")
-SET_BY_MEIS = {"seeds", "contrast", "norm"}  # every method takes them from `meis`, so all compare at one contrast
-
-
-def _parameters(callable_: Any) -> set[str]:
-    return {name for name in inspect.signature(callable_).parameters if name not in ("self", "kwargs", "args")}
-
-
-class _Reader:
-    """Checks one file's mapping section by section; every error names the file and the key path."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def fail(self, where: str, problem: str) -> EncodersError:
-        return EncodersError(f"{self.path}: {where}: {problem}")
-
-    def mapping(self, value: Any, where: str) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(where, f"must be a mapping, got {type(value).__name__}")
-        return dict(value)
-
-    def keys(self, values: dict, allowed: set[str], where: str, reserved: set[str] = frozenset()) -> None:
-        clash = sorted(set(values) & set(reserved))
-        if clash:
-            raise self.fail(where, f"{clash} are set by `encoders compare`, not the config")
-        unknown = sorted(set(values) - set(allowed))
-        if unknown:
-            paths = [f"{where}.{k}" if where else k for k in unknown]
-            raise self.fail(where or "top level", f"unknown key(s) {paths}; allowed: {sorted(set(allowed) - set(reserved))}")
-
-    def seeds(self, value: Any, where: str) -> list[int]:
-        if not isinstance(value, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
-            raise self.fail(where, f"must be a list of integers, got {value!r}")
-        if len(set(value)) != len(value):
-            raise self.fail(where, f"has duplicates: {value}")
-        return list(value)
+OLD_METHODS = {("ga", None): "GASettings", ("ga", "paper"): "GAPaper", ("egg", None): "EGGSettings", ("egg", "paper"): "EGGPaper"}
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """One encoding-model architecture: core and readout configs plus other EncodingModel arguments."""
+    """One encoding-model architecture: train.py's `model:` block (EncodingModel arguments), as written."""
 
     name: str
-    core: dict
-    readout: dict
-    model: dict = field(default_factory=dict)
+    model: dict
     optional: bool = False
-
-    def model_arguments(self) -> dict:
-        """Keyword arguments of EncodingModel for this architecture."""
-        return {"core": dict(self.core), "readout": dict(self.readout), **self.model}
 
 
 @dataclass(frozen=True)
-class SimilarityConfig:
-    """Measures between the models' predicted test responses and core features (encoders.similarity)."""
+class Seeds:
+    """generating: the seeds whose models make the images; held_out: seeds that only score them."""
 
-    measures: tuple[str, ...] = ("cka_linear", "procrustes_angular_score")
-    max_features: int = 256
-    pool_size: int = 4
-    tier: str = "test"
-    seed: int = 0
+    generating: list[NonNegativeInt]
+    held_out: list[NonNegativeInt] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.generating:
+            raise EncodersError("seeds.generating: needs at least one seed (the generating ensemble)")
+        for name in ("generating", "held_out"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values) or max(values, default=0) >= 2**32:
+                raise EncodersError(f"seeds.{name}: give distinct seeds 0 to {2**32 - 1}, got {list(values)}")
+        if set(self.generating) & set(self.held_out):
+            raise EncodersError(f"seeds: a seed cannot both generate MEIs and be held out: "
+                                f"{sorted(set(self.generating) & set(self.held_out))}")
+
+
+@dataclass(frozen=True)
+class MeiSettings:
+    """top_k neurons; every method's seeds and per-pixel contrast; keep: each neuron's best seed, or all."""
+
+    top_k: PositiveInt = 12
+    seeds: list[NonNegativeInt] = field(default_factory=lambda: [0])
+    contrast: PositiveFloat = DEFAULT_CONTRAST
+    keep: Literal["best", "all"] = "best"
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise EncodersError(f"meis.seeds: give at least one seed, all distinct, got {list(self.seeds)}")
 
 
 @dataclass(frozen=True)
 class ReconstructionConfig:
     """Reconstructions of test images from the generating ensemble's predicted responses (`methods` by name)."""
 
-    images: int = 2
-    sessions: tuple[str, ...] | None = None
-    contrast: float = 1.0
-    methods: tuple[str, ...] = ()
-    metric: str = "correlation"
+    images: PositiveInt = 2
+    sessions: list[str | int] | None = None
+    contrast: PositiveFloat = 1.0
+    methods: list[str] = field(default_factory=list)
+    metric: Literal[METRICS] = "correlation"
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """natural_tiers: the images each scorer's best natural response is taken over; ground_truth: a twin's true neurons score too."""
+
+    natural_tiers: list[Tier] = field(default_factory=lambda: ["validation", "test"])
+    ground_truth: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.natural_tiers:
+            raise EncodersError("scoring.natural_tiers: name at least one tier")
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """Measures between the models' predicted test responses and core features (encoders.similarity)."""
+
+    measures: list[str] = field(default_factory=lambda: ["cka_linear", "procrustes_angular_score"])
+    max_features: PositiveInt = 256
+    pool_size: PositiveInt = 4
+    tier: Tier = "test"
+    seed: NonNegativeInt = 0
+
+    def __post_init__(self) -> None:
+        from encoders.similarity import MEASURES
+
+        unknown = [m for m in self.measures if m not in MEASURES]
+        if unknown or not self.measures:
+            raise EncodersError(f"similarity.measures: unknown {unknown}; known: {sorted(MEASURES)}")
+
+
+@dataclass(frozen=True)
+class Wandb:
+    """Offline W&B runs: one per model (training curves) and one for the report."""
+
+    project: str = "encoders"
+    name: str | None = None
 
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """A validated comparison config; `source` is the YAML it came from."""
+    """A validated comparison spec; `source` is the YAML it came from."""
 
     source: Path
     out: Path
@@ -158,14 +173,14 @@ class CompareConfig:
     mei_seeds: tuple[int, ...]
     contrast: float
     keep: str
-    methods: dict[str, GASettings | EGGSettings]
+    methods: dict  # name -> encoders.synthesis.Method
     pairs: dict[str, tuple[str, str]]
-    meni: EGGSettings | None
+    meni: Any  # encoders.synthesis.Method | None
     reconstructions: ReconstructionConfig | None
     natural_tiers: tuple[str, ...]
     ground_truth: bool
     similarity: SimilarityConfig | None
-    wandb: dict | None
+    wandb: Wandb | None
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -177,216 +192,255 @@ class CompareConfig:
         return self.out.name
 
 
-def _architecture(reader: _Reader, name: str, value: Any) -> Architecture:
+# ---- the parsers -----------------------------------------------------------------------------------
+def spec_parser() -> ArgumentParser:
+    """The spec's parser: train.py's data and trainer blocks, the comparison's own settings; architectures and
+    methods are read one by one (`architecture_parser`, `method_parser`) so an error names which."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    from encoders.datasets.datamodule import RecordedDataModule
+
+    strict_yaml()
+    parser = ArgumentParser(prog="encoders compare", exit_on_error=False, default_env=False)
+    parser.add_argument("--out", type=str, required=True, help="folder of every output")
+    # a block given as null is taken out before parsing (`load_config`): these types need no `| None`
+    parser.add_argument("--models", type=str, default=None, help="where the models are trained or reused")
+    parser.add_argument("--device", type=str, default="cpu", help="device of MEIs, scores and similarities")
+    parser.add_argument("--threads", type=PositiveInt, default=None, help="torch CPU threads of the whole run")
+    parser.add_class_arguments(RecordedDataModule, "data", skip=set(RESERVED["data"]), instantiate=False)
+    parser.add_argument("--architectures", type=dict[str, Any], required=True, help="name -> {model: {...}, optional}")
+    parser.add_argument("--seeds", type=Seeds, required=True)
+    parser.add_class_arguments(pl.Trainer, "trainer", skip=set(RESERVED["trainer"]), instantiate=False)
+    parser.add_class_arguments(EarlyStopping, "early_stopping", skip=set(RESERVED["early_stopping"]), instantiate=False)
+    parser.add_argument("--meis", type=MeiSettings, default=MeiSettings())
+    parser.add_argument("--methods", type=dict[str, Any], required=True, help="name -> {class_path, init_args}")
+    parser.add_argument("--pairs", type=dict[str, tuple[str, str]], default=None)
+    parser.add_argument("--meni", type=Any, default=None, help="{class_path, init_args} of a method at the prior's contrast")
+    parser.add_argument("--reconstructions", type=ReconstructionConfig, default=None)
+    parser.add_argument("--scoring", type=Scoring, default=Scoring())
+    parser.add_argument("--similarity", type=SimilarityConfig, default=SimilarityConfig())
+    parser.add_argument("--wandb", type=Wandb, default=None)
+    return parser
+
+
+def architecture_parser() -> ArgumentParser:
+    """One architecture: train.py's `model:` block (EncodingModel's arguments) and `optional`."""
+    from encoders.training import EncodingModel
+
+    parser = ArgumentParser(exit_on_error=False, default_env=False)
+    parser.add_class_arguments(EncodingModel, "model", skip={"data_info"}, instantiate=False)
+    parser.add_argument("--optional", type=bool, default=False, help="skip it where it cannot be built (no torchvision/weights)")
+    return parser
+
+
+def method_parser() -> ArgumentParser:
+    """One method, as products and training YAMLs read theirs: {class_path, init_args}."""
+    from encoders.synthesis import Method
+
+    parser = ArgumentParser(exit_on_error=False, default_env=False)
+    parser.add_argument("--method", type=Method, required=True)
+    return parser
+
+
+def _parse(parser: ArgumentParser, values: dict, where: str, path: Path) -> Any:
+    """`values` parsed and instantiated by `parser`; any error one EncodersError naming the file and `where`."""
+    prefix = f"{path}: {where}: " if where else f"{path}: "
+    try:
+        return parser.instantiate(parser.parse_object(values))
+    except (ArgumentError, ValueError, TypeError, EncodersError) as error:  # a constructor's error comes wrapped
+        raise EncodersError(prefix + one_line(cause_of(error) or error)) from None
+
+
+# ---- the old spelling, refused with the new one -------------------------------------------------------
+def _flow(value: object) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip()
+
+
+def _new_method(value: dict) -> str:
+    rest = {k: v for k, v in value.items() if k not in ("type", "preset")}
+    name = OLD_METHODS.get((value.get("type"), value.get("preset")), "GASettings | EGGSettings | GAPaper | EGGPaper")
+    return _flow({"class_path": f"encoders.synthesis.{name}", **({"init_args": rest} if rest else {})})
+
+
+def refuse_old_spelling(path: Path, content: dict) -> None:
+    """The spec before issue #23 (methods as {type, preset}, architectures without `model:`) fails in one line
+    that gives the new spelling."""
+    methods = content.get("methods")
+    for name, value in (methods.items() if isinstance(methods, dict) else ()):
+        if isinstance(value, dict) and ("type" in value or "preset" in value):
+            raise EncodersError(f"{path}: methods.{name}: {{type: ..., preset: ...}} is the old spelling; a method is "
+                                f"written as products and training YAMLs write it: {name}: {_new_method(value)}")
+        if isinstance(value, dict) and "class_path" not in value:
+            raise EncodersError(f"{path}: methods.{name}: name the method's class, e.g. {name}: "
+                                f"{_flow({'class_path': 'encoders.synthesis.GASettings', 'init_args': value})}")
+    meni = content.get("meni")
+    if isinstance(meni, dict) and "class_path" not in meni:
+        raise EncodersError(f"{path}: meni: name the method's class (the old spelling gave EGGSettings' fields alone): "
+                            f"meni: {_flow({'class_path': 'encoders.synthesis.EGGSettings', 'init_args': meni})}")
+    architectures = content.get("architectures")
+    for name, value in (architectures.items() if isinstance(architectures, dict) else ()):
+        if isinstance(value, dict) and "model" not in value and set(value) - {"optional"}:
+            model = {k: v for k, v in value.items() if k != "optional"}
+            new = {"model": model, **({"optional": value["optional"]} if "optional" in value else {})}
+            raise EncodersError(f"{path}: architectures.{name}: core, readout and the other EncodingModel arguments "
+                                f"go under `model:` (train.py's block): {name}: {_flow(new)}")
+
+
+def refuse_reserved(path: Path, content: dict) -> None:
+    """Keys of train.py's blocks that compare sets itself, refused with the reason."""
+    for block, keys in RESERVED.items():
+        values = content.get(block)
+        clash = sorted(set(values) & set(keys)) if isinstance(values, dict) else []
+        if clash:
+            raise EncodersError(f"{path}: {block}: {clash} are set by `encoders compare` ({keys[clash[0]]}), not the spec")
+
+
+# ---- the checks beyond types ------------------------------------------------------------------------
+def _architecture(path: Path, name: str, value: Any) -> Architecture:
+    from encoders.training import EncodingModel
+
     where = f"architectures.{name}"
-    values = reader.mapping(value, where)
-    model_keys = _parameters(EncodingModel.__init__) - SET_BY_COMPARE["model"]
-    reader.keys(values, {"core", "readout", "optional"} | model_keys | SET_BY_COMPARE["model"], where,
-                reserved=SET_BY_COMPARE["model"] - {"core", "readout"})
-    parts = {}
-    for part, registry in (("core", CORES), ("readout", READOUTS)):
-        config = reader.mapping(values.get(part), f"{where}.{part}")
-        kind = config.get("type")
-        if kind not in registry:
-            raise reader.fail(f"{where}.{part}.type", f"must be one of {sorted(registry)}, got {kind!r}")
-        reader.keys({k: v for k, v in config.items() if k != "type"}, _parameters(registry[kind].__init__),
-                    f"{where}.{part}", reserved=DATA_DERIVED[part])
-        parts[part] = config
-    optional = values.get("optional", False)
-    if not isinstance(optional, bool):
-        raise reader.fail(f"{where}.optional", f"must be true or false, got {optional!r}")
-    model = {k: v for k, v in values.items() if k in model_keys}
-    try:  # every value checked now, as training would, not when the grid reaches it (optional ones may lack weights)
-        if not optional:
-            EncodingModel(core=parts["core"], readout=parts["readout"], **model)
+    if not isinstance(value, dict):
+        raise EncodersError(f"{path}: {where}: must be a mapping {{model: {{core: ..., readout: ...}}, optional: ...}}")
+    parsed = _parse(architecture_parser(), value, where, path)
+    model = dict(value.get("model") or {})  # as written: it becomes the model block of each member's train.py config
+    optional = bool(parsed.optional)
+    if not optional:  # every value checked now, as training will, not when the grid reaches it (optional ones may lack weights)
+        try:
+            EncodingModel(**model)
+        except (EncodersError, TypeError, ValueError) as error:
+            raise EncodersError(f"{path}: {where}.model: {one_line(error)}") from None
+    return Architecture(name=name, model=model, optional=optional)
+
+
+def _method(path: Path, where: str, value: Any, prior_contrast: bool = False, **changes: Any):
+    """A method read as products read theirs, with the comparison's `changes` (seeds, contrast); `prior_contrast`:
+    one that keeps a diffusion prior's contrast (MENIs)."""
+    method = _parse(method_parser(), {"method": value}, where, path).method
+    if method.config.get("norm") is not None:
+        raise EncodersError(f"{path}: {where}: norm: every method's norm is set by meis.contrast; remove it")
+    try:
+        method = method.replace(**changes)
     except (EncodersError, TypeError, ValueError) as error:
-        raise reader.fail(where, str(error)) from None
-    return Architecture(name=name, core=parts["core"], readout=parts["readout"], model=model, optional=optional)
-
-
-def _dataclass_from(reader: _Reader, cls: type, values: dict, where: str, exclude: set[str] = frozenset(), **given: Any):
-    reader.keys(values, {f.name for f in fields(cls)} - set(given), where, reserved=exclude)
+        need = " (MENIs keep a diffusion prior's contrast: EGGSettings)" if prior_contrast else ""
+        raise EncodersError(f"{path}: {where}: {one_line(error)}{need}") from None
+    if prior_contrast and not method.prior_contrast:
+        raise EncodersError(f"{path}: {where}: must keep a diffusion prior's contrast (EGGSettings)")
     try:
-        return cls(**values, **given)
-    except (TypeError, ValueError, EncodersError) as error:
-        raise reader.fail(where, str(error)) from None
-
-
-def _method(reader: _Reader, name: str, value: Any, seeds: tuple[int, ...], contrast: float) -> GASettings | EGGSettings:
-    where = f"methods.{name}"
-    if not name.replace("_", "").isalnum() or not name.islower():
-        raise reader.fail(where, "method names are lower-case letters, digits and _ (they name files)")
-    if name == "meni" or name.startswith("top_natural"):
-        raise reader.fail(where, "this name is taken by the comparison's MENIs or natural images; choose another")
-    values = reader.mapping(value, where)
-    kind = values.pop("type", None)
-    if kind not in METHOD_TYPES:
-        raise reader.fail(f"{where}.type", f"must be one of {sorted(METHOD_TYPES)}, got {kind!r}")
-    preset = values.pop("preset", None)
-    if preset not in (None, "paper"):
-        raise reader.fail(f"{where}.preset", f"must be paper or absent, got {preset!r}")
-    cls = METHOD_TYPES[kind]
-    reader.keys(values, {f.name for f in fields(cls)}, where, reserved=SET_BY_MEIS)
-    if kind == "egg" and "prior" not in values:
-        raise reader.fail(f"{where}.prior", "is required")
-    try:
-        if preset == "paper":
-            base = cls.paper(values.pop("prior"), seeds) if kind == "egg" else cls.paper(seeds)
-            return dataclasses.replace(base, **values, contrast=contrast)
-        return cls(**values, seeds=seeds, contrast=contrast)
-    except (TypeError, ValueError, EncodersError) as error:
-        raise reader.fail(where, str(error)) from None
-
-
-def _check_prior(reader: _Reader, where: str, method: GASettings | EGGSettings) -> None:
-    try:
-        method.check_available()
+        method.check_available()  # a missing or broken prior fails now
     except EncodersError as error:
-        raise reader.fail(f"{where}.prior", str(error)) from None
+        raise EncodersError(f"{path}: {where}: {one_line(error)}") from None
+    return method
 
 
-def _pairs(reader: _Reader, value: Any, methods: dict) -> dict[str, tuple[str, str]]:
+def _method_name(path: Path, name: str) -> None:
+    if not name.replace("_", "").isalnum() or not name.islower():
+        raise EncodersError(f"{path}: methods.{name}: method names are lower-case letters, digits and _ (they name files)")
+    if name == "meni" or name.startswith("top_natural"):
+        raise EncodersError(f"{path}: methods.{name}: this name is taken by the comparison's MENIs or natural images; choose another")
+
+
+def _pairs(path: Path, value: dict | None, methods: dict) -> dict[str, tuple[str, str]]:
     if value is None:
-        kinds = {k: [n for n, m in methods.items() if m.method == k] for k in METHOD_TYPES}
+        kinds = {k: [n for n, m in methods.items() if m.name == k] for k in ("egg", "ga")}
         if len(kinds["egg"]) == 1 and len(kinds["ga"]) == 1:
             return {"defaults": (kinds["egg"][0], kinds["ga"][0])}
         return {}
-    pairs = {}
-    for label, pair in reader.mapping(value, "pairs").items():
-        if not (isinstance(pair, list) and len(pair) == 2 and all(p in methods for p in pair) and pair[0] != pair[1]):
-            raise reader.fail(f"pairs.{label}", f"must be [method, other method] of {sorted(methods)}, got {pair!r}")
-        pairs[str(label)] = (pair[0], pair[1])
-    return pairs
+    for label, pair in value.items():
+        if not (all(p in methods for p in pair) and pair[0] != pair[1]):
+            raise EncodersError(f"{path}: pairs.{label}: must be [method, other method] of {sorted(methods)}, got {list(pair)}")
+    return {str(label): (pair[0], pair[1]) for label, pair in value.items()}
 
 
-def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfig:
-    """Read and check a comparison YAML; `out` overrides its output folder."""
-    path = Path(path)
-    raw = load_yaml_file(path)
-    reader = _Reader(path)
-    top = reader.mapping(raw, "top level")
-    sections = {"out", "models", "device", "threads", "data", "architectures", "seeds", "trainer", "early_stopping", "meis", "methods",
-                "pairs", "meni", "reconstructions", "scoring", "similarity", "wandb"}
-    reader.keys(top, sections, "")
-    for required in ("out", "data", "architectures", "seeds", "methods"):
-        if required not in top:
-            raise reader.fail(required, "is required")
+def _check_trainer(path: Path, trainer: dict) -> None:
+    """Lightning's own checks of the trainer's values (max_epochs, max_time, ...), before anything trains."""
+    import pytorch_lightning as pl
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-    data = reader.mapping(top["data"], "data")
-    reader.keys(data, _parameters(RecordedDataModule.__init__), "data", reserved=SET_BY_COMPARE["data"])
-    if "path" not in data:
-        raise reader.fail("data.path", "is required")
-
-    architectures = reader.mapping(top["architectures"], "architectures")
-    if not architectures:
-        raise reader.fail("architectures", "name at least one architecture")
-    archs = {str(name): _architecture(reader, str(name), value) for name, value in architectures.items()}
-
-    seeds = reader.mapping(top["seeds"], "seeds")
-    reader.keys(seeds, {"generating", "held_out"}, "seeds")
-    generating = reader.seeds(seeds.get("generating"), "seeds.generating")
-    held_out = reader.seeds(seeds.get("held_out", []), "seeds.held_out")
-    if not generating:
-        raise reader.fail("seeds.generating", "needs at least one seed (the generating ensemble)")
-    if set(generating) & set(held_out):
-        raise reader.fail("seeds", f"a seed cannot both generate MEIs and be held out: {sorted(set(generating) & set(held_out))}")
-
-    trainer = reader.mapping(top.get("trainer"), "trainer")
-    reader.keys(trainer, _parameters(pl.Trainer.__init__), "trainer", reserved=SET_BY_COMPARE["trainer"])
     hardware = ("accelerator", "devices", "strategy", "num_nodes", "precision")  # checked where the models train
-    try:  # Lightning's own checks of the other values (max_epochs, max_time, ...), before anything trains
+    quiet = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch")]  # no start-up lines twice
+    levels = [logger.level for logger in quiet]
+    try:
+        for logger in quiet:
+            logger.setLevel(logging.WARNING)
         pl.Trainer(**{"enable_progress_bar": False, "enable_model_summary": False,
                       **{k: v for k, v in trainer.items() if k not in hardware}}, logger=False)
     except (MisconfigurationException, TypeError, ValueError) as error:
-        raise reader.fail("trainer", one_line(error)) from None
-    early = top.get("early_stopping", {})
-    if early is not None:
-        early = reader.mapping(early, "early_stopping")
-        reader.keys(early, _parameters(EarlyStopping.__init__), "early_stopping", reserved=SET_BY_COMPARE["early_stopping"])
+        raise EncodersError(f"{path}: trainer: {one_line(error)}") from None
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
-    meis = reader.mapping(top.get("meis"), "meis")
-    reader.keys(meis, {"top_k", "seeds", "contrast", "keep"}, "meis")
-    top_k = meis.get("top_k", 12)
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise reader.fail("meis.top_k", f"must be a positive integer, got {top_k!r}")
-    mei_seeds = reader.seeds(meis.get("seeds", [0]), "meis.seeds")
-    if not mei_seeds:
-        raise reader.fail("meis.seeds", "needs at least one seed")
-    contrast = meis.get("contrast", DEFAULT_CONTRAST)
-    if isinstance(contrast, bool) or not isinstance(contrast, (int, float)) or not contrast > 0:
-        raise reader.fail("meis.contrast", f"must be a positive number, got {contrast!r}")
-    keep = meis.get("keep", "best")
-    if keep not in KEEP:
-        raise reader.fail("meis.keep", f"must be one of {list(KEEP)}, got {keep!r}")
-    seeds_ = tuple(mei_seeds)
-    method_values = reader.mapping(top["methods"], "methods")
-    if not method_values:
-        raise reader.fail("methods", "name at least one method")
-    methods = {str(name): _method(reader, str(name), value, seeds_, float(contrast)) for name, value in method_values.items()}
-    for name, method in methods.items():
-        _check_prior(reader, f"methods.{name}", method)
-    pairs = _pairs(reader, top.get("pairs"), methods)
 
+def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfig:
+    """Read and check a comparison spec; `out` overrides its output folder."""
+    from encoders.datasets.datamodule import RecordedDataModule
+
+    path = Path(path)
+    content = load_yaml_file(path)  # a key given twice fails here, naming it and its lines
+    if not isinstance(content, dict):
+        raise EncodersError(f"{path}: must be a mapping of the comparison's blocks (out, data, architectures, ...)")
+    refuse_old_spelling(path, content)
+    refuse_reserved(path, content)
+    # null means "none": no early stopping, no similarity, no reconstructions, W&B, MENIs, ...
+    nulls = {key for key, value in content.items() if value is None}
+    values = {key: value for key, value in content.items() if value is not None}
+    spec = _parse(spec_parser(), values, "", path)
+
+    data = dict(content["data"])  # as written: the data block of every model's train.py config
+    try:
+        RecordedDataModule(**data)  # its argument checks (batch sizes, crop, resize, ...); the file is read later
+    except (EncodersError, TypeError, ValueError) as error:
+        raise EncodersError(f"{path}: data: {one_line(error)}") from None
+    if not spec.architectures:
+        raise EncodersError(f"{path}: architectures: name at least one architecture")
+    architectures = {str(name): _architecture(path, str(name), value) for name, value in spec.architectures.items()}
+    trainer = dict(content.get("trainer") or {})
+    _check_trainer(path, trainer)
+
+    seeds, contrast = tuple(int(s) for s in spec.meis.seeds), float(spec.meis.contrast)
+    if not spec.methods:
+        raise EncodersError(f"{path}: methods: name at least one method")
+    methods = {}
+    for name, value in spec.methods.items():
+        _method_name(path, str(name))
+        methods[str(name)] = _method(path, f"methods.{name}", value, seeds=seeds, contrast=contrast)
     meni = None
-    if top.get("meni") is not None:
-        meni_values = reader.mapping(top["meni"], "meni")
-        meni = _dataclass_from(reader, EGGSettings, meni_values, "meni", exclude=SET_BY_MEIS, seeds=seeds_, contrast=None)
-        _check_prior(reader, "meni", meni)
+    if spec.meni is not None:
+        meni = _method(path, "meni", spec.meni, seeds=seeds, contrast=None, prior_contrast=True)
+    pairs = _pairs(path, spec.pairs, methods)
 
-    reconstructions = None
-    if top.get("reconstructions") is not None:
-        values = reader.mapping(top["reconstructions"], "reconstructions")
-        for key in ("methods", "sessions"):
-            if isinstance(values.get(key), list):
-                values[key] = tuple(values[key])
-        reconstructions = _dataclass_from(reader, ReconstructionConfig, values, "reconstructions")
+    reconstructions = spec.reconstructions if "reconstructions" in values else None
+    if reconstructions is not None:
         unknown = [m for m in reconstructions.methods if m not in methods]
         if unknown or not reconstructions.methods:
-            raise reader.fail("reconstructions.methods", f"name methods of `methods` {sorted(methods)}, got {list(reconstructions.methods)}")
-        if isinstance(reconstructions.images, bool) or not isinstance(reconstructions.images, int) or reconstructions.images < 1:
-            raise reader.fail("reconstructions.images", f"must be a positive integer, got {reconstructions.images!r}")
-        if not reconstructions.contrast > 0:
-            raise reader.fail("reconstructions.contrast", f"must be positive, got {reconstructions.contrast!r}")
-        if reconstructions.metric not in METRICS:
-            raise reader.fail("reconstructions.metric", f"must be one of {list(METRICS)}, got {reconstructions.metric!r}")
-
-    scoring = reader.mapping(top.get("scoring"), "scoring")
-    reader.keys(scoring, {"natural_tiers", "ground_truth"}, "scoring")
-    natural = list(scoring.get("natural_tiers", ["validation", "test"]))
-    if not natural or any(t not in TIERS for t in natural):
-        raise reader.fail("scoring.natural_tiers", f"must be a list of {list(TIERS)}, got {natural!r}")
-    ground_truth = scoring.get("ground_truth", True)
-    if not isinstance(ground_truth, bool):
-        raise reader.fail("scoring.ground_truth", f"must be true or false, got {ground_truth!r}")
-
-    similarity = None
-    if top.get("similarity", {}) is not None:
-        values = reader.mapping(top.get("similarity"), "similarity")
-        if "measures" in values:
-            values["measures"] = tuple(values["measures"])
-        similarity = _dataclass_from(reader, SimilarityConfig, values, "similarity")
-        unknown = [m for m in similarity.measures if m not in MEASURES]
-        if unknown or not similarity.measures:
-            raise reader.fail("similarity.measures", f"unknown {unknown}; known: {sorted(MEASURES)}")
-        if similarity.tier not in TIERS:
-            raise reader.fail("similarity.tier", f"must be one of {list(TIERS)}")
-
-    threads = top.get("threads")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise reader.fail("threads", f"must be a positive integer or null, got {threads!r}")
-
-    wandb = top.get("wandb")
-    if wandb is not None:
-        wandb = reader.mapping(wandb, "wandb")
-        reader.keys(wandb, {"project", "name"}, "wandb")
-
-    out_dir = Path(out if out is not None else top["out"])
-    models_dir = top.get("models")
-    if models_dir is not None and not isinstance(models_dir, str):
-        raise reader.fail("models", f"must be a folder path or null, got {models_dir!r}")
+            raise EncodersError(f"{path}: reconstructions.methods: name methods of `methods` {sorted(methods)}, "
+                                f"got {list(reconstructions.methods)}")
+    out_dir = Path(out if out is not None else spec.out)
     return CompareConfig(
-        source=path, out=out_dir, models=Path(models_dir) if models_dir else out_dir / "models", device=str(top.get("device", "cpu")), threads=threads,
-        data=data, architectures=archs, generating_seeds=tuple(generating), held_out_seeds=tuple(held_out),
-        trainer=trainer, early_stopping=early, top_k=top_k, mei_seeds=seeds_, contrast=float(contrast), keep=keep,
-        methods=methods, pairs=pairs, meni=meni, reconstructions=reconstructions, natural_tiers=tuple(natural), ground_truth=ground_truth, similarity=similarity, wandb=wandb,
+        source=path, out=out_dir, models=Path(spec.models) if spec.models else out_dir / "models", device=spec.device,
+        threads=None if spec.threads is None else int(spec.threads), data=data, architectures=architectures,
+        generating_seeds=tuple(int(s) for s in spec.seeds.generating), held_out_seeds=tuple(int(s) for s in spec.seeds.held_out),
+        trainer=trainer,
+        early_stopping=None if "early_stopping" in nulls else dict(content.get("early_stopping") or {}), top_k=int(spec.meis.top_k),
+        mei_seeds=seeds, contrast=contrast, keep=spec.meis.keep, methods=methods, pairs=pairs, meni=meni,
+        reconstructions=reconstructions, natural_tiers=tuple(spec.scoring.natural_tiers),
+        ground_truth=spec.scoring.ground_truth, similarity=None if "similarity" in nulls else spec.similarity,
+        wandb=spec.wandb if "wandb" in values else None,
     )
+
+
+def check_machine(config: CompareConfig) -> None:
+    """What this machine must offer, checked before the first file is written or model trains: the device,
+    the trainer's accelerator and devices, the data file, writable output folders."""
+    from encoders.datasets.io import list_sessions
+    from encoders.devices import usable_device
+    from encoders.outputs import check_writable
+    from encoders.training.cli import check_devices
+
+    usable_device(config.device, f"{config.source}: device")
+    check_devices(config.trainer)
+    list_sessions(config.data["path"])  # the data file exists and is valid (one line naming it otherwise)
+    check_writable(config.out)
+    check_writable(config.models)

@@ -34,13 +34,13 @@ from encoders.compare.meis import make_mei_set, mei_path
 from encoders.compare.scoring import GroundTruthScorer, ModelScorer
 from encoders.ensemble import Ensemble
 from encoders.outputs import write_netcdf
-from encoders.products.store import existing, fingerprint
+from encoders.products.store import get_or_compute
 from encoders.synthesis.gradient_ascent import default_norm
-from encoders.synthesis.methods import Method, method_name
 from encoders.synthesis.targets import Target
 
 if TYPE_CHECKING:
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
+    from encoders.synthesis import Method
 
 RELATIONS = ("generating", "within", "cross", "ground_truth")
 TRUTH = "ground_truth"
@@ -90,64 +90,61 @@ def _scores(meis: xr.Dataset, scorers: dict, targets: Sequence[Target]) -> np.nd
 
 
 def _natural_tables(config: CompareConfig, scorers: dict, labels: list[str], targets: Sequence[Target],
-                    datamodule: RecordedDataModule, checkpoints: list, norm: float) -> tuple[xr.Dataset, str]:
+                    recording: Recording, checkpoints: list, norm: float) -> xr.Dataset:
     """Each scorer's best natural response at the images' own contrast and at the MEIs' norm, once for all sets."""
-    path = config.out / "scores" / "natural_max.nc"
     request = {"targets": [list(t) for t in targets], "tiers": list(config.natural_tiers), "scorers": labels,
                "data": config.data, "matched_norm": norm}
-    key = fingerprint(checkpoints, request)
-    natural = existing(path, key)
-    if natural is None:
-        own = np.stack([s.natural_max(datamodule, targets, config.natural_tiers).numpy() for s in scorers.values()])
-        matched = np.stack([s.natural_max(datamodule, targets, config.natural_tiers, norm).numpy() for s in scorers.values()])
+
+    def compute() -> xr.Dataset:
+        own = np.stack([s.natural_max(recording, targets, config.natural_tiers).numpy() for s in scorers.values()])
+        matched = np.stack([s.natural_max(recording, targets, config.natural_tiers, norm).numpy() for s in scorers.values()])
         natural = xr.Dataset({"natural_max": (("scorer", "neuron"), own), "natural_max_matched": (("scorer", "neuron"), matched)},
                              coords={"scorer": labels})
         tiers = "+".join(config.natural_tiers)
         natural["natural_max"].attrs["description"] = f"highest rate over the {tiers} images at their own contrast"
         natural["natural_max_matched"].attrs["description"] = f"highest rate over the {tiers} images rescaled to L2 norm {norm:.4g} (the MEIs')"
-        natural.attrs["fingerprint"] = key
-        write_netcdf(natural, path)
-    return natural, key
+        return natural
+
+    return get_or_compute(config.out / "scores" / "natural_max.nc", request, compute, paths=checkpoints)[0]
 
 
-def _scored(path, key: str, images: xr.Dataset, scorers: dict, labels: list[str], targets: Sequence[Target],
-            seeds: Sequence[int]) -> xr.Dataset:
-    """The score table of one image set, made unless it exists for these images and scorers."""
-    found = existing(path, key)
-    if found is not None:
-        return found
-    scored = xr.Dataset({"activation": (("scorer", "neuron", "seed"), _scores(images, scorers, targets))},
-                        coords={"scorer": labels, "seed": list(seeds)})
-    scored.attrs["fingerprint"] = key
-    write_netcdf(scored, path)
-    return scored
+def _scored(config: CompareConfig, path, images: xr.Dataset, scorers: dict, labels: list[str], targets: Sequence[Target],
+            seeds: Sequence[int], checkpoints: list) -> xr.Dataset:
+    """The score table of one image set, made unless the store has it for these images (by their digest), their
+    neurons and the scorers (the checkpoints' models and, for the truth, the data)."""
+    digest = hashlib.sha256(np.ascontiguousarray(images.image_pixels.values).tobytes()).hexdigest()
+
+    def compute() -> xr.Dataset:
+        return xr.Dataset({"activation": (("scorer", "neuron", "seed"), _scores(images, scorers, targets))},
+                          coords={"scorer": labels, "seed": list(seeds)})
+
+    request = {"images": digest, "targets": [list(t) for t in targets], "scorers": labels, "data": config.data}
+    return get_or_compute(path, request, compute, paths=checkpoints)[0]
 
 
-def load_scorers(config: CompareConfig, trained: Sequence[TrainedModel], datamodule: RecordedDataModule
+def load_scorers(config: CompareConfig, trained: Sequence[TrainedModel], recording: Recording
                  ) -> tuple[dict[str, torch.nn.Module], dict]:
     """Every trained model by label, and the scorers: each model, then (on a twin, if asked) the true neurons."""
     device = torch.device(config.device)
     models = {m.label: load_encoder(m.checkpoint) for m in trained}
     scorers: dict = {label: ModelScorer(model, device) for label, model in models.items()}
-    twin = datamodule.twin if config.ground_truth else None  # the data module resolves it once
+    twin = recording.twin if config.ground_truth else None  # the recording resolves it once
     if twin is not None:
         scorers[TRUTH] = GroundTruthScorer(twin, next(iter(models.values())), device)
     return models, scorers
 
 
 def _score_images(config: CompareConfig, name: str, architecture: str, pixels: torch.Tensor, scorers: dict,
-                  labels: list[str], targets: Sequence[Target], checkpoints: list, natural_key: str) -> np.ndarray:
+                  labels: list[str], targets: Sequence[Target], checkpoints: list) -> np.ndarray:
     """(scorer, neuron, seed) scores of pixel images (neuron, seed, C, H, W) of each target, kept under scores/."""
     images = xr.Dataset({"image_pixels": (("method", "neuron", "seed", "channel", "y", "x"), pixels[None].numpy())})
-    digest = hashlib.sha256(np.ascontiguousarray(pixels.numpy()).tobytes()).hexdigest()
-    key = fingerprint(checkpoints, {name: digest, "scorers": labels, "natural": natural_key})
-    return _scored(config.out / "scores" / f"{architecture}_{name}.nc", key, images, scorers, labels, targets,
-                   list(range(pixels.shape[1]))).activation.values
+    return _scored(config, config.out / "scores" / f"{architecture}_{name}.nc", images, scorers, labels, targets,
+                   list(range(pixels.shape[1])), checkpoints).activation.values
 
 
 def run_generalisation(
     config: CompareConfig, architectures: Sequence[str], trained: Sequence[TrainedModel], targets: Sequence[Target],
-    datamodule: RecordedDataModule, models: dict, scorers: dict,
+    recording: Recording, models: dict, scorers: dict,
 ) -> tuple[xr.Dataset, dict[tuple[str, str], xr.Dataset]]:
     """Make (or reuse) every MEI set and score table; returns the combined table and the MEI sets.
 
@@ -159,7 +156,7 @@ def run_generalisation(
     checkpoints = [m.checkpoint for m in trained]
     shape = tuple(next(iter(models.values())).input_shape)
     norm = default_norm(shape, config.contrast)
-    natural, natural_key = _natural_tables(config, scorers, labels, targets, datamodule, checkpoints, norm)
+    natural = _natural_tables(config, scorers, labels, targets, recording, checkpoints, norm)
 
     methods = image_methods(config)
     names = list(methods)
@@ -177,19 +174,17 @@ def run_generalisation(
         for k, (name, method) in enumerate(methods.items()):
             data = make_mei_set(name, method, paths, ensemble, targets, mei_path(config.out, architecture, name))
             meis[(architecture, name)] = data
-            # the images' own digest: a remade set is rescored unless its images came out identical
-            digest = hashlib.sha256(np.ascontiguousarray(data.image_pixels.values).tobytes()).hexdigest()
-            key = fingerprint(checkpoints, {"mei": digest, "scorers": labels, "natural": natural_key})
-            scored = _scored(config.out / "scores" / f"{architecture}_{name}.nc", key, data, scorers, labels, targets,
-                             config.mei_seeds)
+            # keyed by the images' own digest: a remade set is rescored unless its images came out identical
+            scored = _scored(config, config.out / "scores" / f"{architecture}_{name}.nc", data, scorers, labels, targets,
+                             config.mei_seeds, checkpoints)
             activation[a, k] = scored.activation.values
             own[a, k] = data.activation.isel(method=0).values
             seconds[a, k] = float(data.wall_seconds.values[0])
             steps[a, k] = int(data.steps.values[0])
         # the ensemble's own pick among the natural images, scored like an MEI (a MENI's yardstick)
-        _, pixels = ModelScorer(ensemble, device).natural_best(datamodule, targets, config.natural_tiers)
+        _, pixels = ModelScorer(ensemble, device).natural_best(recording, targets, config.natural_tiers)
         top_natural[a] = _score_images(config, "top_natural", architecture, pixels[:, None], scorers, labels, targets,
-                                       checkpoints, natural_key)[..., 0]
+                                       checkpoints)[..., 0]
         if MENI in methods:
             # ... and the same image at each MENI's own norm: MENIs keep the prior's contrast, often not the data's
             norms = np.sqrt((meis[(architecture, MENI)].image.isel(method=0).values ** 2).sum(axis=(-3, -2, -1)))
@@ -198,7 +193,7 @@ def run_generalisation(
             rescaled = unit[:, None] * torch.as_tensor(norms, dtype=unit.dtype)[:, :, None, None, None]
             top_natural_meni[a] = _score_images(config, "top_natural_at_meni_contrast", architecture,
                                                 ensemble.image_transform.to_pixels(rescaled), scorers, labels, targets,
-                                                checkpoints, natural_key)
+                                                checkpoints)
 
     relations = [[relation(g, sa, ss, config.generating_seeds) for sa, ss in zip(scorer_archs, scorer_seeds)]
                  for g in architectures]
@@ -217,7 +212,7 @@ def run_generalisation(
         },
         coords={
             "architecture": list(architectures), "method": names,
-            "method_type": ("method", [MENI if n == MENI else method_name(m) for n, m in methods.items()]),
+            "method_type": ("method", [MENI if n == MENI else m.name for n, m in methods.items()]),
             "scorer": labels, "scorer_architecture": ("scorer", [a or TRUTH for a in scorer_archs]),
             "scorer_seed": ("scorer", scorer_seeds), "seed": list(config.mei_seeds),
             "session": ("neuron", [t[0] for t in targets]), "neuron_id": ("neuron", [t[1] for t in targets]),

@@ -1,10 +1,10 @@
-"""One MEI set: one named method's MEIs of chosen neurons on one generating ensemble, timed, written once.
+"""One MEI set: one named method's MEIs of chosen neurons on one generating ensemble, timed, kept in the product store.
 
 `<out>/meis/<architecture>/mei_<name>.nc` has the shared MEI layout (`mei_dataset`: method,
-neuron, seed, channel, y, x, step; the method coordinate is the config's name) plus `wall_seconds`
-(method): the wall time of making the whole set on this machine, and `steps`. The file's
-fingerprint covers the generating checkpoints' bytes, the neurons and the settings, so a re-run
-reuses it and a retrained member or a changed setting remakes it.
+neuron, seed, channel, y, x, step; the method coordinate is the spec's name) plus `wall_seconds`
+(method): the wall time of making the whole set on this machine, and `steps`. The store's
+fingerprint covers the generating checkpoints' models, the neurons and the method's settings, so a
+re-run reuses the set and a retrained member or a changed setting remakes it.
 """
 
 from __future__ import annotations
@@ -18,48 +18,45 @@ import xarray as xr
 from torch import nn
 
 from encoders.contract import device_of
-from encoders.outputs import write_netcdf
 from encoders.products import compute_meis
-from encoders.products.store import existing, fingerprint
-from encoders.synthesis.methods import Method, method_attrs, method_name
+from encoders.products.store import get_or_compute
 from encoders.synthesis.targets import Target
-
 
 
 def mei_path(out: Path, architecture: str, name: str) -> Path:
     return out / "meis" / architecture / f"mei_{name}.nc"
 
 
-def timed_set(name: str, method: Method, checkpoints: Sequence[Path], request: dict, path: Path,
+def timed_set(name: str, method, checkpoints: Sequence[Path], request: dict, path: Path,
               make: Callable[[], xr.Dataset]) -> tuple[xr.Dataset, bool]:
-    """The set at `path` if it exists for these checkpoints and `request`, else `make()` it, timed, labelled with
-    the method's config name, wall time and fingerprint, written atomically. Returns it and whether it was made."""
-    key = fingerprint(checkpoints, request)
-    found = existing(path, key)
-    if found is not None:
+    """The set at `path` if the store has it for these checkpoints and `request`, else `make()` it, timed and
+    labelled with the method's spec name and wall time. Returns it and whether it was made."""
+
+    def compute() -> xr.Dataset:
+        method.check_available()  # loads an EGG prior: not timed
+        start = time.perf_counter()
+        data = make()
+        seconds = time.perf_counter() - start
+        data = data.assign_coords(method=[name])
+        data["wall_seconds"] = ("method", [seconds])
+        data["wall_seconds"].attrs["units"] = "s, the whole set on this machine"
+        data.attrs.update({"method_type": method.name, "torch_threads": torch.get_num_threads()})
+        return data
+
+    data, how = get_or_compute(path, request, compute, paths=checkpoints)
+    if how == "kept":
         print(f"compare: {path} exists for these checkpoints and settings: kept")
-        return found, False
-    method.check_available()  # loads an EGG prior: not timed
-    start = time.perf_counter()
-    data = make()
-    seconds = time.perf_counter() - start
-    data = data.assign_coords(method=[name])
-    data["wall_seconds"] = ("method", [seconds])
-    data["wall_seconds"].attrs["units"] = "s, the whole set on this machine"
-    data.attrs.update({"fingerprint": key, "checkpoint": [str(p) for p in checkpoints], "method_type": method_name(method),
-                       "torch_threads": torch.get_num_threads()})
-    write_netcdf(data, path)
-    return data, True
+    return data, how == "made"
 
 
 def make_mei_set(
-    name: str, method: Method, checkpoints: Sequence[Path], model: nn.Module, targets: Sequence[Target], path: Path,
+    name: str, method, checkpoints: Sequence[Path], model: nn.Module, targets: Sequence[Target], path: Path,
 ) -> xr.Dataset:
     """The MEI set at `path` if it exists for these inputs, else make it (timed), write it, and return it.
 
-    `name` is the method's name in the config (the `method` coordinate of the file).
+    `name` is the method's name in the spec (the `method` coordinate of the file).
     """
-    request = {"name": name, "targets": [list(t) for t in targets], "settings": method_attrs(method, model.input_shape)}
+    request = {"name": name, "targets": [list(t) for t in targets], "settings": method.key(model.input_shape)}
     steps = method.step_count
 
     def make() -> xr.Dataset:

@@ -13,7 +13,6 @@ neurons. A reconstruction that only exploits the generating models' quirks score
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -28,21 +27,20 @@ from encoders.compare.meis import timed_set
 from encoders.metrics import correlation
 from encoders.outputs import write_netcdf
 from encoders.products.reconstructions import choose_test_images, compute_reconstructions
-from encoders.synthesis.methods import method_attrs
 
 if TYPE_CHECKING:
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
 
 TARGET = "predicted"  # the generating ensemble's own responses: a model-side test, like MEIs
 
 
-def reconstruction_set(name: str, method, paths: Sequence, ensemble, datamodule: RecordedDataModule, chosen: dict,
+def reconstruction_set(name: str, method, paths: Sequence, ensemble, recording: Recording, chosen: dict,
                        metric: str, path) -> xr.Dataset:
     """The reconstruction set at `path` if it exists for these inputs, else make it (timed) and write it."""
-    request = {"name": name, "images": chosen, "settings": method_attrs(method, ensemble.input_shape), "target": TARGET,
+    request = {"name": name, "images": chosen, "settings": method.key(ensemble.input_shape), "target": TARGET,
                "metric": metric}
     data, made = timed_set(name, method, paths, request, path,
-                           lambda: compute_reconstructions(ensemble, datamodule, chosen, method, TARGET, metric))
+                           lambda: compute_reconstructions(ensemble, recording, chosen, method, TARGET, metric))
     if made:
         print(f"compare: {name} reconstructions, {data.sizes['image'] * data.sizes['seed']} images in "
               f"{float(data.wall_seconds.values[0]):.1f} s -> {path}", flush=True)
@@ -67,7 +65,7 @@ def _score(data: xr.Dataset, scorers: dict) -> np.ndarray:
 
 def run_reconstructions(
     config: CompareConfig, architectures: Sequence[str], trained: Sequence[TrainedModel], models: dict, scorers: dict,
-    datamodule: RecordedDataModule,
+    recording: Recording,
 ) -> xr.Dataset:
     """Make (or reuse) every reconstruction set and score it on every scorer; writes `<out>/reconstructions.nc`.
 
@@ -85,10 +83,11 @@ def run_reconstructions(
         members = generating_members(trained, architecture, config.generating_seeds)
         ensemble = Ensemble([models[m.label] for m in members]).eval().to(device)
         paths = [m.checkpoint for m in members]
-        chosen = choose_test_images(ensemble, datamodule, settings.images, list(settings.sessions) if settings.sessions else None)
+        sessions = [str(s) for s in settings.sessions] if settings.sessions else None
+        chosen = choose_test_images(ensemble, recording, settings.images, sessions)
         for k, name in enumerate(names):
-            method = dataclasses.replace(config.methods[name], contrast=settings.contrast)
-            data = reconstruction_set(name, method, paths, ensemble, datamodule, chosen, settings.metric,
+            method = config.methods[name].replace(contrast=float(settings.contrast))
+            data = reconstruction_set(name, method, paths, ensemble, recording, chosen, settings.metric,
                                       config.out / "reconstructions" / architecture / f"reconstruction_{name}.nc")
             values = _score(data, {label: scorers[label] for label in labels})
             if score is None:

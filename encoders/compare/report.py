@@ -308,7 +308,7 @@ def write_report(
         settings = config.reconstructions
         lines += ["## Do reconstructions generalise?", "",
                   f"Each generating ensemble reconstructs the first {settings.images} test image(s) of "
-                  f"{'each session' if not settings.sessions else 'sessions ' + ', '.join(settings.sessions)} from its own "
+                  f"{'each session' if not settings.sessions else 'sessions ' + ', '.join(map(str, settings.sessions))} from its own "
                   f"predicted responses ({settings.metric} energy, contrast {settings.contrast:g}); every model then compares "
                   "its responses to the reconstruction with its responses to the seen image (Pearson r over the session's "
                   "neurons); per image: " + ("its best seed on the generating ensemble" if config.keep == "best" else
@@ -325,7 +325,7 @@ def write_report(
     lines += ["## Files", "", "`accuracy.nc` (architecture, seed, neuron), `generalisation.nc` (architecture, method, "
               "scorer, neuron, seed; compute per pair), `reconstructions.nc` (architecture, method, scorer, image, seed), "
               "`similarity.nc` (measure, representation, model_a, model_b), `meis/<arch>/mei_<method>.nc`, "
-              "`reconstructions/<arch>/`, `scores/`, `models/<arch>/seed<k>/` (checkpoints, test_metrics.nc, curves/metrics.csv).", ""]
+              "`reconstructions/<arch>/`, `scores/`, `models/<arch>/seed<k>/` (config.yaml: `python train.py fit --config` it to train the model alone; checkpoints, test_metrics.nc, curves/metrics.csv).", ""]
     path = config.out / REPORT
     write_text("\n".join(lines), path)
     if config.wandb is not None:
@@ -338,8 +338,8 @@ def log_wandb(config: CompareConfig, accuracy: xr.Dataset, result: xr.Dataset, s
     """One offline W&B run with the report's tables, figures and headline numbers."""
     import wandb
 
-    name = config.wandb.get("name", config.name)
-    run = wandb.init(project=config.wandb.get("project", "encoders"), name=f"{name}/report", group=name,
+    name = config.wandb.name or config.name
+    run = wandb.init(project=config.wandb.project, name=f"{name}/report", group=name,
                      dir=str(config.out), mode="offline", config={"config": str(config.source)})
     try:
         run.log({f"figures/{key}": wandb.Image(str(path)) for key, path in figures.items()})

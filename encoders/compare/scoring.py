@@ -21,22 +21,22 @@ from encoders.synthesis.targets import Target
 from encoders.twin.scoring import true_rates
 
 if TYPE_CHECKING:
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
     from encoders.twin import Twin
 
 BATCH = 256  # images per forward pass: bounds memory only
 
 
-def natural_pixels(datamodule: RecordedDataModule, session: str, tiers: Sequence[str], norm: float | None = None) -> torch.Tensor:
+def natural_pixels(recording: Recording, session: str, tiers: Sequence[str], norm: float | None = None) -> torch.Tensor:
     """The session's images of `tiers`, in pixel space after the data's geometry.
 
     norm: first rescale each image, in the data's model space (where MEI norms are set), to this
     L2 norm: natural images at an MEI's contrast. None keeps their own contrast.
     """
-    images = torch.cat([datamodule.tier_data(session, tier)["images"] for tier in tiers])
+    images = torch.cat([recording.tier_data(session, tier)["images"] for tier in tiers])
     if norm is not None:
         images = images * (norm / images.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *([1] * (images.ndim - 1)))
-    return datamodule.transform.to_pixels(images)
+    return recording.transform.to_pixels(images)
 
 
 def _rows(targets: Sequence[Target], session: str) -> list[int]:
@@ -72,14 +72,14 @@ class ModelScorer:
 
     @torch.no_grad()
     def natural_best(
-        self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str], norm: float | None = None,
+        self, recording: Recording, targets: Sequence[Target], tiers: Sequence[str], norm: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each neuron's highest predicted rate over the natural images of `tiers` (n_targets,), and that
         image in pixel space (n_targets, C, H, W); `norm` rescales the images first (`natural_pixels`)."""
         best = torch.full((len(targets),), float("nan"))
         images = None
         for session in dict.fromkeys(s for s, _ in targets):
-            pixels = natural_pixels(datamodule, session, tiers, norm)
+            pixels = natural_pixels(recording, session, tiers, norm)
             rates = self.responses(pixels, session)
             ids = self.model.neuron_ids(session)
             rows = _rows(targets, session)
@@ -91,10 +91,10 @@ class ModelScorer:
             images[rows] = pixels[where]
         return best, images
 
-    def natural_max(self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str],
+    def natural_max(self, recording: Recording, targets: Sequence[Target], tiers: Sequence[str],
                     norm: float | None = None) -> torch.Tensor:
         """(n_targets,) each neuron's highest predicted rate over the natural images of `tiers`."""
-        return self.natural_best(datamodule, targets, tiers, norm)[0]
+        return self.natural_best(recording, targets, tiers, norm)[0]
 
 
 class GroundTruthScorer:
@@ -121,13 +121,13 @@ class GroundTruthScorer:
         return true_rates(self.truth, self.geometry, pixels)[:, columns]
 
     @torch.no_grad()
-    def natural_max(self, datamodule: RecordedDataModule, targets: Sequence[Target], tiers: Sequence[str],
+    def natural_max(self, recording: Recording, targets: Sequence[Target], tiers: Sequence[str],
                     norm: float | None = None) -> torch.Tensor:
         """(n_targets,) each neuron's highest true rate over the natural images of `tiers` (at `norm`, if given)."""
         best = torch.full((len(targets),), float("nan"))
         columns = self.twin.columns(self.reference, targets)
         for session in dict.fromkeys(s for s, _ in targets):
             rows = _rows(targets, session)
-            rates = true_rates(self.truth, self.geometry, natural_pixels(datamodule, session, tiers, norm))
+            rates = true_rates(self.truth, self.geometry, natural_pixels(recording, session, tiers, norm))
             best[rows] = rates[:, columns[rows]].amax(0)
         return best

@@ -24,27 +24,26 @@ from torch import nn
 from encoders.compare.config import SimilarityConfig
 from encoders.compare.grid import TrainedModel
 from encoders.checkpoints import load_encoder
-from encoders.outputs import write_netcdf
-from encoders.products.store import existing, fingerprint
+from encoders.products.store import get_or_compute
 from encoders.similarity import HIGHER_IS_BETTER, get_measure
 from encoders.similarity.diagnostics import random_projection, reduce_features
 from encoders.synthesis.targets import model_space_images
 
 if TYPE_CHECKING:
-    from encoders.datasets.datamodule import RecordedDataModule
+    from encoders.datasets.recording import Recording
 
 REPRESENTATIONS = ("responses", "core")
 BATCH = 256
 
 
 @torch.no_grad()
-def representations(model: nn.Module, datamodule: RecordedDataModule, settings: SimilarityConfig, device: torch.device) -> dict[str, list[torch.Tensor]]:
+def representations(model: nn.Module, recording: Recording, settings: SimilarityConfig, device: torch.device) -> dict[str, list[torch.Tensor]]:
     """{"responses": [per session (N_s, neurons_s)], "core": [(sum N_s, d)]}, float64 on CPU."""
     model = model.eval().to(device)
     responses, features = [], []
     projection: torch.Tensor | None = None
     for session in model.sessions:
-        images = model_space_images(model, datamodule, session, settings.tier)["images"]
+        images = model_space_images(model, recording, session, settings.tier)["images"]
         rates, reduced = [], []
         for x in images.split(BATCH):
             x = x.to(device)
@@ -71,37 +70,36 @@ def _pair_score(measure: str, x: list[torch.Tensor], y: list[torch.Tensor]) -> f
 
 
 def model_similarity(
-    trained: Sequence[TrainedModel], datamodule: RecordedDataModule, settings: SimilarityConfig, device: torch.device, path,
+    trained: Sequence[TrainedModel], recording: Recording, settings: SimilarityConfig, device: torch.device, path,
 ) -> xr.Dataset:
-    """score (measure, representation, model_a, model_b) for every ordered pair of distinct models; cached at `path`."""
-    request = {"settings": asdict(settings), "models": [m.label for m in trained]}
-    key = fingerprint([m.checkpoint for m in trained], request)
-    found = existing(path, key)
-    if found is not None:
-        return found
+    """score (measure, representation, model_a, model_b) for every ordered pair of distinct models; kept at `path`."""
     labels = [m.label for m in trained]
-    reps = [representations(load_encoder(m.checkpoint), datamodule, settings, device) for m in trained]
-    score = np.full((len(settings.measures), len(REPRESENTATIONS), len(trained), len(trained)), np.nan)
-    for m, measure in enumerate(settings.measures):
-        for r, name in enumerate(REPRESENTATIONS):
-            for i in range(len(trained)):
-                for j in range(len(trained)):
-                    if i != j:
-                        score[m, r, i, j] = _pair_score(measure, reps[i][name], reps[j][name])
-    data = xr.Dataset(
-        {"score": (("measure", "representation", "model_a", "model_b"), score),
-         "higher_is_better": ("measure", [HIGHER_IS_BETTER[m] for m in settings.measures])},
-        coords={
-            "measure": list(settings.measures), "representation": list(REPRESENTATIONS),
-            "model_a": labels, "model_b": labels,
-            "architecture_a": ("model_a", [m.architecture for m in trained]),
-            "architecture_b": ("model_b", [m.architecture for m in trained]),
-        },
-    )
-    data.attrs.update({"fingerprint": key, "tier": settings.tier, "pool_size": settings.pool_size,
-                       "max_features": settings.max_features, "projection_seed": settings.seed})
-    write_netcdf(data, path)
-    return data
+
+    def compute() -> xr.Dataset:
+        reps = [representations(load_encoder(m.checkpoint), recording, settings, device) for m in trained]
+        score = np.full((len(settings.measures), len(REPRESENTATIONS), len(trained), len(trained)), np.nan)
+        for m, measure in enumerate(settings.measures):
+            for r, name in enumerate(REPRESENTATIONS):
+                for i in range(len(trained)):
+                    for j in range(len(trained)):
+                        if i != j:
+                            score[m, r, i, j] = _pair_score(measure, reps[i][name], reps[j][name])
+        data = xr.Dataset(
+            {"score": (("measure", "representation", "model_a", "model_b"), score),
+             "higher_is_better": ("measure", [HIGHER_IS_BETTER[m] for m in settings.measures])},
+            coords={
+                "measure": list(settings.measures), "representation": list(REPRESENTATIONS),
+                "model_a": labels, "model_b": labels,
+                "architecture_a": ("model_a", [m.architecture for m in trained]),
+                "architecture_b": ("model_b", [m.architecture for m in trained]),
+            },
+        )
+        data.attrs.update({"tier": settings.tier, "pool_size": settings.pool_size, "max_features": settings.max_features,
+                           "projection_seed": settings.seed})
+        return data
+
+    request = {"settings": asdict(settings), "models": labels}
+    return get_or_compute(path, request, compute, paths=[m.checkpoint for m in trained])[0]
 
 
 def pair_summary(scores: xr.Dataset) -> xr.DataArray:
