@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import pytorch_lightning as pl
@@ -119,13 +117,15 @@ def test_misspelt_config_keys_fail_clearly():
         Encoder(CORE, {**READOUTS["gaussian"], "n_neurons": 3}, sessions, [1, 16, 16], transform)
 
 
-def test_train_py_rejects_a_misspelt_key(tmp_path):
+def test_train_py_rejects_a_misspelt_key(tmp_path, capsys):
+    # in this process (test_bad_inputs runs train.py as a real process for the same kind of error)
+    from encoders.training.cli import main
+
     config = tmp_path / "bad.yaml"
     config.write_text("model:\n  core: {type: stacked}\n  readout: {type: gaussian}\n  learning_rate: 0.1\ndata:\n  path: x.h5\n")
-    result = subprocess.run([sys.executable, "train.py", "fit", "--config", str(config)], capture_output=True, text=True,
-                            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-    assert result.returncode == 2
-    assert "learning_rate" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert main(["fit", "--config", str(config)]) == 2
+    stderr = capsys.readouterr().err
+    assert "learning_rate" in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
 
 def test_bad_checkpoint_is_named(tmp_path):
