@@ -265,16 +265,15 @@ class _Plan:
         info = _Session(np.asarray(arrays["image_id"], dtype=np.int64), np.asarray(arrays["responses"], dtype=np.float64),
                         [str(n) for n in arrays["neuron_id"]], shape, dtype)
         model = self.members[0]
-        if session in model.sessions and info.neuron_ids != list(model.neuron_ids(session)):
-            raise EncodersError(f"--data {self.data}: session {session!r} has {len(info.neuron_ids)} neurons with other ids "
-                                f"than the checkpoints' {len(model.neuron_ids(session))}; use the data the model was trained on")
         if len(shape) == 3 and shape[0] not in (1, 3):
             raise EncodersError(f"--data {self.data}: session {session!r} has {shape[0]}-channel images; PNG stimuli "
                                 "are grey or RGB")
-        mapped = model.image_transform.output_shape(shape)
-        if tuple(mapped) != tuple(model.input_shape):
-            raise EncodersError(f"--data {self.data}: session {session!r}: images of {shape} map to {tuple(mapped)} in "
-                                f"model space, the checkpoints take {tuple(model.input_shape)}")
+        # the one model-matches-data check (neuron ids where the model has the session, model-space image shape);
+        # lazily, in the model's own transform: no image is read
+        from encoders.datasets.recording import Recording
+
+        Recording(self.data, sessions=[session], transform=model.image_transform, in_memory=False).check_model(
+            model, sessions=[session] if session in model.sessions else [], what="the checkpoints")
         self.sessions[session] = info
         return info
 
