@@ -15,7 +15,6 @@ CLI (wired as ``encoders similarity optimize``)::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np

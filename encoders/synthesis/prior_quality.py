@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
