@@ -262,6 +262,10 @@ CASES: list[tuple] = [
     ("argument_of_two_methods", "encoders", lambda i: i.mei(None, "--method.prior", str(SHIPPED_PRIOR), "--method.steps", "2"),
      ["--method.prior: not an option of GASettings", "'steps'"]),
     ("argument_unknown_kind", "encoders", lambda i: i.mei(None, "--kind", "mni"), ["kind", "'mni'", "'meni'"]),
+    ("method_base_class", "encoders", lambda i: i.mei(None, "--method", "{class_path: encoders.synthesis.Method}"),
+     ["method: Method is the interface", "GASettings"]),
+    ("preset_setting_it_fixes", "encoders", lambda i: i.mei(None, "--method", "GAPaper", "--method.steps", "5"),
+     ["--method.steps: not an option of GAPaper", "'seeds'"]),
 ]
 
 

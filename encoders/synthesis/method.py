@@ -62,6 +62,10 @@ class Method:
 
     name = "method"  # short name: files (mei_<name>.nc), attributes, the `method` coordinate
 
+    def __init__(self) -> None:  # a method's own constructor replaces this one (and never calls it)
+        raise EncodersError(f"method: {type(self).__name__} is the interface every method has, not a method; give "
+                            "encoders.synthesis.GASettings, EGGSettings or a preset (GAPaper, EGGPaper)")
+
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         init = cls.__dict__.get("__init__")
