@@ -161,6 +161,7 @@ def build_parser(only: str | None = None) -> ArgumentParser:
         compare.add_argument("--out", type=str | None, default=None, help="output folder (overrides the config's `out`)")
         commands.add_subcommand("compare", compare, help="compare architectures: accuracy, MEI transfer, similarity")
     if wanted("similarity"):
+        from encoders.similarity.captured import add_arguments as add_captured_arguments
         from encoders.similarity.optimize import add_arguments
 
         similarity = _parser("similarity-score tools (Cloos et al. 2024)", config=False)
@@ -169,6 +170,10 @@ def build_parser(only: str | None = None) -> ArgumentParser:
         optimize = _parser("maximise a score of synthetic data against a target")
         add_arguments(optimize)
         actions.add_subcommand("optimize", optimize, help="maximise a score of synthetic data against a target")
+        captured = _parser("score needed to capture each principal component of a target, per measure")
+        add_captured_arguments(captured)
+        actions.add_subcommand("captured", captured,
+                               help="explained variance of each target PC against the score, per measure")
     if wanted("twin"):
         from encoders.twin.recording import record_stimuli
 
@@ -280,6 +285,10 @@ def _compare(options) -> int:
 
 
 def _similarity(options) -> int:
+    if options.similarity.action == "captured":
+        from encoders.similarity.captured import run as captured
+
+        return captured(options.similarity.captured)
     from encoders.similarity.optimize import run
 
     return run(options.similarity.optimize)

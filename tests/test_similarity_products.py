@@ -86,6 +86,21 @@ def test_product_writes_labelled_scores_for_best_and_last(fitted):
             assert float(ceiling.sel(measure="cka_linear", layer="output")) > float(
                 output.sel(measure="cka_linear", baseline="model"))
             assert np.isfinite(score.values[:, :, :3]).all(), data.attrs["notes"]
+            # per principal component of the responses (default k = 10, threshold 0.5); 8 neurons: PCs 9-10 NaN
+            explained = data["pc_explained"]
+            assert explained.dims == ("layer", "baseline", "component", "session")
+            assert explained.attrs["units"] == "1" and "long_name" in data["pcs_captured"].attrs
+            assert list(data.component.values) == list(range(1, 11))
+            finite = explained.sel(component=slice(1, 8)).values
+            assert np.isfinite(finite).all() and ((finite >= -1e-9) & (finite <= 1 + 1e-9)).all()
+            assert np.isnan(explained.sel(component=[9, 10]).values).all()
+            ratio = data["pc_variance_ratio"].sel(session="twin0").values
+            assert (np.diff(ratio[:8]) <= 1e-12).all() and abs(np.nansum(ratio) - 1) < 1e-9
+            count = ((explained >= 0.5).sum("component") == data["pcs_captured"])
+            assert count.all()
+            model_out = explained.sel(layer="output", baseline="model", session="twin0")
+            assert float(model_out.sel(component=1)) > float(
+                explained.sel(layer="output", baseline="shuffled", session="twin0", component=1))
 
 
 def test_rerun_keeps_existing_products(fitted):

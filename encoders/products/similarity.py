@@ -82,17 +82,25 @@ class SimilarityDiagnostics(Product):
         layers: also score each core layer's features, not only the predicted rates.
         seed: seeds random_init, the shuffle, the split-half ceiling and the feature projection.
         max_features: core-layer features are pooled, then randomly projected to at most this many.
+        components: number of top principal components of the responses whose explained variance is stored.
+        capture_threshold: explained variance in (0, 1] at which a component counts as captured.
     """
 
     kind = "similarity"
 
-    def __init__(self, measures: Sequence[str] = DEFAULT_MEASURES, layers: bool = True, seed: int = 0, max_features: int = 256):
+    def __init__(self, measures: Sequence[str] = DEFAULT_MEASURES, layers: bool = True, seed: int = 0, max_features: int = 256,
+                 components: int = 10, capture_threshold: float = 0.5):
         unknown = [m for m in measures if m not in MEASURES]
         if unknown or not measures:
             raise EncodersError(f"measures must be a non-empty list of {sorted(MEASURES)}, got unknown {unknown}")
         if max_features < 1:
             raise EncodersError(f"max_features must be >= 1, got {max_features}")
+        if components < 1:
+            raise EncodersError(f"components must be >= 1, got {components}")
+        if not 0.0 < capture_threshold <= 1.0:
+            raise EncodersError(f"capture_threshold must be in (0, 1], got {capture_threshold}")
         self.measures, self.layers, self.seed, self.max_features = list(measures), layers, seed, max_features
+        self.components, self.capture_threshold = components, capture_threshold
 
     def check(self, model: ResponseModel, data: ProductData) -> None:
         if data.recording is None:
@@ -102,7 +110,8 @@ class SimilarityDiagnostics(Product):
 
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
         with progress.task(f"similarity: {len(self.measures)} measures", 1) as advance:
-            scores = similarity_diagnostics(model, data.recording, self.measures, self.layers, self.seed, self.max_features)
+            scores = similarity_diagnostics(model, data.recording, self.measures, self.layers, self.seed, self.max_features,
+                                            components=self.components, capture_threshold=self.capture_threshold)
             advance(1)
         return scores
 

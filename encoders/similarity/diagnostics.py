@@ -19,6 +19,13 @@ next to three baselines (the ``baseline`` dimension):
   data, so it is the same number for every layer (repeated along ``layer``); NaN for sessions
   without single trials.
 
+Beside the scores, what they mean per principal component (Cloos et al. 2024): for the top
+``components`` PCs of the recorded test responses (the Y of each comparison), ``pc_explained``
+is the fraction of each PC's variance the representation explains (in-sample R² of a linear
+regression with intercept, :data:`encoders.similarity.captured.EXPLAINED_DEFINITION`), and
+``pcs_captured`` counts the PCs explained at or above ``capture_threshold``. In-sample: a
+representation with at least n_stimuli - 1 independent features explains every PC fully.
+
 Everything is computed in float64 on CPU (the features are extracted on the model's device).
 """
 
@@ -35,6 +42,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from encoders.similarity import HIGHER_IS_BETTER, get_measure
+from encoders.similarity.captured import EXPLAINED_DEFINITION, explained_per_pc
 
 if TYPE_CHECKING:
     from encoders.datasets.recording import Recording
@@ -163,6 +171,14 @@ def _score(name: str, X: Tensor, Y: Tensor, where: str, notes: dict[str, None]) 
         return math.nan
 
 
+def _variance_ratio(responses: Tensor) -> np.ndarray:
+    """Fraction of the centred responses' total variance in each principal component (decreasing)."""
+    centred = responses - responses.mean(0)
+    variance = torch.linalg.svdvals(centred).pow(2)
+    total = variance.sum()
+    return (variance / total).numpy() if total > 0 else np.zeros(0)
+
+
 def similarity_diagnostics(
     model: nn.Module,
     recording: Recording,
@@ -172,6 +188,8 @@ def similarity_diagnostics(
     max_features: int = 256,
     pool_size: int = 4,
     batch_size: int = 256,
+    components: int = 10,
+    capture_threshold: float = 0.5,
 ) -> xr.Dataset:
     """Similarity of the model's predictions and core layers with the recorded test responses.
 
@@ -185,12 +203,17 @@ def similarity_diagnostics(
         max_features: at most this many features per core layer (random projection above it).
         pool_size: core feature maps are average-pooled to at most pool_size x pool_size.
         batch_size: images per forward pass.
+        components: number k of top PCs of the responses followed by ``pc_explained``.
+        capture_threshold: explained variance in (0, 1] at which a PC counts as captured.
 
     Returns:
         Dataset with ``score`` (measure, layer, baseline, session); coordinates ``measure``,
         ``layer`` ("output", "layer0", ...), ``baseline`` (:data:`BASELINES`), ``session``, plus
         ``higher_is_better`` (measure), ``n_features`` (layer), ``n_stimuli``, ``n_neurons`` and
-        ``ceiling_stimuli`` (session). attrs document the baselines, the feature reduction, the
+        ``ceiling_stimuli`` (session); ``pc_explained`` (layer, baseline, component, session: the
+        fraction of each of the responses' top k PCs' variance that the representation explains,
+        NaN past the responses' rank), ``pcs_captured`` (layer, baseline, session: how many of
+        those reach ``capture_threshold``) and ``pc_variance_ratio`` (component, session). attrs document the baselines, the feature reduction, the
         seed and any measure that could not be computed (``notes``).
     """
     measures = list(measures)
@@ -200,6 +223,10 @@ def similarity_diagnostics(
         get_measure(name)  # unknown names fail before any work
     if len(set(measures)) != len(measures):
         raise ValueError(f"measures has duplicates: {measures}")
+    if components < 1:
+        raise ValueError(f"components must be >= 1, got {components}")
+    if not 0.0 < capture_threshold <= 1.0:
+        raise ValueError(f"capture_threshold must be in (0, 1], got {capture_threshold}")
     if max_features < 1 or pool_size < 1 or batch_size < 1:
         raise ValueError(f"max_features, pool_size and batch_size must be >= 1, got {max_features}, {pool_size}, {batch_size}")
     sessions = list(model.sessions)
@@ -212,6 +239,8 @@ def similarity_diagnostics(
     projections: dict[int, Tensor | None] = {}
     notes: dict[str, None] = {}
     score: np.ndarray | None = None
+    explained: np.ndarray | None = None
+    variance_ratio = np.full((components, len(sessions)), np.nan)
     layer_names: list[str] = []
     n_features: list[int] = []
     n_stimuli, n_neurons, ceiling_stimuli = [], [], []
@@ -226,6 +255,7 @@ def similarity_diagnostics(
             layer_names = ["output"] + [f"layer{i}" for i in range(len(trained) - 1)]
             n_features = [r.shape[1] for r in trained]
             score = np.full((len(measures), len(layer_names), len(BASELINES), len(sessions)), np.nan)
+            explained = np.full((len(layer_names), len(BASELINES), components, len(sessions)), np.nan)
         permutation = torch.as_tensor(np.random.default_rng([seed, s, 0]).permutation(responses.shape[0]))
         shuffled = responses[permutation]
         halves = None
@@ -238,6 +268,14 @@ def similarity_diagnostics(
         n_stimuli.append(int(responses.shape[0]))
         n_neurons.append(int(responses.shape[1]))
 
+        ratio = _variance_ratio(responses)[:components]
+        variance_ratio[: len(ratio), s] = ratio
+        for layer, (x_trained, x_fresh) in enumerate(zip(trained, fresh)):
+            explained[layer, 0, :, s] = explained_per_pc(responses, x_trained, components)
+            explained[layer, 1, :, s] = explained_per_pc(responses, x_fresh, components)
+            explained[layer, 2, :, s] = explained_per_pc(shuffled, x_trained, components)
+        if halves is not None:
+            explained[:, 3, :, s] = explained_per_pc(halves[1], halves[0], components)
         for m, name in enumerate(measures):
             for layer, (x_trained, x_fresh) in enumerate(zip(trained, fresh)):
                 where = f"session {session}, {layer_names[layer]}"
@@ -247,13 +285,29 @@ def similarity_diagnostics(
             if halves is not None:
                 score[m, :, 3, s] = _score(name, *halves, f"session {session}, ceiling", notes)
 
+    with np.errstate(invalid="ignore"):
+        captured = (explained >= capture_threshold).sum(2)
+    captured = np.where(np.isfinite(explained).any(2), captured, -1)  # -1: not computed (no ceiling)
     return xr.Dataset(
-        {"score": (("measure", "layer", "baseline", "session"), score)},
+        {
+            "score": (("measure", "layer", "baseline", "session"), score),
+            "pc_explained": (("layer", "baseline", "component", "session"), explained, {
+                "long_name": "fraction of the variance of the responses' i-th principal component explained by the "
+                             "representation (in-sample R^2)",
+                "units": "1", "definition": EXPLAINED_DEFINITION.replace("synthetic data", "representation")}),
+            "pcs_captured": (("layer", "baseline", "session"), captured.astype(np.int64), {
+                "long_name": f"number of the top {components} principal components of the responses explained at "
+                             f"or above {capture_threshold} (-1: not computed)",
+                "units": "1"}),
+            "pc_variance_ratio": (("component", "session"), variance_ratio, {
+                "long_name": "fraction of the responses' total variance in the principal component", "units": "1"}),
+        },
         coords={
             "measure": measures,
             "layer": layer_names,
             "baseline": list(BASELINES),
             "session": sessions,
+            "component": np.arange(1, components + 1),
             "higher_is_better": ("measure", [bool(HIGHER_IS_BETTER[m]) for m in measures]),
             "n_features": ("layer", np.asarray(n_features, dtype=np.int64)),
             "n_stimuli": ("session", np.asarray(n_stimuli, dtype=np.int64)),
@@ -275,6 +329,10 @@ def similarity_diagnostics(
             "max_features": int(max_features),
             "pool_size": int(pool_size),
             "tier": "test",
+            "components": int(components),
+            "capture_threshold": float(capture_threshold),
+            "pc_explained": "target = the responses of each comparison (ceiling: half B), explained by the "
+                            "representation (ceiling: half A); PCs of the centred target by decreasing variance",
             "notes": "; ".join(notes) if notes else "none",
         },
     )
