@@ -149,3 +149,22 @@ def test_bad_dataset_inputs(data_file, tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "NaN" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_cross_validated_explained_variance_has_no_chance_floor():
+    """In-sample, p unrelated features explain about p / n of a PC; out of fold they explain nothing (R^2 <= ~0),
+    while a representation that holds a PC explains it out of fold too."""
+    from encoders.similarity.captured import cross_validated_explained_per_pc, explained_per_pc
+
+    g = torch.Generator().manual_seed(0)
+    n = 120
+    basis = torch.linalg.qr(torch.randn(n, 3, generator=g, dtype=torch.float64))[0]
+    target = basis * torch.tensor([10.0, 5.0, 1.0], dtype=torch.float64) @ torch.randn(3, 12, generator=g, dtype=torch.float64)
+    unrelated = torch.randn(n, 40, generator=g, dtype=torch.float64)
+    in_sample = explained_per_pc(target, unrelated, 3)
+    out_of_fold = cross_validated_explained_per_pc(target, unrelated, 3, seed=0)
+    assert (in_sample > 0.2).all() and (out_of_fold < 0.05).all()  # the chance floor is about 40 / 120 in-sample
+    holds_two = torch.cat([target @ torch.linalg.svd(target - target.mean(0), full_matrices=False)[2][:2].T,
+                           torch.randn(n, 3, generator=g, dtype=torch.float64)], 1)
+    explained = cross_validated_explained_per_pc(target, holds_two, 3, seed=0)
+    assert explained[0] > 0.99 and explained[1] > 0.99 and explained[2] < 0.1

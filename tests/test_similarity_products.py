@@ -92,7 +92,7 @@ def test_product_writes_labelled_scores_for_best_and_last(fitted):
             assert explained.attrs["units"] == "1" and "long_name" in data["pcs_captured"].attrs
             assert list(data.component.values) == list(range(1, 11))
             finite = explained.sel(component=slice(1, 8)).values
-            assert np.isfinite(finite).all() and ((finite >= -1e-9) & (finite <= 1 + 1e-9)).all()
+            assert np.isfinite(finite).all() and (finite <= 1 + 1e-9).all()  # cross-validated: may be < 0
             assert np.isnan(explained.sel(component=[9, 10]).values).all()
             ratio = data["pc_variance_ratio"].sel(session="twin0").values
             assert (np.diff(ratio[:8]) <= 1e-12).all() and abs(np.nansum(ratio) - 1) < 1e-9

@@ -71,6 +71,54 @@ def explained_per_pc(target: Tensor, other: Tensor, components: int) -> np.ndarr
     return out
 
 
+CROSS_VALIDATED_DEFINITION = (
+    "explained[i] = cross-validated R^2 of the least-squares regression (with intercept, minimum-norm) of the "
+    "target's i-th principal-component score onto the representation: fitted on k-1 folds of the stimuli, "
+    "predicted on the held-out fold, R^2 = 1 - sum of squared errors / sum of squares over all stimuli "
+    "(negative: worse than predicting the mean); the PCs are those of the whole target"
+)
+
+
+def cross_validated_explained_per_pc(
+    target: Tensor, other: Tensor, components: int, folds: int = 5, seed: int = 0,
+) -> np.ndarray:
+    """`explained_per_pc` evaluated out of sample (:data:`CROSS_VALIDATED_DEFINITION`).
+
+    In-sample, a representation with p features explains about p / n_stimuli of any PC by chance
+    (all of it once p >= n_stimuli - 1); a model's predictions are not fitted to the target, so the
+    regression from them to the target's PCs must be judged on stimuli it was not fitted on.
+    Folds are a seeded permutation of the stimuli. NaN past the rank of the centred target.
+    """
+    X = as_representation(target, "target", min_stimuli=2).detach().double()
+    Y = as_representation(other, "other", min_stimuli=2).detach().double()
+    n = X.shape[0]
+    if Y.shape[0] != n:
+        raise ValueError(f"target and other need the same stimuli, got {n} and {Y.shape[0]}")
+    if components < 1 or folds < 2:
+        raise ValueError(f"components must be >= 1 and folds >= 2, got {components} and {folds}")
+    out = np.full(components, np.nan)
+    if n < folds or not torch.isfinite(X).all() or not torch.isfinite(Y).all():
+        return out
+    centred = X - X.mean(0)
+    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
+    rank = int((singular > singular[0] * 1e-10).sum()) if singular.numel() and singular[0] > 0 else 0
+    k = min(components, rank)
+    if k == 0:
+        return out
+    scores = centred @ vh[:k].T  # (n, k) PC scores
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    predicted = torch.empty_like(scores)
+    design = torch.cat([Y, torch.ones(n, 1, dtype=Y.dtype)], 1)
+    for held in order.chunk(folds):
+        fit = torch.ones(n, dtype=torch.bool)
+        fit[held] = False
+        coefficients = torch.linalg.pinv(design[fit]) @ scores[fit]  # minimum-norm least squares
+        predicted[held] = design[held] @ coefficients
+    total = scores.pow(2).sum(0)  # scores are centred over all stimuli
+    out[:k] = (1.0 - (scores - predicted).pow(2).sum(0) / total).numpy()
+    return out
+
+
 def threshold_levels(threshold: str | float, start: np.ndarray) -> np.ndarray:
     """The explained variance each component must reach: ``(start + 1) / 2`` for "half", else the number."""
     if threshold == "half":

@@ -21,10 +21,11 @@ next to three baselines (the ``baseline`` dimension):
 
 Beside the scores, what they mean per principal component (Cloos et al. 2024): for the top
 ``components`` PCs of the recorded test responses (the Y of each comparison), ``pc_explained``
-is the fraction of each PC's variance the representation explains (in-sample R² of a linear
-regression with intercept, :data:`encoders.similarity.captured.EXPLAINED_DEFINITION`), and
-``pcs_captured`` counts the PCs explained at or above ``capture_threshold``. In-sample: a
-representation with at least n_stimuli - 1 independent features explains every PC fully.
+is the fraction of each PC's variance the representation explains (5-fold cross-validated R² of
+a linear regression with intercept,
+:data:`encoders.similarity.captured.CROSS_VALIDATED_DEFINITION`: in-sample, p features explain
+about p / n_stimuli of any PC by chance), and ``pcs_captured`` counts the PCs explained at or
+above ``capture_threshold``.
 
 Everything is computed in float64 on CPU (the features are extracted on the model's device).
 """
@@ -42,7 +43,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from encoders.similarity import HIGHER_IS_BETTER, get_measure
-from encoders.similarity.captured import EXPLAINED_DEFINITION, explained_per_pc
+from encoders.similarity.captured import CROSS_VALIDATED_DEFINITION, cross_validated_explained_per_pc
 
 if TYPE_CHECKING:
     from encoders.datasets.recording import Recording
@@ -171,6 +172,11 @@ def _score(name: str, X: Tensor, Y: Tensor, where: str, notes: dict[str, None]) 
         return math.nan
 
 
+def hash_seed(parts: list[int]) -> int:
+    """One integer seed from several (numpy's SeedSequence), for torch generators."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
 def _variance_ratio(responses: Tensor) -> np.ndarray:
     """Fraction of the centred responses' total variance in each principal component (decreasing)."""
     centred = responses - responses.mean(0)
@@ -270,12 +276,13 @@ def similarity_diagnostics(
 
         ratio = _variance_ratio(responses)[:components]
         variance_ratio[: len(ratio), s] = ratio
+        folds = [seed, s, 2]  # the same folds for every layer and baseline of a session
         for layer, (x_trained, x_fresh) in enumerate(zip(trained, fresh)):
-            explained[layer, 0, :, s] = explained_per_pc(responses, x_trained, components)
-            explained[layer, 1, :, s] = explained_per_pc(responses, x_fresh, components)
-            explained[layer, 2, :, s] = explained_per_pc(shuffled, x_trained, components)
+            explained[layer, 0, :, s] = cross_validated_explained_per_pc(responses, x_trained, components, seed=hash_seed(folds))
+            explained[layer, 1, :, s] = cross_validated_explained_per_pc(responses, x_fresh, components, seed=hash_seed(folds))
+            explained[layer, 2, :, s] = cross_validated_explained_per_pc(shuffled, x_trained, components, seed=hash_seed(folds))
         if halves is not None:
-            explained[:, 3, :, s] = explained_per_pc(halves[1], halves[0], components)
+            explained[:, 3, :, s] = cross_validated_explained_per_pc(halves[1], halves[0], components, seed=hash_seed(folds))
         for m, name in enumerate(measures):
             for layer, (x_trained, x_fresh) in enumerate(zip(trained, fresh)):
                 where = f"session {session}, {layer_names[layer]}"
@@ -293,8 +300,8 @@ def similarity_diagnostics(
             "score": (("measure", "layer", "baseline", "session"), score),
             "pc_explained": (("layer", "baseline", "component", "session"), explained, {
                 "long_name": "fraction of the variance of the responses' i-th principal component explained by the "
-                             "representation (in-sample R^2)",
-                "units": "1", "definition": EXPLAINED_DEFINITION.replace("synthetic data", "representation")}),
+                             "representation (5-fold cross-validated R^2)",
+                "units": "1", "definition": CROSS_VALIDATED_DEFINITION}),
             "pcs_captured": (("layer", "baseline", "session"), captured.astype(np.int64), {
                 "long_name": f"number of the top {components} principal components of the responses explained at "
                              f"or above {capture_threshold} (-1: not computed)",
