@@ -135,13 +135,19 @@ def test_labels_and_bookkeeping(compared):
     with xr.open_dataset(out / "similarity.nc") as similarity:
         assert similarity.score.dims == ("measure", "representation", "model_a", "model_b")
         assert np.isnan(np.diagonal(similarity.score.values, axis1=2, axis2=3)).all()
+    with xr.open_dataset(out / "brain_similarity.nc") as brain:
+        assert brain.score.dims == ("measure", "model") and brain.sizes["model"] == 4  # 2 architectures x 2 seeds
+        assert np.isfinite(brain.score).all() and brain.pc_explained.dims == ("model", "component")
+        assert brain.rank_agreement.sel(measure="cka_linear", other_measure="cka_linear") == pytest.approx(1.0)
+        assert 0 <= brain.attrs["kendalls_w"] <= 1
 
 
 def test_report_and_figures(compared):
     out, _ = compared
     report = (out / "report.md").read_text()
     for heading in ("## Accuracy", "## Do MEIs generalise?", "### `egg` vs `ga` (defaults)", "### MENIs vs the top natural image",
-                    "## Do reconstructions generalise?", "## Compute time", "## Similarity of representations"):
+                    "## Do reconstructions generalise?", "## Compute time", "## Similarity of representations",
+                    "## How brain-like is each model, and do the measures agree?", "Kendall's W"):
         assert heading in report
     assert "Do `egg` MEIs transfer to the true neurons better than `ga`?" in report
     assert "TRUE neurons, vs natural images at the MEIs' contrast" in report
@@ -253,3 +259,22 @@ def test_natural_images_at_the_meis_norm(twin):
     np.testing.assert_allclose(recording.transform.from_pixels(own).numpy(),
                                torch.cat([recording.tier_data(session, t)["images"] for t in ("validation", "test")]).numpy(),
                                atol=1e-4)
+
+
+def test_rank_agreement_by_hand():
+    """Spearman between measures over models and Kendall's W, on orders derived by hand."""
+    from encoders.compare.brain_similarity import rank_agreement
+
+    same = np.array([[0.1, 0.5, 0.9, 0.3], [1.0, 2.0, 3.0, 1.5]])  # one order: 1 < 4 < 2 < 3
+    spearman, w = rank_agreement(same)
+    assert spearman[0, 1] == pytest.approx(1.0) and w == pytest.approx(1.0)
+    reversed_ = np.array([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    spearman, w = rank_agreement(reversed_)
+    assert spearman[0, 1] == pytest.approx(-1.0) and w == pytest.approx(0.0)
+    # three measures, 3 models: ranks (1,2,3), (1,2,3), (2,1,3): rank sums 4, 5, 9 around a mean of 6: S = 4+1+9 = 14,
+    # W = 12 S / (m^2 (n^3 - n)) = 168 / 216 = 7/9
+    three = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [2.0, 1.0, 3.0]])
+    totals = np.array([4.0, 5.0, 9.0])
+    expected = 12 * ((totals - totals.mean()) ** 2).sum() / (9 * (27 - 3))
+    assert rank_agreement(three)[1] == pytest.approx(expected) and expected == pytest.approx(7 / 9)
+    assert np.isnan(rank_agreement(np.array([[1.0, np.nan, 2.0], [1.0, 2.0, 3.0]]))[1])  # 2 complete models: too few

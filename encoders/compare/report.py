@@ -226,9 +226,39 @@ def similarity_lines(scores: xr.Dataset) -> list[str]:
     return _table(header, rows)
 
 
+def brain_similarity_lines(brain: xr.Dataset) -> list[str]:
+    """Per architecture, each measure's model-brain score and the PCs captured (mean ± sd over seeds); then
+    the measures' rank agreement over the models and Kendall's W."""
+    def spread(values: np.ndarray) -> str:
+        values = values[np.isfinite(values)]
+        if not len(values):
+            return "—"
+        return _fmt(float(values.mean())) + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
+
+    measures = [str(m) for m in brain.measure.values]
+    header = ["architecture", *[m + ("" if bool(brain.higher_is_better.sel(measure=m)) else " (lower = closer)") for m in measures],
+              f"PCs captured (of {brain.sizes['component']})"]
+    rows = []
+    for arch in dict.fromkeys(brain.architecture.values.tolist()):
+        mine = brain.architecture.values == arch
+        rows.append([arch, *[spread(brain.score.sel(measure=m).values[mine]) for m in measures],
+                     spread(brain.pcs_captured.values[mine])])
+    lines = _table(header, rows)
+    if len(measures) > 1:
+        agreement = brain.rank_agreement
+        lines += [f"Do the measures agree on which model is more brain-like? Spearman correlation of two measures' "
+                  f"scores over the {brain.attrs['models_ranked']} models (each oriented so that higher = more "
+                  f"brain-like); Kendall's W over all {len(measures)} measures = {_fmt(float(brain.attrs['kendalls_w']))} "
+                  "(1 = the same order by every measure, 0 = none):", ""]
+        lines += _table(["", *measures], [[m, *[_fmt(float(agreement.sel(measure=m, other_measure=o)), 2) for o in measures]]
+                                          for m in measures])
+    return lines
+
+
 def write_report(
     config: CompareConfig, accuracy: xr.Dataset, result: xr.Dataset, meis: dict, reconstructions: xr.Dataset | None,
     similarity: xr.Dataset | None, skipped: dict[str, str], targets_score: np.ndarray,
+    brain: xr.Dataset | None = None,
 ) -> Path:
     """Draw the figures, write report.md, and log both to W&B when configured; returns the report path."""
     figures_dir = config.out / "figures"
@@ -322,9 +352,16 @@ def write_report(
                   f"{similarity.attrs['tier']} images; `responses` = predicted rates (mean over sessions), `core` = "
                   "pooled, projected core features.", ""]
         lines += similarity_lines(similarity) + [image("similarity"), ""]
+    if brain is not None:
+        lines += ["## How brain-like is each model, and do the measures agree?", "",
+                  "Each model's predicted test responses against the recorded ones (`encoders.similarity.diagnostics`, "
+                  "mean over sessions), and how many of the top principal components of the responses the predictions "
+                  "explain out of sample (5-fold cross-validated R² >= 0.5): what a score means (Cloos et al. 2024).", ""]
+        lines += brain_similarity_lines(brain)
     lines += ["## Files", "", "`accuracy.nc` (architecture, seed, neuron), `generalisation.nc` (architecture, method, "
               "scorer, neuron, seed; compute per pair), `reconstructions.nc` (architecture, method, scorer, image, seed), "
-              "`similarity.nc` (measure, representation, model_a, model_b), `meis/<arch>/mei_<method>.nc`, "
+              "`similarity.nc` (measure, representation, model_a, model_b), `brain_similarity.nc` (measure, model; "
+              "rank_agreement), `meis/<arch>/mei_<method>.nc`, "
               "`reconstructions/<arch>/`, `scores/`, `models/<arch>/seed<k>/` (config.yaml: `python train.py fit --config` it to train the model alone; checkpoints, test_metrics.nc, curves/metrics.csv).", ""]
     path = config.out / REPORT
     write_text("\n".join(lines), path)

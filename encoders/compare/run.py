@@ -18,6 +18,7 @@ from encoders.compare.generalisation import load_scorers, run_generalisation
 from encoders.compare.grid import available_architectures, train_grid, unavailable
 from encoders.compare.reconstructions import run_reconstructions
 from encoders.compare.report import write_report
+from encoders.compare.brain_similarity import brain_similarity
 from encoders.compare.similarity import model_similarity
 from encoders.datasets.recording import Recording
 from encoders.outputs import write_netcdf
@@ -52,10 +53,12 @@ def run_compare(config: CompareConfig) -> Path:
     reconstructions = None
     if config.reconstructions is not None:
         reconstructions = run_reconstructions(config, list(architectures), trained, models, scorers, recording)
-    similarity = None
+    similarity = brain = None
     if config.similarity is not None:
         similarity = model_similarity(trained, recording, config.similarity, torch.device(config.device),
                                       config.out / "similarity.nc")
-    report = write_report(config, accuracy, result, meis, reconstructions, similarity, skipped, agreed)
+        brain = brain_similarity(trained, recording, config.similarity, torch.device(config.device),
+                                 config.out / "brain_similarity.nc")
+    report = write_report(config, accuracy, result, meis, reconstructions, similarity, skipped, agreed, brain)
     print(f"compare: report -> {report}")
     return report
