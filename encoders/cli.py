@@ -163,6 +163,7 @@ def build_parser(only: str | None = None) -> ArgumentParser:
     if wanted("similarity"):
         from encoders.similarity.captured import add_arguments as add_captured_arguments
         from encoders.similarity.optimize import add_arguments
+        from encoders.similarity.region import add_arguments as add_region_arguments
 
         similarity = _parser("similarity-score tools (Cloos et al. 2024)", config=False)
         commands.add_subcommand("similarity", similarity, help="similarity-score tools (Cloos et al. 2024)")
@@ -174,6 +175,10 @@ def build_parser(only: str | None = None) -> ArgumentParser:
         add_captured_arguments(captured)
         actions.add_subcommand("captured", captured,
                                help="explained variance of each target PC against the score, per measure")
+        region = _parser("which pairs of two similarity scores can occur together (allowable region)")
+        add_region_arguments(region)
+        actions.add_subcommand("region", region,
+                               help="upper and lower edge of measure A while measure B is held at each target")
     if wanted("twin"):
         from encoders.twin.recording import record_stimuli
 
@@ -289,6 +294,10 @@ def _similarity(options) -> int:
         from encoders.similarity.captured import run as captured
 
         return captured(options.similarity.captured)
+    if options.similarity.action == "region":
+        from encoders.similarity.region import run as region
+
+        return region(options.similarity.region)
     from encoders.similarity.optimize import run
 
     return run(options.similarity.optimize)

@@ -36,7 +36,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from encoders.similarity import HIGHER_IS_BETTER, MEASURES
+from encoders.similarity import DIFFERENTIABLE, HIGHER_IS_BETTER, MEASURES, get_measure
 from encoders.similarity.centering import as_representation
 from encoders.similarity.captured import check_measures, load_responses
 from encoders.similarity.optimize import synthetic_target
@@ -66,6 +66,17 @@ def default_targets(measure: str, count: int) -> np.ndarray:
         raise ValueError(f"--targets must be >= 1, got {count}")
     lo, hi = SWEEP[measure]
     return lo + (hi - lo) * (np.arange(count) + 0.5) / count
+
+
+def check_pair(measure_a: str, measure_b: str) -> None:
+    """ValueError for an unknown or non-differentiable measure, or A == B."""
+    for name in (measure_a, measure_b):
+        get_measure(name)  # unknown: the message lists the known ones
+        if not DIFFERENTIABLE[name]:
+            raise ValueError(f"measure {name!r} has no gradient and cannot be optimised; "
+                             f"choose from {sorted(m for m in MEASURES if DIFFERENTIABLE[m])}")
+    if measure_a == measure_b:
+        raise ValueError(f"measure A and measure B must differ, both are {measure_a!r}")
 
 
 def check_targets(measure: str, targets: Sequence[float]) -> np.ndarray:
@@ -108,8 +119,7 @@ def allowable_region(
     if not torch.isfinite(X).all():
         bad = int((~torch.isfinite(X)).sum())
         raise ValueError(f"the target holds {bad} NaN or infinite value(s); drop or impute them first")
-    if measure_a == measure_b:
-        raise ValueError(f"measure A and measure B must differ, both are {measure_a!r}")
+    check_pair(measure_a, measure_b)
     check_measures([measure_a, measure_b], X.shape[0])
     t = check_targets(measure_b, b_targets)
     if not tolerance > 0 or not penalty > 0:
@@ -120,8 +130,10 @@ def allowable_region(
     T = t.size
     g = torch.Generator().manual_seed(seed)
     start = init_scale * torch.randn(X.shape, generator=g, dtype=torch.float64)
-    Y = torch.nn.Parameter(start.expand(T, 2, *X.shape).clone())
-    optimizer = torch.optim.Adam([Y], lr=lr)
+    # one leaf tensor per problem (indexing one stacked (T, 2, ...) tensor measured slower); torch.func.vmap
+    # cannot batch the measures (boolean-mask indexing), so the problems are evaluated in a Python loop
+    Y = [[torch.nn.Parameter(start.clone()) for _ in EDGES] for _ in range(T)]
+    optimizer = torch.optim.Adam([y for row in Y for y in row], lr=lr)
     sign = (-1.0, 1.0)  # maximise A on edge "max", minimise it on edge "min"
     a = np.empty((T, 2, steps + 1))
     b = np.empty((T, 2, steps + 1))
@@ -130,7 +142,7 @@ def allowable_region(
         loss = 0.0
         for i in range(T):
             for e in range(2):
-                va, vb = fa(Y[i, e], X), fb(Y[i, e], X)
+                va, vb = fa(Y[i][e], X), fb(Y[i][e], X)
                 a[i, e, step], b[i, e, step] = va.item(), vb.item()
                 loss = loss + sign[e] * va + penalty * (vb - float(t[i])) ** 2
         if step == steps:
@@ -145,7 +157,7 @@ def allowable_region(
         "a_score": (("target", "edge"), final_a, {"long_name": f"{measure_a} of the synthetic data with the target "
                                                                 "(final step)", "units": "1"}),
         "b_score": (("target", "edge"), final_b, {"long_name": f"{measure_b} of the synthetic data with the target "
-                                                                "(final step; held at the target value)", "units": "1"}),
+                                                                "(final step; held at the target)", "units": "1"}),
         "met": (("target", "edge"), met, {"long_name": f"|b_score - target| <= tolerance ({tolerance:g})"}),
     }
     coords = {"target": ("target", t, {"long_name": f"value at which {measure_b} is held", "units": "1"}),
@@ -244,9 +256,7 @@ def run(args: argparse.Namespace) -> int:
     from encoders.outputs import check_writable, save_figure, write_netcdf
 
     try:
-        for name in (args.measure_a, args.measure_b):
-            if name not in MEASURES:
-                check_measures([name], 3)  # raises the message listing the known measures
+        check_pair(args.measure_a, args.measure_b)
         if args.b_values is not None:
             b_targets = check_targets(args.measure_b, args.b_values)
         else:
@@ -281,5 +291,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["EDGES", "RANGES", "allowable_region", "check_targets", "default_targets", "plot_region",
+__all__ = ["EDGES", "RANGES", "allowable_region", "check_pair", "check_targets", "default_targets", "plot_region",
            "summary_table"]
