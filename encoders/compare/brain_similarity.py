@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import xarray as xr
+from scipy.stats import rankdata
 
 from encoders.checkpoints import load_encoder
 from encoders.compare.config import SimilarityConfig
@@ -33,17 +34,6 @@ COMPONENTS = 10  # top PCs of the responses followed per model
 CAPTURE_THRESHOLD = 0.5  # cross-validated explained variance at which a PC counts as captured
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Average ranks (1 = lowest) of a 1-d array without NaNs."""
-    order = values.argsort(kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for value in np.unique(values):  # ties share their mean rank
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
 def rank_agreement(scores: np.ndarray) -> tuple[np.ndarray, float]:
     """(Spearman correlation of every two rows over the columns, Kendall's W of all rows) for scores
     (measures, models) oriented so that higher = more brain-like; models with a NaN in any row are left out.
@@ -53,7 +43,7 @@ def rank_agreement(scores: np.ndarray) -> tuple[np.ndarray, float]:
     spearman = np.full((m, m), np.nan)
     if n < 3:
         return spearman, float("nan")
-    ranks = np.stack([_ranks(row[keep]) for row in scores])
+    ranks = rankdata(scores[:, keep], axis=1)  # average ranks for ties
     centred = ranks - ranks.mean(1, keepdims=True)
     norms = np.sqrt((centred ** 2).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -320,12 +320,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threshold", type=str, default=DEFAULT_THRESHOLD,
                         help="explained variance that counts as captured: 'half' (diffscore: half-way from the "
                              "step-0 value to 1) or a number in (0, 1] (default: half)")
+    add_target_arguments(parser, "captured.nc and captured.png")
+
+
+def add_target_arguments(parser, outputs: str) -> None:
+    """The options `captured` and `region` share: the optimiser's start and steps, the target, the output folder."""
     parser.add_argument("--steps", type=int, default=300, help="Adam steps (default: 300)")
     parser.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: 0.05)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: 0)")
     parser.add_argument("--init-scale", type=float, default=1.0,
                         help="standard deviation of the initial noise (default: 1.0)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for captured.nc and captured.png")
+    parser.add_argument("--out", type=Path, required=True, help=f"output folder for {outputs}")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="dataset file: the target is a session's responses in --tier")
     source.add_argument("--synthetic-target", action="store_true",
@@ -338,6 +343,20 @@ def add_arguments(parser) -> None:
                         help="synthetic PC variances ∝ i^-decay (default: 1.0)")
     parser.add_argument("--target-seed", type=int, default=1234,
                         help="seed of the synthetic target, distinct from --seed (default: 1234)")
+
+
+def read_target(args: argparse.Namespace) -> tuple[Tensor, str]:
+    """(target responses, a description of them) from `add_target_arguments`' options; ValueError for NaN responses."""
+    if args.synthetic_target:
+        target = synthetic_target(args.stimuli, args.units, args.spectrum_decay, args.target_seed)
+        source = f"synthetic {args.stimuli}x{args.units}, decay {args.spectrum_decay}, seed {args.target_seed}"
+    else:
+        target = load_responses(args.data, args.session, args.tier)
+        source = f"{args.data}, session {args.session}, {args.tier} tier"
+    if not torch.isfinite(target).all():
+        bad = int((~torch.isfinite(target)).sum())
+        raise ValueError(f"{source}: the responses hold {bad} NaN or infinite value(s); drop or impute them first")
+    return target, source
 
 
 def load_responses(path: Path, session: str | None, tier: str) -> Tensor:
@@ -370,16 +389,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--components must be >= 1, got {args.components}")
         threshold = parse_threshold(args.threshold)
         check_writable(args.out)
-        if args.synthetic_target:
-            target = synthetic_target(args.stimuli, args.units, args.spectrum_decay, args.target_seed)
-            source = (f"synthetic {args.stimuli}x{args.units}, decay {args.spectrum_decay}, "
-                      f"seed {args.target_seed}")
-        else:
-            target = load_responses(args.data, args.session, args.tier)
-            source = f"{args.data}, session {args.session}, {args.tier} tier"
-        if not torch.isfinite(target).all():
-            bad = int((~torch.isfinite(target)).sum())
-            raise ValueError(f"{source}: the responses hold {bad} NaN or infinite value(s); drop or impute them first")
+        target, source = read_target(args)
         ds = capture_curves(target, measures, args.components, args.steps, args.lr, args.seed, threshold,
                             args.init_scale)
     except (ValueError, OSError) as err:

@@ -38,8 +38,7 @@ from torch import Tensor
 
 from encoders.similarity import DIFFERENTIABLE, HIGHER_IS_BETTER, MEASURES, get_measure
 from encoders.similarity.centering import as_representation
-from encoders.similarity.captured import check_measures, load_responses
-from encoders.similarity.optimize import synthetic_target
+from encoders.similarity.captured import add_target_arguments, check_measures, read_target
 
 # the values each measure can take (for checking explicit B targets) and the span swept by default
 RANGES: dict[str, tuple[float, float]] = {
@@ -230,24 +229,7 @@ def add_arguments(parser) -> None:
                         help="a target is met when |B - target| <= tolerance at the end (default: 0.02)")
     parser.add_argument("--penalty", type=float, default=100.0,
                         help="weight of the (B - target)^2 penalty (default: 100)")
-    parser.add_argument("--steps", type=int, default=300, help="Adam steps (default: 300)")
-    parser.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: 0.05)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: 0)")
-    parser.add_argument("--init-scale", type=float, default=1.0,
-                        help="standard deviation of the initial noise (default: 1.0)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for region.nc and region.png")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="dataset file: the target is a session's responses in --tier")
-    source.add_argument("--synthetic-target", action="store_true",
-                        help="use Gaussian data with a power-law PC spectrum as the target")
-    parser.add_argument("--session", type=str, help="session of --data")
-    parser.add_argument("--tier", type=str, default="test", help="tier of --data (default: test)")
-    parser.add_argument("--stimuli", type=int, default=100, help="synthetic stimuli (default: 100)")
-    parser.add_argument("--units", type=int, default=20, help="synthetic units (default: 20)")
-    parser.add_argument("--spectrum-decay", type=float, default=1.0,
-                        help="synthetic PC variances ∝ i^-decay (default: 1.0)")
-    parser.add_argument("--target-seed", type=int, default=1234,
-                        help="seed of the synthetic target, distinct from --seed (default: 1234)")
+    add_target_arguments(parser, "region.nc and region.png")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -262,16 +244,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             b_targets = default_targets(args.measure_b, args.targets)
         check_writable(args.out)
-        if args.synthetic_target:
-            target = synthetic_target(args.stimuli, args.units, args.spectrum_decay, args.target_seed)
-            source = (f"synthetic {args.stimuli}x{args.units}, decay {args.spectrum_decay}, "
-                      f"seed {args.target_seed}")
-        else:
-            target = load_responses(args.data, args.session, args.tier)
-            source = f"{args.data}, session {args.session}, {args.tier} tier"
-        if not torch.isfinite(target).all():
-            bad = int((~torch.isfinite(target)).sum())
-            raise ValueError(f"{source}: the responses hold {bad} NaN or infinite value(s); drop or impute them first")
+        target, source = read_target(args)
         ds = allowable_region(target, args.measure_a, args.measure_b, b_targets, args.tolerance, args.penalty,
                               args.steps, args.lr, args.seed, args.init_scale)
     except (ValueError, OSError) as err:
