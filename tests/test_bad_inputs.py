@@ -264,8 +264,15 @@ CASES: list[tuple] = [
     ("argument_unknown_kind", "encoders", lambda i: i.mei(None, "--kind", "mni"), ["kind", "'mni'", "'meni'"]),
     ("method_base_class", "encoders", lambda i: i.mei(None, "--method", "{class_path: encoders.synthesis.Method}"),
      ["method: Method is the interface", "GASettings"]),
-    ("preset_setting_it_fixes", "encoders", lambda i: i.mei(None, "--method", "GAPaper", "--method.steps", "5"),
-     ["--method.steps: not an option of GAPaper", "'seeds'"]),
+    ("preset_setting_it_fixes", "encoders", lambda i: i.mei(None, "--method", "GARebuttal", "--method.steps", "5"),
+     ["--method.steps: not an option of GARebuttal", "'seeds'"]),
+    ("renamed_preset", "encoders", lambda i: i.mei(None, "--method", "EGGPaper"),
+     ["EGGPaper was the paper's settings", "EGGSubmission", "EGGRebuttal"]),
+    ("lr_pixels_with_adam", "encoders", lambda i: i.mei(None, "--method", "GASettings", "--method.optimizer", "adamw",
+                                                        "--method.lr_pixels", "10000"),
+     ["method.lr_pixels: a positive pixel count, and only for SGD on the raw gradient"]),
+    ("egg_keep", "encoders", lambda i: i.mei(None, "--method", "{class_path: EGGSettings, init_args: {prior: p, keep: last}}"),
+     ["keep"]),
 ]
 
 
@@ -423,7 +430,7 @@ CASES += [
      lambda i: _compare(i, {"core": {"type": "stacked", "layers": 0}, "readout": {"type": "gaussian"}}),
      ["compare.yaml", "architectures.small.model", "layers must be a positive integer, got 0"]),
     ("compare_duplicate_method", "encoders",
-     lambda i: _compare(i, text=Path(_compare(i)[1]).read_text() + "methods: {ga: {class_path: encoders.synthesis.GAPaper}}\n"),
+     lambda i: _compare(i, text=Path(_compare(i)[1]).read_text() + "methods: {ga: {class_path: encoders.synthesis.GARebuttal}}\n"),
      ["compare.yaml", "key 'methods' given twice"]),
     ("compare_device_missing", "encoders", lambda i: _compare(i, device="cuda"), ["compare.yaml: device", "no CUDA device"], [GPU]),
     ("prior_test_tier", "encoders",

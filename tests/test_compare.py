@@ -100,7 +100,7 @@ def test_labels_and_bookkeeping(compared):
                     assert (norms <= 0.25 * 16 * (1 + 1e-4)).all()  # the MEIs' norm for both methods (GA clamps below it)
                 assert int(meis.steps.item()) == 3 and meis.trace.sizes["step"] == 3
                 if method == "egg":
-                    assert meis.attrs["egg_guide_at_norm"] == 1
+                    assert meis.attrs["egg_guide_norm"] == meis.attrs["egg_norm"]  # guided at the kept norm
             for scorer, kind in zip(result.scorer.values.tolist(), result.relation.sel(architecture=architecture).values):
                 if scorer == "ground_truth":
                     continue
@@ -183,8 +183,10 @@ def test_rerun_skips_finished_parts(compared, capsys):
     finished = sorted([*out.glob("models/*/seed*/checkpoints/*.ckpt"), *out.glob("models/*/seed*/test_metrics.nc"),
                        *out.glob("meis/*/*.nc"), *out.glob("scores/*.nc"), *out.glob("reconstructions/*/*.nc"),
                        out / "similarity.nc"])
-    # checkpoints, test tables, 3 image sets and 5 score tables per architecture (+ natural), 2 reconstruction sets each
-    assert len(finished) == 4 * 3 + 2 * 3 + (2 * 5 + 1) + 2 * 2 + 1
+    # checkpoints, test tables, 3 image sets (each also timed one at a time) and 5 score tables per architecture
+    # (+ natural), 2 reconstruction sets each
+    assert len(finished) == 4 * 3 + 2 * 3 * 2 + (2 * 5 + 1) + 2 * 2 + 1
+    assert len(list(out.glob("meis/*/*_one_at_a_time.nc"))) == 2 * 3
     stamps = {p: p.stat().st_mtime_ns for p in finished}
     (out / "meis" / "gaussian" / "mei_egg.nc").unlink()  # as if killed before this set was written
     (out / "models" / "gaussian" / "seed1" / "test_metrics.nc").unlink()  # ... or before this model was tested
@@ -209,11 +211,14 @@ def test_egg_guides_at_norm_only_with_a_norm():
     settings record that it was not done, so such images never share a fingerprint with guided ones."""
     from encoders.synthesis import EGGSettings
 
-    guided = EGGSettings(prior=PRIOR, contrast=0.25, guide_at_norm=True).attrs((1, 16, 16))
-    assert guided["egg_guide_at_norm"] == 1 and guided["egg_norm"] == pytest.approx(0.25 * 16)
-    free = EGGSettings(prior=PRIOR, contrast=None, guide_at_norm=True).attrs((1, 16, 16))
-    assert free["egg_guide_at_norm"] == 0 and np.isnan(free["egg_norm"])
-    assert EGGSettings(prior=PRIOR, contrast=0.25, guide_at_norm=False).attrs((1, 16, 16))["egg_guide_at_norm"] == 0
+    guided = EGGSettings(prior=PRIOR, contrast=0.25).attrs((1, 16, 16))
+    assert guided["egg_guide_norm"] == guided["egg_norm"] == pytest.approx(0.25 * 16)
+    free = EGGSettings(prior=PRIOR, contrast=None).attrs((1, 16, 16))
+    assert np.isnan(free["egg_guide_norm"]) and np.isnan(free["egg_norm"]) and free["egg_guide_contrast"] == "kept"
+    assert np.isnan(EGGSettings(prior=PRIOR, contrast=0.25, guide_contrast=None).attrs((1, 16, 16))["egg_guide_norm"])
+    assert EGGSettings(prior=PRIOR, contrast=None, guide_contrast=0.5).attrs((1, 16, 16))["egg_guide_norm"] == pytest.approx(8.0)
+    with pytest.raises(EncodersError, match="method.guide_contrast"):
+        EGGSettings(prior=PRIOR, guide_contrast=-1.0)
     with pytest.raises(EncodersError, match="method.contrast: must be positive or null"):
         EGGSettings(prior=PRIOR, contrast=0.0)
 
@@ -226,7 +231,7 @@ def test_compute_to_reference_counts_steps_to_95_percent_of_ga():
         data = xr.Dataset({"trace": (("method", "step", "neuron", "seed"), np.array(trace, float).reshape(1, -1, 1, 1)),
                            "activation": (("method", "neuron", "seed"), np.full((1, 1, 1), final)),
                            "wall_seconds": ("method", [seconds]), "steps": ("method", [len(trace)])})
-        data.attrs.update({"method_type": kind, "egg_guide_at_norm": 1} if kind == "egg" else {"method_type": kind})
+        data.attrs.update({"method_type": kind, "egg_norm": 4.0} if kind == "egg" else {"method_type": kind})
         return data
 
     meis = {("a", "ga"): mei_set("ga", [0.0, 5.0, 9.6, 9.9], 10.0, 8.0), ("a", "egg"): mei_set("egg", [9.7, 3.0], 9.8, 4.0)}

@@ -15,7 +15,7 @@ import yaml
 from encoders.cli import main
 from encoders.compare.config import load_config
 from encoders.errors import EncodersError
-from encoders.synthesis import EGGPaper, EGGSettings, GAPaper, GASettings
+from encoders.synthesis import EGGRebuttal, EGGSettings, GARebuttal, GASettings
 from encoders.twin import write_twin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +81,8 @@ def test_a_valid_spec_reads_the_blocks_of_training_and_products(tmp_path, data):
     values = spec(data, tmp_path / "out")
     values["models"] = str(tmp_path / "other" / "models")  # another comparison's models, reused
     values["methods"].update({
-        "ga_paper": {"class_path": "encoders.synthesis.GAPaper"},
-        "egg_paper": {"class_path": "encoders.synthesis.EGGPaper", "init_args": {"prior": PRIOR, "batch_size": 7}},
+        "ga_paper": {"class_path": "encoders.synthesis.GARebuttal"},
+        "egg_paper": {"class_path": "encoders.synthesis.EGGRebuttal", "init_args": {"prior": PRIOR, "batch_size": 7}},
     })
     values["pairs"] = {"paper": ["egg_paper", "ga_paper"]}
     values["early_stopping"] = None
@@ -92,8 +92,8 @@ def test_a_valid_spec_reads_the_blocks_of_training_and_products(tmp_path, data):
     assert config.data == values["data"] and config.trainer == values["trainer"] and config.early_stopping is None
     # every method at the comparison's seeds and contrast; presets keep their own other settings
     assert config.methods["ga"] == GASettings(seeds=(0, 1), steps=3, contrast=0.3)
-    assert config.methods["ga_paper"] == GAPaper(seeds=(0, 1), contrast=0.3)
-    assert config.methods["egg_paper"] == EGGPaper(prior=PRIOR, seeds=(0, 1), contrast=0.3, batch_size=7)
+    assert config.methods["ga_paper"] == GARebuttal(seeds=(0, 1), contrast=0.3)
+    assert config.methods["egg_paper"] == EGGRebuttal(prior=PRIOR, seeds=(0, 1), contrast=0.3, batch_size=7)
     assert config.meni == EGGSettings(prior=PRIOR, seeds=(0, 1), num_steps=3, contrast=None)
     assert config.pairs == {"paper": ("egg_paper", "ga_paper")}
     assert config.similarity is not None and config.wandb is None  # similarity on unless null; W&B off unless given
@@ -118,9 +118,9 @@ def test_a_method_block_pastes_between_a_training_yaml_and_a_spec(tmp_path, data
     (lambda s: s["methods"].update(ga={"type": "ga", "steps": 3}),
      ["methods.ga:", "old spelling", "ga: {class_path: encoders.synthesis.GASettings, init_args: {steps: 3}}"]),
     (lambda s: s["methods"].update(ga_paper={"type": "ga", "preset": "paper"}),
-     ["methods.ga_paper:", "ga_paper: {class_path: encoders.synthesis.GAPaper}"]),
+     ["methods.ga_paper:", "ga_paper: {class_path: encoders.synthesis.GARebuttal}"]),
     (lambda s: s["methods"].update(egg_paper={"type": "egg", "preset": "paper", "prior": "p"}),
-     ["egg_paper: {class_path: encoders.synthesis.EGGPaper, init_args: {prior: p}}"]),
+     ["egg_paper: {class_path: encoders.synthesis.EGGRebuttal, init_args: {prior: p}}"]),
     (lambda s: s["methods"].update(ga={"steps": 3}), ["methods.ga: name the method's class"]),
     (lambda s: s.update(meni={"prior": "p", "num_steps": 3}),
      ["meni: name the method's class", "{class_path: encoders.synthesis.EGGSettings, init_args: {prior: p, num_steps: 3}}"]),

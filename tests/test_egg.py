@@ -69,7 +69,7 @@ def test_guidance_gradient_matches_finite_differences():
 
     x = torch.randn(2, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     t = 60
-    _, value, gradient = guidance_gradient(prior, energy, adapter, x, t, clip_denoised=False)
+    _, _, value, gradient = guidance_gradient(prior, energy, adapter, x, t, clip_denoised=False)
 
     def total(x_t):
         with torch.no_grad():
@@ -134,9 +134,14 @@ def test_norm_rescales_model_space_images():
                         adapter=ModelSpace(TRANSFORM, MODEL_SHAPE))
     torch.testing.assert_close(result.images.flatten(1).norm(dim=1), torch.full((2,), 5.0))
     torch.testing.assert_close(result.energy, quadrant_brightness(result.images))
-    # an adapter with a norm: guidance already sees the rescaled images
-    normed = ModelSpace(TRANSFORM, MODEL_SHAPE, norm=3.0)(torch.rand(2, 1, 16, 16) * 2 - 1)
-    torch.testing.assert_close(normed.flatten(1).norm(dim=1), torch.full((2,), 3.0))
+    # guidance at another norm than the kept one: the trace still scores the image as it would be kept
+    seen = []
+    guided = egg_sample(prior, lambda x: seen.append(x.detach().flatten(1).norm(dim=1)) or quadrant_brightness(x),
+                        n_images=2, num_steps=3, energy_scale=1.0, seeds=[0, 1], norm=5.0, guide_norm=3.0,
+                        adapter=ModelSpace(TRANSFORM, MODEL_SHAPE))
+    torch.testing.assert_close(seen[0], torch.full((2,), 3.0))  # the first call guides step 1 at guide_norm
+    torch.testing.assert_close(seen[1], torch.full((2,), 5.0))  # the second scores that step's x0 at the kept norm
+    torch.testing.assert_close(guided.images.flatten(1).norm(dim=1), torch.full((2,), 5.0))
 
 
 def test_bad_arguments_are_rejected():
@@ -258,3 +263,57 @@ def test_prior_training_step_and_export(tmp_path, session_factory):
     assert loss.ndim == 0 and torch.isfinite(loss)
     folder = module.prior().save(tmp_path / "trained")
     assert DiffusionPrior.load(folder).image_shape == (1, 16, 16)
+
+
+def test_unclipped_sampling_never_clamps_x0():
+    """clip_denoised=False clamps x0_hat nowhere: not before the energy, not in the DDPM step (the prior's scheduler
+    config says clip_sample: true, as the shipped priors' do), and keep="x0" hands back the last x0_hat as it was."""
+    prior = tiny_prior()
+    assert prior.scheduler.config.clip_sample  # the prior's own config would clamp
+    seen = []
+
+    def energy(images):
+        seen.append(images.detach().clone())
+        return -images.mean((1, 2, 3))  # pushes every pixel up: x0_hat leaves [-1, 1]
+
+    kwargs = dict(n_images=2, num_steps=6, energy_scale=8.0, seeds=[0, 1])
+    free = egg_sample(prior, energy, clip_denoised=False, keep="x0", **kwargs)
+    guided = seen[:6]  # one x0_hat per step (the energy's input, identity adapter), then the final image
+    assert max(float(x.abs().max()) for x in guided) > 1.5
+    assert float(free.prior_images.max()) > 1.0  # the result leaves [-1, 1] ...
+    torch.testing.assert_close(free.prior_images, guided[-1])  # ... because it is the last step's x0_hat, untouched
+
+    # the same sampler with a scheduler that never clips: identical, so the override reached the DDPM step
+    unclipping = DiffusionPrior(prior.unet, DDPMScheduler.from_config(prior.scheduler.config, clip_sample=False))
+    reference = egg_sample(unclipping, lambda x: -x.mean((1, 2, 3)), clip_denoised=False, keep="x0", **kwargs)
+    torch.testing.assert_close(reference.prior_images, free.prior_images)
+    assert prior.respaced(6, clip_sample=False).config.clip_sample is False
+
+    seen.clear()
+    clipped = egg_sample(prior, energy, clip_denoised=True, keep="x0", **kwargs)
+    assert all(float(x.abs().max()) <= 1.0 for x in seen)  # clipping on: every x0_hat in [-1, 1]
+    assert not torch.allclose(clipped.prior_images, free.prior_images)
+
+
+def test_unclipped_presets_never_clamp_x0(tmp_path):
+    """The paper's presets (EGGSubmission, EGGRebuttal) sample without any clamp of x0_hat and keep the last one:
+    with a prior whose scheduler config clamps, the model-space images their energy sees still go past pixel 255."""
+    from encoders.synthesis import EGGRebuttal, EGGSubmission
+
+    folder = tiny_prior().save(tmp_path / "prior")
+    model = tiny_model()
+    white = float(TRANSFORM.from_pixels(torch.tensor(255.0)))
+    for preset in (EGGSubmission, EGGRebuttal):
+        method = preset(prior=str(folder), seeds=(0, 1))
+        assert method.settings["clip_denoised"] is False and method.settings["keep"] == "x0"
+        seen = []
+
+        def energy_for(index):
+            activation = NeuronActivation(model, [("s0", "n0")] * len(index))
+            return lambda x: seen.append(x.detach()) or activation(x)
+
+        result = method.synthesize(energy_for, [0, 1], model)
+        assert torch.isfinite(result.images).all()
+        # EGGRebuttal's energy sees x0 unnormalised: pixels past 255 show that nothing clamped it
+        if preset is EGGRebuttal:
+            assert max(float(x.max()) for x in seen) > white

@@ -249,11 +249,12 @@ def test_energies_work_on_an_ensemble(model):
 def test_methods_record_their_settings_once():
     """Every constructor argument is recorded (`config`) and read by equality, `replace`, attributes and the store key;
     presets are the same method with other defaults, named in the files."""
-    from encoders.synthesis import EGGPaper, EGGSettings, GAPaper
+    from encoders.synthesis import EGGRebuttal, EGGSettings, GARebuttal
 
     ga = GASettings(seeds=[1, 2], steps=3)
     assert ga.config["seeds"] == (1, 2) and ga.config["steps"] == 3 and ga.settings == ga.config and set(ga.config) == {
-        "seeds", "steps", "optimizer", "lr", "normalize_gradient", "blur_sigma", "contrast", "norm", "clamp", "batch_size"}
+        "seeds", "steps", "optimizer", "lr", "normalize_gradient", "lr_pixels", "blur_sigma", "contrast", "norm", "clamp",
+        "batch_size"}
     assert ga == GASettings(seeds=(1, 2), steps=3) and hash(ga) == hash(GASettings(seeds=(1, 2), steps=3))
     assert ga.replace(lr=0.1).lr == 0.1 and ga.replace(lr=0.1) != ga and ga.lr == 0.05
     with pytest.raises(AttributeError):
@@ -263,12 +264,12 @@ def test_methods_record_their_settings_once():
     attrs = ga.attrs(SHAPE)
     assert attrs["ga_steps"] == 3 and attrs["ga_norm"] == NORM and attrs["ga_class"] == "GASettings"
     assert set(ga.key(SHAPE)) >= {f"ga_{name}" for name in ga.config}  # no setting can be left out of the cache key
-    paper = GAPaper(seeds=(0, 1))
-    assert paper.steps == 1000 and paper.optimizer == "adamw" and not paper.clamp and paper.attrs(SHAPE)["ga_class"] == "GAPaper"
-    assert paper.replace(contrast=0.3).contrast == 0.3 and type(paper.replace(contrast=0.3)) is GAPaper
+    paper = GARebuttal(seeds=(0, 1))
+    assert paper.steps == 1000 and paper.optimizer == "adamw" and not paper.clamp and paper.attrs(SHAPE)["ga_class"] == "GARebuttal"
+    assert paper.replace(contrast=0.3).contrast == 0.3 and type(paper.replace(contrast=0.3)) is GARebuttal
     assert set(paper.config) == {"seeds", "contrast", "batch_size"} and paper.settings["lr"] == 10.0
     with pytest.raises(EncodersError, match="preset that fixes"):
         paper.replace(steps=10)
-    egg = EGGPaper(prior="p")
+    egg = EGGRebuttal(prior="p")
     assert egg.num_steps == 100 and not egg.clip_denoised and egg.name == "egg" and isinstance(egg, EGGSettings)
-    assert EGGSettings(prior="p", contrast=None).attrs(SHAPE)["egg_guide_at_norm"] == 0  # nothing to guide at
+    assert math.isnan(EGGSettings(prior="p", contrast=None).attrs(SHAPE)["egg_guide_norm"])  # guided at the prior's contrast

@@ -128,33 +128,57 @@ def test_frechet_distance_is_zero_for_the_same_gaussian_and_grows_with_a_shift()
     assert frechet_distance(a, a + 2.0) == pytest.approx(12.0, rel=1e-3)  # |shift|^2 = 3 * 4
 
 
-def test_paper_presets_are_the_papers_values():
-    """Pierzchlewicz et al. 2023, sinzlab/energy-guided-diffusion scripts/meis_ga.py and scripts/meis_egg.py."""
-    ga = GASettings.paper()
-    assert (ga.steps, ga.optimizer, ga.lr, ga.normalize_gradient, ga.blur_sigma, ga.clamp) == (1000, "adamw", 10.0, False, 1.0, False)
-    assert ga.image_norm((1, 100, 100)) == pytest.approx(25.0)  # ChangeNorm(25) on 100x100 images
-    egg = EGGSettings.paper("data/priors/natural32")
-    assert (egg.num_steps, egg.contrast, egg.guide_at_norm, egg.clip_denoised) == (100, 0.25, True, False)
-    assert egg.step_length((3, 256, 256)) == pytest.approx(10.0)  # energy_scale 10 on the paper's 256-px RGB prior
-    assert egg.norm((1, 100, 100)) == pytest.approx(25.0)
-    assert EGGSettings(prior="p").guide_at_norm  # the library default guides at the kept norm
+def test_paper_presets_are_each_versions_values():
+    """Pierzchlewicz et al. 2023, sinzlab/energy-guided-diffusion: the submission's scripts/run_meis_*.py (166e360)
+    and the rebuttal's = HEAD's scripts/meis_*.py (bf32c1d), scripts/menis.py; no preset mixes two versions."""
+    from encoders.synthesis import EGGRebuttal, EGGSubmission, GARebuttal, GASubmission, MENIPaper
+
+    sub, reb = GASubmission(), GARebuttal()
+    assert (sub.steps, sub.optimizer, sub.lr, sub.normalize_gradient, sub.blur_sigma, sub.clamp) == (1000, "sgd", 10.0, False, 1.0, False)
+    assert (reb.steps, reb.optimizer, reb.lr, reb.normalize_gradient, reb.blur_sigma, reb.clamp) == (1000, "adamw", 10.0, False, 1.0, False)
+    for ga in (sub, reb):
+        assert ga.image_norm((1, 100, 100)) == pytest.approx(25.0)  # ChangeNorm(25) on 100x100 images
+    # SGD's lr 10 is for 1x100x100 images: the same image at 40x40 takes a step (6.25x fewer values) of 1.6
+    assert sub.step_size((1, 100, 100)) == 10.0 and sub.step_size((1, 40, 40)) == pytest.approx(1.6)
+    assert reb.step_size((1, 40, 40)) == 10.0  # Adam's step does not scale with the gradient
+    shape = (1, 100, 100)
+    egg_sub, egg_reb = EGGSubmission(prior="p"), EGGRebuttal(prior="p")
+    assert egg_sub.step_length((3, 256, 256)) == pytest.approx(5.0) and egg_reb.step_length((3, 256, 256)) == pytest.approx(10.0)
+    assert egg_sub.guide_norm(shape) == pytest.approx(25.0) and egg_reb.guide_norm(shape) is None  # HEAD: unnormalised x0
+    for egg in (egg_sub, egg_reb):
+        assert (egg.num_steps, egg.clip_denoised, egg.keep) == (100, False, "x0") and egg.norm(shape) == pytest.approx(25.0)
+    meni = MENIPaper(prior="p", scale=1)
+    assert (meni.num_steps, meni.clip_denoised, meni.keep, meni.contrast) == (50, False, "sample", None)
+    assert meni.step_length((3, 256, 256)) == pytest.approx(1.0) and meni.guide_norm(shape) == pytest.approx(50.0)
+    assert EGGSettings(prior="p").guide_norm(shape) == EGGSettings(prior="p").norm(shape)  # the default guides at the kept norm
+
+
+def test_old_preset_names_fail_naming_the_new_ones():
+    from encoders.errors import EncodersError
+    from encoders.synthesis import EGGPaper, GAPaper
+
+    with pytest.raises(EncodersError, match="GARebuttal .* GASubmission"):
+        GAPaper()
+    with pytest.raises(EncodersError, match="EGGSubmission .* EGGRebuttal"):
+        EGGPaper(seeds=(0, 1))
 
 
 def test_presets_on_disk_match_the_code():
     """The YAML presets name the preset classes: the settings are declared once, in encoders/synthesis/presets.py;
     read by `encoders mei --config` (whose default method is GA: none of its defaults may leak into the preset)."""
     from encoders.cli import build_parser
-    from encoders.synthesis import EGGPaper, GAPaper
+    from encoders.synthesis import EGGRebuttal, EGGSubmission, GARebuttal, GASubmission, MENIPaper
 
     parser = build_parser("mei")
-    for name, preset in (("mei_ga_paper.yaml", GAPaper), ("mei_egg_paper.yaml", EGGPaper)):
+    presets = {"mei_ga_submission.yaml": GASubmission, "mei_ga_rebuttal.yaml": GARebuttal,
+               "mei_egg_submission.yaml": EGGSubmission, "mei_egg_rebuttal.yaml": EGGRebuttal, "meni_paper.yaml": MENIPaper}
+    assert sorted(presets) == sorted(p.name for p in (ROOT / "experiments/presets").glob("*.yaml"))
+    for name, preset in presets.items():
         options = parser.parse_args(["mei", "x.ckpt", "--out", "out", "--config", str(ROOT / "experiments/presets" / name)])
         method = parser.instantiate(options).mei.method
         assert type(method) is preset and method.seeds == (0, 1, 2, 3)
-        assert method.settings == preset(**({"prior": method.prior} if preset is EGGPaper else {})).replace(seeds=(0, 1, 2, 3)).settings
-    assert GAPaper().steps == 1000 and GAPaper().optimizer == "adamw" and GAPaper().lr == 10.0 and not GAPaper().clamp
-    assert EGGPaper(prior="p").energy_scale == pytest.approx(10 / math.sqrt(3 * 256 * 256), rel=1e-12)
-    assert EGGPaper(prior="p").num_steps == 100 and not EGGPaper(prior="p").clip_denoised
+        given = {"prior": method.prior} if isinstance(method, EGGSettings) else {}
+        assert method.settings == preset(**given).replace(seeds=(0, 1, 2, 3), **({"scale": 5} if preset is MENIPaper else {})).settings
 
 
 def test_prior_data_rejects_what_cannot_work(image_file):

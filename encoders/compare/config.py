@@ -20,7 +20,7 @@ Layout (see experiments/compare_*.yaml):
                                    replace the methods' own); keep: best (each neuron's best seed on the
                                    generating ensemble, the paper's protocol) or all seeds
     methods:                       name -> a method as products and training YAMLs take it:
-                                   {class_path: encoders.synthesis.GASettings | EGGSettings | GAPaper | EGGPaper,
+                                   {class_path: encoders.synthesis.GASettings | EGGSettings | GASubmission | EGGSubmission | GARebuttal | EGGRebuttal,
                                    init_args: {...}}: every named method makes a set of MEIs
     pairs: {label: [a, b]}         method a vs method b, paired per neuron (default: the one EGG vs the one GA)
     meni: {class_path, init_args} | null
@@ -60,7 +60,7 @@ RESERVED = {
                              "compare's checkpoint, early stopping, CSV/W&B loggers and folders"),
     "early_stopping": dict.fromkeys(("monitor", "mode"), "val/correlation, max"),
 }
-OLD_METHODS = {("ga", None): "GASettings", ("ga", "paper"): "GAPaper", ("egg", None): "EGGSettings", ("egg", "paper"): "EGGPaper"}
+OLD_METHODS = {("ga", None): "GASettings", ("ga", "paper"): "GARebuttal", ("egg", None): "EGGSettings", ("egg", "paper"): "EGGRebuttal"}
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def _flow(value: object) -> str:
 
 def _new_method(value: dict) -> str:
     rest = {k: v for k, v in value.items() if k not in ("type", "preset")}
-    name = OLD_METHODS.get((value.get("type"), value.get("preset")), "GASettings | EGGSettings | GAPaper | EGGPaper")
+    name = OLD_METHODS.get((value.get("type"), value.get("preset")), "GASettings | EGGSettings | GASubmission | EGGSubmission | GARebuttal | EGGRebuttal")
     return _flow({"class_path": f"encoders.synthesis.{name}", **({"init_args": rest} if rest else {})})
 
 
@@ -318,6 +318,8 @@ def _method(path: Path, where: str, value: Any, prior_contrast: bool = False, **
     """A method read as products read theirs, with the comparison's `changes` (seeds, contrast); `prior_contrast`:
     one that keeps a diffusion prior's contrast (MENIs)."""
     method = _parse(method_parser(), {"method": value}, where, path).method
+    if prior_contrast and "contrast" not in method.config:
+        changes.pop("contrast", None)  # a MENI preset keeps the prior's contrast by construction
     if method.config.get("norm") is not None:
         raise EncodersError(f"{path}: {where}: norm: every method's norm is set by meis.contrast; remove it")
     try:

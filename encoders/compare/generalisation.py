@@ -30,7 +30,7 @@ import xarray as xr
 from encoders.checkpoints import load_encoder
 from encoders.compare.config import CompareConfig
 from encoders.compare.grid import TrainedModel
-from encoders.compare.meis import make_mei_set, mei_path
+from encoders.compare.meis import make_mei_set, mei_path, seconds_one_at_a_time
 from encoders.compare.scoring import GroundTruthScorer, ModelScorer
 from encoders.ensemble import Ensemble
 from encoders.outputs import write_netcdf
@@ -163,7 +163,7 @@ def run_generalisation(
     size = (len(architectures), len(names))
     activation = np.full((*size, len(labels), len(targets), len(config.mei_seeds)), np.nan)
     own = np.full((*size, len(targets), len(config.mei_seeds)), np.nan)
-    seconds, steps = np.full(size, np.nan), np.zeros(size, dtype=int)
+    seconds, steps, single = np.full(size, np.nan), np.zeros(size, dtype=int), np.full(size, np.nan)
     top_natural = np.full((len(architectures), len(labels), len(targets)), np.nan)
     top_natural_meni = np.full((len(architectures), len(labels), len(targets), len(config.mei_seeds)), np.nan)
     meis: dict[tuple[str, str], xr.Dataset] = {}
@@ -181,6 +181,8 @@ def run_generalisation(
             own[a, k] = data.activation.isel(method=0).values
             seconds[a, k] = float(data.wall_seconds.values[0])
             steps[a, k] = int(data.steps.values[0])
+            single[a, k] = seconds_one_at_a_time(name, method, paths, ensemble, targets,
+                                                 mei_path(config.out, architecture, f"{name}_one_at_a_time"))
         # the ensemble's own pick among the natural images, scored like an MEI (a MENI's yardstick)
         _, pixels = ModelScorer(ensemble, device).natural_best(recording, targets, config.natural_tiers)
         top_natural[a] = _score_images(config, "top_natural", architecture, pixels[:, None], scorers, labels, targets,
@@ -207,6 +209,7 @@ def run_generalisation(
             "top_natural_activation": (("architecture", "scorer", "neuron"), top_natural),
             "top_natural_at_meni_contrast": (("architecture", "scorer", "neuron", "seed"), top_natural_meni),
             "wall_seconds": (("architecture", "method"), seconds),
+            "seconds_per_mei_one_at_a_time": (("architecture", "method"), single),
             "steps": (("architecture", "method"), steps),
             "relation": (("architecture", "scorer"), np.array(relations, dtype=str)),
         },
@@ -231,6 +234,8 @@ def run_generalisation(
     result["top_natural_activation"].attrs["description"] = "rate of the natural image the generating ensemble rates highest"
     result["top_natural_at_meni_contrast"].attrs["description"] = "rate of that image rescaled to the norm of each seed's MENI"
     result["wall_seconds"].attrs["description"] = "wall time to make the whole MEI set (neurons x seeds) on this machine"
+    result["seconds_per_mei_one_at_a_time"].attrs["description"] = (
+        "wall seconds per MEI made alone (batch 1, the full step budget; the paper's compute metric), mean of the first 2 neurons")
     result.attrs.update({"generating_seeds": list(config.generating_seeds), "held_out_seeds": list(config.held_out_seeds),
                          "relations": ", ".join(RELATIONS), "config": str(config.source), "keep": config.keep,
                          "contrast": config.contrast, "mei_norm": norm})
@@ -278,8 +283,8 @@ def compute_to_reference(meis: dict[tuple[str, str], xr.Dataset], pairs: dict[st
             reference = REFERENCE_FRACTION * meis[(architecture, second)].activation.isel(method=0).mean("seed").values
             for side, name in enumerate((first, second)):
                 data = meis[(architecture, name)]
-                if data.attrs.get("egg_guide_at_norm") == 0:
-                    continue  # its x0 estimates are at the prior's contrast: not comparable step by step
+                if data.attrs.get("method_type") == "egg" and not np.isfinite(data.attrs.get("egg_norm", np.nan)):
+                    continue  # kept at the prior's contrast (MENIs): not comparable step by step
                 values = activation_by_step(data)
                 hit = values >= reference[None, :, None]
                 step = np.where(hit.any(0), hit.argmax(0), np.inf)
@@ -301,13 +306,41 @@ def compute_to_reference(meis: dict[tuple[str, str], xr.Dataset], pairs: dict[st
 
 def per_unit(values: xr.DataArray, own: xr.DataArray, keep: str) -> xr.DataArray:
     """Drop the seed dim: the mean over seeds (keep="all"), or each unit's value at its best seed on the
-    generating ensemble (keep="best", the paper's protocol; `own` = the ensemble's score, same dims less scorer)."""
+    generating ensemble (keep="best", the paper's protocol; `own` = the ensemble's score, same dims less
+    scorer), or at its worst (keep="worst": what the paper's notebook kept for GA, see `seed_rule_comparison`)."""
     if "seed" not in values.dims:
         return values
     if keep == "all":
         return values.mean("seed")
-    best = own.fillna(-np.inf).argmax("seed")
-    return values.isel(seed=best).drop_vars("seed").transpose(*[d for d in values.dims if d != "seed"])
+    chosen = own.fillna(-np.inf).argmax("seed") if keep == "best" else own.fillna(np.inf).argmin("seed")
+    return values.isel(seed=chosen).drop_vars("seed").transpose(*[d for d in values.dims if d != "seed"])
+
+
+SEED_RULES = {
+    "best seed of each (this report's rule)": ("best", "best"),
+    "the paper's notebook: EGG's best seed, GA's worst": ("notebook", "notebook"),
+    "mean over seeds": ("all", "all"),
+}
+
+
+def seed_rule_comparison(result: xr.Dataset, first: str, second: str, relation_name: str) -> dict[str, dict]:
+    """`first` vs `second` on one relation under each seed-selection rule in SEED_RULES.
+
+    The paper's `notebooks/meis.ipynb` keeps per unit `groupby('unit_idx')['train'].idxmin()` for both
+    methods, but its GA runs log the rate (higher = better) and its EGG runs the energy (= -rate): it kept
+    GA's WORST seed and EGG's best. "notebook" applies that: best for an EGG method, worst for a GA one.
+    """
+    stats = {}
+    for label, rules in SEED_RULES.items():
+        parts = []
+        for method, rule in zip((first, second), rules):
+            if rule == "notebook":
+                rule = "best" if str(result.method_type.sel({"method": method}).values) == "egg" else "worst"
+            parts.append(per_unit(result.normalised_activation.sel({"method": [method]}),
+                                  result.ensemble_activation.sel({"method": [method]}), rule))
+        values = xr.concat([p.drop_vars("method_type", errors="ignore") for p in parts], dim="method")
+        stats[label] = paired_comparison(values, result.relation, relation_name, first, second)
+    return stats
 
 
 def relation_values(values: xr.DataArray, relations: xr.DataArray, relation_name: str) -> xr.DataArray:

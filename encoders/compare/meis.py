@@ -71,3 +71,16 @@ def make_mei_set(
         n = data.sizes["neuron"] * data.sizes["seed"]
         print(f"compare: {name} MEIs, {n} images in {float(data.wall_seconds.values[0]):.1f} s -> {path}", flush=True)
     return data
+
+
+ONE_AT_A_TIME = 2  # MEIs timed one at a time per set (the paper's metric: seconds per MEI at a fixed budget)
+
+
+def seconds_one_at_a_time(name: str, method, checkpoints: Sequence[Path], model: nn.Module, targets: Sequence[Target],
+                          path: Path) -> float:
+    """Wall seconds per MEI made one at a time (batch 1, the method's full budget of steps), as the paper's
+    notebook measures compute: the first ONE_AT_A_TIME neurons, the method's first seed; kept in the store."""
+    single = method.replace(seeds=method.seeds[:1], batch_size=1)
+    chosen = list(targets[:ONE_AT_A_TIME])
+    data = make_mei_set(name, single, checkpoints, model, chosen, path)
+    return float(data.wall_seconds.values[0]) / len(chosen)

@@ -12,13 +12,26 @@ from encoders.synthesis.gradient_ascent import (
 )
 from encoders.synthesis.egg import EGGSettings
 from encoders.synthesis.method import Method, SynthesisResult
-from encoders.synthesis.presets import EGGPaper, GAPaper
+from encoders.synthesis.presets import (
+    EGGPaper,
+    EGGRebuttal,
+    EGGSubmission,
+    GAPaper,
+    GARebuttal,
+    GASubmission,
+    MENIPaper,
+)
 from encoders.synthesis.targets import all_targets, parse_target, resolve_targets, top_k_targets
 
 __all__ = [
     "EGGPaper",
+    "EGGRebuttal",
     "EGGSettings",
+    "EGGSubmission",
     "GAPaper",
+    "GARebuttal",
+    "GASubmission",
+    "MENIPaper",
     "Method",
     "SynthesisResult",
     "GASettings",

@@ -10,16 +10,16 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 from encoders.contract import device_of
 from encoders.errors import EncodersError
 from encoders.synthesis.gradient_ascent import DEFAULT_CONTRAST, GASettings, default_norm
 from encoders.synthesis.method import Energy, Method, SynthesisResult
-from encoders.synthesis.guided_diffusion import egg_sample
+from encoders.synthesis.guided_diffusion import KEEP, egg_sample
 from encoders.synthesis.prior import DiffusionPrior, ModelSpace
 
-
-PAPER_EGG_ENERGY_SCALE = 10 / math.sqrt(3 * 256 * 256)  # per pixel: the paper's 10 over its 3x256x256 prior images
+KEPT = "kept"  # guide_contrast: guide at the contrast the images are kept at
 
 
 class EGGSettings(Method):
@@ -34,9 +34,14 @@ class EGGSettings(Method):
             value means the same guidance at any prior size.
         contrast: per-pixel RMS (model space) of the final images (the GA norm rule), so GA and EGG
             compare fairly; None keeps the prior's own contrast (MENIs, reconstructions).
-        guide_at_norm: the energy sees each x0 estimate already at that contrast (the image finally
-            kept); False guides at the prior's contrast and rescales only the end. Ignored when contrast is None.
-        clip_denoised: clamp x0 estimates to the prior's range [-1, 1] before the energy.
+        guide_contrast: the per-pixel RMS at which the guiding energy sees each x0 estimate: "kept" (the
+            contrast the images are kept at: `contrast`, or the prior's own when that is None), a number
+            (e.g. the paper's MENIs: norm 50 at 100x100 = 0.5), or None (the prior's own contrast: the
+            x0 estimate unnormalised, as the paper's code at HEAD guides its MEIs).
+        clip_denoised: clamp x0 estimates to the prior's range [-1, 1] everywhere in sampling (before the
+            energy and in the DDPM step); False never clamps them (the paper's code).
+        keep: "sample" (the last sample, clamped to [-1, 1]) or "x0" (the last step's x0 estimate, as the
+            paper's MEI and reconstruction scripts keep it; unclamped unless clip_denoised).
         batch_size: samples drawn together (memory bound); results do not depend on it.
     """
 
@@ -49,27 +54,26 @@ class EGGSettings(Method):
         num_steps: int = 50,
         energy_scale: float = 0.0625,  # = an L2 step of 2 on the 32x32 natural32 prior
         contrast: float | None = DEFAULT_CONTRAST,
-        guide_at_norm: bool = True,
+        guide_contrast: float | Literal["kept"] | None = KEPT,
         clip_denoised: bool = True,
+        keep: Literal["sample", "x0"] = "sample",
         batch_size: int = 128,
     ):
         self.prior, self.seeds = str(prior), tuple(int(s) for s in seeds)
         self.num_steps, self.energy_scale = int(num_steps), float(energy_scale)
         self.contrast = None if contrast is None else float(contrast)
-        self.guide_at_norm, self.clip_denoised, self.batch_size = bool(guide_at_norm), bool(clip_denoised), int(batch_size)
+        self.guide_contrast = guide_contrast if guide_contrast in (None, KEPT) else float(guide_contrast)
+        self.clip_denoised, self.keep, self.batch_size = bool(clip_denoised), keep, int(batch_size)
+        if keep not in KEEP:
+            raise EncodersError(f"method.keep: one of {list(KEEP)}, got {keep!r}")
+        if isinstance(self.guide_contrast, float) and not self.guide_contrast > 0:
+            raise EncodersError(f"method.guide_contrast: must be positive, {KEPT!r} or null, got {guide_contrast}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise EncodersError(f"method.seeds: give distinct seeds, got {list(self.seeds)}")
         if self.num_steps < 1 or self.energy_scale < 0 or self.batch_size < 1:
             raise EncodersError("method: EGG needs num_steps >= 1, energy_scale >= 0 and batch_size >= 1")
         if self.contrast is not None and not self.contrast > 0:
             raise EncodersError(f"method.contrast: must be positive or null, got {contrast}")
-
-    @classmethod
-    def paper(cls, prior: str, seeds: tuple[int, ...] = (0,)) -> "EGGSettings":
-        """The paper's preset (`encoders.synthesis.presets.EGGPaper`)."""
-        from encoders.synthesis.presets import EGGPaper
-
-        return EGGPaper(prior=prior, seeds=seeds)
 
     def step_length(self, prior_shape: Sequence[int]) -> float:
         """The guidance step's L2 length for a prior of (C, S, S) images."""
@@ -91,23 +95,28 @@ class EGGSettings(Method):
         load_prior(self.prior)
 
     def norm(self, shape: Sequence[int]) -> float | None:
+        """L2 norm the images are kept at (None: the prior's own contrast)."""
         return default_norm(shape, self.contrast) if self.contrast is not None else None
+
+    def guide_norm(self, shape: Sequence[int]) -> float | None:
+        """L2 norm at which the guiding energy sees x0 estimates (None: the prior's own contrast)."""
+        if self.guide_contrast == KEPT:
+            return self.norm(shape)
+        return default_norm(shape, self.guide_contrast) if self.guide_contrast is not None else None
 
     def truth(self) -> GASettings:
         # true MEIs by GA at the default contrast: the yardstick GA MEIs are scored against too
         return GASettings(seeds=self.seeds, batch_size=self.batch_size)
 
     def derived(self, shape: Sequence[int]) -> dict:
-        norm = self.norm(shape)
-        return {"norm": norm, "energy_scale_per_pixel": self.energy_scale,
-                "guide_at_norm": self.guide_at_norm and norm is not None}
+        return {"norm": self.norm(shape), "guide_norm": self.guide_norm(shape), "energy_scale_per_pixel": self.energy_scale}
 
     def run_chunk(self, energy: Energy, seeds: Sequence[int], model) -> SynthesisResult:
         prior = load_prior(self.prior).to(device_of(model))
-        norm = self.norm(tuple(model.input_shape))
-        adapter = ModelSpace.of(model, norm if self.guide_at_norm else None)
+        shape = tuple(model.input_shape)
         result = egg_sample(prior, energy, len(seeds), num_steps=self.num_steps, energy_scale=self.step_length(prior.image_shape),
-                            seeds=list(seeds), norm=norm, adapter=adapter, clip_denoised=self.clip_denoised)
+                            seeds=list(seeds), norm=self.norm(shape), adapter=ModelSpace.of(model),
+                            clip_denoised=self.clip_denoised, guide_norm=self.guide_norm(shape), keep=self.keep)
         return SynthesisResult(result.images, result.energy, result.trace)
 
 

@@ -162,6 +162,11 @@ class GASettings(Method):
         steps: optimiser steps.
         optimizer: "sgd" or "adamw" (Adam without weight decay: the norm constraint fixes the scale).
         lr, normalize_gradient: with the default normalised SGD, each step moves pixels by lr (RMS).
+        lr_pixels: lr is given for images of this many values (C*H*W; the paper's 1x100x100 = 10000) and
+            the step used is lr * C*H*W / lr_pixels (`step_size`). For SGD on the raw gradient only: the
+            same image sampled at n times the pixels has a gradient sqrt(n) times shorter and a norm
+            sqrt(n) times longer at the same contrast, so this keeps each step's displacement the same
+            fraction of the image norm at any resolution. None: lr as given.
         blur_sigma: std (pixels) of the Gaussian applied to the gradient; 0 = none.
         contrast: per-pixel RMS the image norm is set to (`default_norm`); `norm` overrides it.
         norm: L2 norm of every image, or None for contrast * sqrt(C*H*W).
@@ -178,6 +183,7 @@ class GASettings(Method):
         optimizer: str = "sgd",
         lr: float = 0.05,
         normalize_gradient: bool = True,
+        lr_pixels: int | None = None,
         blur_sigma: float = 1.0,
         contrast: float = DEFAULT_CONTRAST,
         norm: float | None = None,
@@ -186,6 +192,7 @@ class GASettings(Method):
     ):
         self.seeds = tuple(int(s) for s in seeds)
         self.steps, self.optimizer, self.lr = int(steps), optimizer, float(lr)
+        self.lr_pixels = None if lr_pixels is None else int(lr_pixels)
         self.normalize_gradient, self.blur_sigma = bool(normalize_gradient), float(blur_sigma)
         self.contrast, self.norm = float(contrast), None if norm is None else float(norm)
         self.clamp, self.batch_size = bool(clamp), int(batch_size)
@@ -202,13 +209,10 @@ class GASettings(Method):
             )
         if self.norm is not None and not self.norm > 0:
             raise EncodersError(f"method.norm: must be positive, got {norm}")
-
-    @classmethod
-    def paper(cls, seeds: tuple[int, ...] = (0,)) -> "GASettings":
-        """The paper's preset (`encoders.synthesis.presets.GAPaper`)."""
-        from encoders.synthesis.presets import GAPaper
-
-        return GAPaper(seeds=seeds)
+        if self.lr_pixels is not None and (self.lr_pixels < 1 or optimizer != "sgd" or self.normalize_gradient):
+            raise EncodersError(f"method.lr_pixels: a positive pixel count, and only for SGD on the raw gradient "
+                                f"(optimizer sgd, normalize_gradient false); got lr_pixels={lr_pixels}, optimizer="
+                                f"{optimizer}, normalize_gradient={self.normalize_gradient}")
 
     # ---- what every method answers
     @property
@@ -217,6 +221,12 @@ class GASettings(Method):
 
     def truth(self) -> "GASettings":
         return self  # a twin's true MEIs are found the same way as the model's
+
+    def step_size(self, shape: Sequence[int]) -> float:
+        """The optimiser's lr for images of `shape` (lr rescaled by the pixel count when lr_pixels is set)."""
+        if self.lr_pixels is None:
+            return self.lr
+        return self.lr * math.prod(int(s) for s in shape) / self.lr_pixels
 
     def image_norm(self, shape: Sequence[int]) -> float:
         return float(self.norm) if self.norm is not None else default_norm(shape, self.contrast)
@@ -229,11 +239,12 @@ class GASettings(Method):
         return (low, high)
 
     def derived(self, shape: Sequence[int]) -> dict:
-        return {"norm": self.image_norm(shape), "norm_rule": "given" if self.norm is not None else "contrast * sqrt(C*H*W)"}
+        return {"norm": self.image_norm(shape), "norm_rule": "given" if self.norm is not None else "contrast * sqrt(C*H*W)",
+                "step_size": self.step_size(shape)}
 
     def run_chunk(self, energy: Energy, seeds: Sequence[int], model) -> SynthesisResult:
         shape = tuple(model.input_shape)
-        result = optimize_images(energy, len(seeds), shape, seeds, self.steps, self.optimizer, self.lr, self.blur_sigma,
+        result = optimize_images(energy, len(seeds), shape, seeds, self.steps, self.optimizer, self.step_size(shape), self.blur_sigma,
                                  self.image_norm(shape), self.pixel_range(model.image_transform), device_of(model),
                                  self.normalize_gradient)
         return SynthesisResult(result.images, result.energy, result.trace)
@@ -253,7 +264,7 @@ def optimize_in_batches(
         index = list(range(start, min(start + settings.batch_size, len(seeds))))
         parts.append(optimize_images(
             energy_for(index), len(index), shape, [seeds[i] for i in index], settings.steps, settings.optimizer,
-            settings.lr, settings.blur_sigma, settings.image_norm(shape), pixel_range, device, settings.normalize_gradient,
+            settings.step_size(shape), settings.blur_sigma, settings.image_norm(shape), pixel_range, device, settings.normalize_gradient,
         ))
     return GradientAscentResult(
         images=torch.cat([p.images for p in parts]),

@@ -64,7 +64,8 @@ class Method:
 
     def __init__(self) -> None:  # a method's own constructor replaces this one (and never calls it)
         raise EncodersError(f"method: {type(self).__name__} is the interface every method has, not a method; give "
-                            "encoders.synthesis.GASettings, EGGSettings or a preset (GAPaper, EGGPaper)")
+                            "encoders.synthesis.GASettings, EGGSettings or a preset (GASubmission, GARebuttal, EGGSubmission, "
+                            "EGGRebuttal, MENIPaper)")
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

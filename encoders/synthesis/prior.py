@@ -76,12 +76,16 @@ class DiffusionPrior(nn.Module):
         return (self.channels, self.sample_size, self.sample_size)
 
     # ---- denoising ----------------------------------------------------------------------------------
-    def respaced(self, num_steps: int) -> DDPMScheduler:
-        """A fresh DDPM scheduler over `num_steps` of the training timesteps (the prior's own is untouched)."""
+    def respaced(self, num_steps: int, clip_sample: bool | None = None) -> DDPMScheduler:
+        """A fresh DDPM scheduler over `num_steps` of the training timesteps (the prior's own is untouched).
+
+        clip_sample: whether its step clamps x0_hat to [-1, 1]; None keeps the prior's scheduler config.
+        """
         train_steps = int(self.scheduler.config.num_train_timesteps)
         if not 1 <= num_steps <= train_steps:
             raise EncodersError(f"num_steps must be in [1, {train_steps}] (the prior's training timesteps), got {num_steps}")
-        scheduler = DDPMScheduler.from_config(self.scheduler.config)
+        changes = {} if clip_sample is None else {"clip_sample": bool(clip_sample)}
+        scheduler = DDPMScheduler.from_config(self.scheduler.config, **changes)
         scheduler.set_timesteps(num_steps)
         return scheduler
 
@@ -158,24 +162,19 @@ class ModelSpace:
     fewer channels (or grey copies if it wants three) -> bilinear antialiased resize to the model's
     (H, W) -> z-score with the model's training statistics. A prior image is taken to be the model's
     whole field of view, so the transform's crop (which applies to stored images) is not used.
-    With `norm`, every image is then rescaled to that L2 norm, so that guidance optimises the image
-    as a norm-constrained comparison (e.g. with gradient-ascent MEIs) will see it.
+    (At which norm guidance sees the images is the sampler's `guide_norm`.)
     """
 
     transform: ImageTransform
     input_shape: tuple[int, int, int]
-    norm: float | None = None
 
     @classmethod
-    def of(cls, model: nn.Module, norm: float | None = None) -> "ModelSpace":
+    def of(cls, model: nn.Module) -> "ModelSpace":
         """The adapter for an EncodingModel or Ensemble."""
-        return cls(model.image_transform, tuple(model.input_shape), norm)
+        return cls(model.image_transform, tuple(model.input_shape))
 
     def __call__(self, x_prior: torch.Tensor) -> torch.Tensor:
-        images = to_model_space(x_prior, self.transform, self.input_shape)
-        if self.norm is None:
-            return images
-        return images * (self.norm / images.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+        return to_model_space(x_prior, self.transform, self.input_shape)
 
 
 def to_model_space(
