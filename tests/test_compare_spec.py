@@ -98,6 +98,25 @@ def test_a_valid_spec_reads_the_blocks_of_training_and_products(tmp_path, data):
     assert config.pairs == {"paper": ("egg_paper", "ga_paper")}
     assert config.similarity is not None and config.wandb is None  # similarity on unless null; W&B off unless given
     assert load_config(write(tmp_path / "plain.yaml", spec(data, tmp_path / "out"))).pairs == {"defaults": ("egg", "ga")}
+    # reconstructions name MEI methods (at the reconstruction contrast) ...
+    assert config.reconstruction_methods == {"ga": config.methods["ga"].replace(contrast=1.0),
+                                             "egg": config.methods["egg"].replace(contrast=1.0)}
+
+
+def test_reconstructions_declare_their_own_methods(tmp_path, data):
+    """... or declare their own (the paper's reconstruction presets are not MEI methods); contrast null keeps theirs."""
+    from encoders.synthesis import EGGReconstructionPaper, GDReconstructionPaper
+
+    values = spec(data, tmp_path / "out")
+    values["reconstructions"] = {"images": 1, "contrast": None, "metric": "mse", "methods": {
+        "gd_paper": {"class_path": "encoders.synthesis.GDReconstructionPaper", "init_args": {"steps": 20}},
+        "egg_paper": {"class_path": "encoders.synthesis.EGGReconstructionPaper", "init_args": {"prior": PRIOR}}}}
+    config = load_config(write(tmp_path / "compare.yaml", values))
+    assert config.reconstruction_methods == {"gd_paper": GDReconstructionPaper(seeds=(0, 1), steps=20),
+                                             "egg_paper": EGGReconstructionPaper(prior=PRIOR, seeds=(0, 1))}
+    assert config.reconstruction_methods["gd_paper"].contrast == 0.6  # norm 60 at 100x100, the paper's
+    assert config.reconstruction_pairs == {"defaults": ("egg_paper", "gd_paper")}
+    assert set(config.methods) == {"ga", "egg"}  # not MEI methods
 
 
 def test_a_method_block_pastes_between_a_training_yaml_and_a_spec(tmp_path, data):
@@ -163,6 +182,9 @@ def test_the_old_spelling_is_refused_with_the_new_one(tmp_path, data, capsys, ch
     (lambda s: s.update(seeds={"generating": [0], "held_out": [0]}), r"seeds: a seed cannot both generate MEIs and be held out"),
     (lambda s: s.update(pairs={"x": ["egg", "gaa"]}), r"pairs.x: must be \[method, other method\]"),
     (lambda s: s["reconstructions"].update(methods=["egg", "nope"]), r"reconstructions.methods: name methods of `methods`"),
+    (lambda s: s["reconstructions"].update(methods={"gd": {"class_path": "encoders.synthesis.GDReconstructionPaper",
+                                                            "init_args": {"lr": 1.0}}}),
+     r"reconstructions.methods.gd: .*lr"),
     (lambda s: s["methods"].update(meni=s["methods"]["ga"]), r"methods.meni: this name is taken"),
     (lambda s: s.update(similarity={"measures": ["cka"]}), r"similarity.measures: unknown \['cka'\]"),
 ])

@@ -116,6 +116,27 @@ def test_blur_acts_on_the_gradient_not_the_image():
     assert (after[0, 0] - gaussian_blur(after, sigma)[0, 0]).abs().max() > 0.5
 
 
+def test_blurred_parametrization_blurs_the_image_itself():
+    """parametrization="blurred" (the paper's GD reconstructions): the image is blur(p) at the norm, computed in the
+    forward pass, so it is smooth where the pixel parametrization keeps its noise; the energy still falls."""
+    target = torch.zeros(2, 1, 21, 21)
+    target[:, :, 5:15, 5:15] = 1.0
+
+    def energy(x):
+        return (x - target).pow(2).mean((1, 2, 3))
+
+    start = optimize_images(energy, 2, (1, 21, 21), [3, 4], steps=0, parametrization="blurred", norm=5.0).images
+    result = optimize_images(energy, 2, (1, 21, 21), [3, 4], steps=200, optimizer="adamw", lr=0.05, blur_sigma=1.0,
+                             norm=5.0, normalize_gradient=False, parametrization="blurred")
+    torch.testing.assert_close(result.images.flatten(1).norm(dim=1), torch.full((2,), 5.0))
+    assert (result.energy < 0.5 * result.trace[0]).all()
+    # blurred: the pixel-to-pixel roughness of blurred noise, not of white noise
+    rough = lambda x: (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean().sqrt() / x.pow(2).mean().sqrt()
+    assert rough(result.images) < 0.6 and rough(start) > rough(result.images)
+    with pytest.raises(EncodersError, match="parametrization"):
+        optimize_images(energy, 2, (1, 21, 21), 0, steps=1, parametrization="latent")
+
+
 def test_normalized_gradient_steps_move_pixels_by_lr():
     """With normalize_gradient, one SGD step has RMS lr whatever the energy's scale."""
     for scale in (1e-3, 1.0, 1e3):

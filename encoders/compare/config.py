@@ -107,12 +107,14 @@ class MeiSettings:
 
 @dataclass(frozen=True)
 class ReconstructionConfig:
-    """Reconstructions of test images from the generating ensemble's predicted responses (`methods` by name)."""
+    """Reconstructions of test images from the generating ensemble's predicted responses: `methods` names methods
+    of the spec's `methods`, or declares its own (name -> {class_path, init_args}, e.g. the paper's reconstruction
+    presets, which are not MEI methods); `contrast` null keeps each method's own contrast."""
 
     images: PositiveInt = 2
     sessions: list[str | int] | None = None
-    contrast: PositiveFloat = 1.0
-    methods: list[str] = field(default_factory=list)
+    contrast: PositiveFloat | None = 1.0
+    methods: list[str] | dict[str, Any] = field(default_factory=list)
     metric: Literal[METRICS] = "correlation"
 
 
@@ -177,6 +179,8 @@ class CompareConfig:
     pairs: dict[str, tuple[str, str]]
     meni: Any  # encoders.synthesis.Method | None
     reconstructions: ReconstructionConfig | None
+    reconstruction_methods: dict  # name -> encoders.synthesis.Method, at the reconstruction contrast
+    reconstruction_pairs: dict[str, tuple[str, str]]
     natural_tiers: tuple[str, ...]
     ground_truth: bool
     similarity: SimilarityConfig | None
@@ -414,11 +418,27 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
     pairs = _pairs(path, spec.pairs, methods)
 
     reconstructions = spec.reconstructions if "reconstructions" in values else None
+    recon_methods, recon_pairs = {}, {}
     if reconstructions is not None:
-        unknown = [m for m in reconstructions.methods if m not in methods]
-        if unknown or not reconstructions.methods:
-            raise EncodersError(f"{path}: reconstructions.methods: name methods of `methods` {sorted(methods)}, "
-                                f"got {list(reconstructions.methods)}")
+        given = reconstructions.methods
+        contrast_change = {} if reconstructions.contrast is None else {"contrast": float(reconstructions.contrast)}
+        if isinstance(given, dict) and given:
+            for name, value in given.items():
+                _method_name(path, str(name))
+                recon_methods[str(name)] = _method(path, f"reconstructions.methods.{name}", value, seeds=seeds,
+                                                   **contrast_change)
+            recon_pairs = _pairs(path, None, recon_methods)
+        else:
+            unknown = [m for m in given if m not in methods]
+            if unknown or not given:
+                raise EncodersError(f"{path}: reconstructions.methods: name methods of `methods` {sorted(methods)}, "
+                                    f"or declare them (name: {{class_path: ..., init_args: ...}}); got {given}")
+            for name in given:
+                try:
+                    recon_methods[name] = methods[name].replace(**contrast_change)
+                except EncodersError as error:
+                    raise EncodersError(f"{path}: reconstructions.methods: {name}: {one_line(error)}") from None
+            recon_pairs = {label: pair for label, pair in pairs.items() if all(p in recon_methods for p in pair)}
     out_dir = Path(out if out is not None else spec.out)
     return CompareConfig(
         source=path, out=out_dir, models=Path(spec.models) if spec.models else out_dir / "models", device=spec.device,
@@ -427,7 +447,8 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
         trainer=trainer,
         early_stopping=None if "early_stopping" in nulls else dict(content.get("early_stopping") or {}), top_k=int(spec.meis.top_k),
         mei_seeds=seeds, contrast=contrast, keep=spec.meis.keep, methods=methods, pairs=pairs, meni=meni,
-        reconstructions=reconstructions, natural_tiers=tuple(spec.scoring.natural_tiers),
+        reconstructions=reconstructions, reconstruction_methods=recon_methods, reconstruction_pairs=recon_pairs,
+        natural_tiers=tuple(spec.scoring.natural_tiers),
         ground_truth=spec.scoring.ground_truth, similarity=None if "similarity" in nulls else spec.similarity,
         wandb=spec.wandb if "wandb" in values else None,
     )

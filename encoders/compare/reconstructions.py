@@ -76,7 +76,7 @@ def run_reconstructions(
     settings = config.reconstructions
     device = torch.device(config.device)
     labels, scorer_archs, scorer_seeds = scorer_table(trained, TRUTH in scorers)
-    names = list(settings.methods)
+    names = list(config.reconstruction_methods)
     score = own = pixel = seconds = None
     reference = None
     for a, architecture in enumerate(architectures):
@@ -86,7 +86,7 @@ def run_reconstructions(
         sessions = [str(s) for s in settings.sessions] if settings.sessions else None
         chosen = choose_test_images(ensemble, recording, settings.images, sessions)
         for k, name in enumerate(names):
-            method = config.methods[name].replace(contrast=float(settings.contrast))
+            method = config.reconstruction_methods[name]
             data = reconstruction_set(name, method, paths, ensemble, recording, chosen, settings.metric,
                                       config.out / "reconstructions" / architecture / f"reconstruction_{name}.nc")
             values = _score(data, {label: scorers[label] for label in labels})
@@ -117,6 +117,7 @@ def run_reconstructions(
         "Pearson r over the session's neurons: the scorer's responses to the reconstruction vs to the seen image")
     result["ensemble_correlation"].attrs["description"] = "the same on the generating ensemble (what was optimised)"
     result["image_correlation"].attrs["description"] = "Pearson r over pixels: reconstruction vs seen image"
-    result.attrs.update({"keep": config.keep, "contrast": settings.contrast, "metric": settings.metric, "target": TARGET})
+    result.attrs.update({"keep": config.keep, "contrast": "each method's own" if settings.contrast is None else settings.contrast,
+                         "metric": settings.metric, "target": TARGET})
     write_netcdf(result, config.out / "reconstructions.nc")
     return result

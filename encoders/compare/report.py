@@ -350,12 +350,13 @@ def write_report(
                                       "top_natural_at_meni_contrast", "MENIs")
     lines += [image("generalisation"), "", image("meis"), ""]
     if reconstructions is not None:
-        recon_lines, stats["reconstructions"] = reconstruction_lines(reconstructions, config.pairs)
+        recon_lines, stats["reconstructions"] = reconstruction_lines(reconstructions, config.reconstruction_pairs)
         settings = config.reconstructions
         lines += ["## Do reconstructions generalise?", "",
                   f"Each generating ensemble reconstructs the first {settings.images} test image(s) of "
                   f"{'each session' if not settings.sessions else 'sessions ' + ', '.join(map(str, settings.sessions))} from its own "
-                  f"predicted responses ({settings.metric} energy, contrast {settings.contrast:g}); every model then compares "
+                  f"predicted responses ({settings.metric} energy, contrast "
+                  f"{'of each method' if settings.contrast is None else format(settings.contrast, 'g')}); every model then compares "
                   "its responses to the reconstruction with its responses to the seen image (Pearson r over the session's "
                   "neurons); per image: " + ("its best seed on the generating ensemble" if config.keep == "best" else
                                              "the mean over seeds") + ".", ""] + recon_lines

@@ -14,23 +14,27 @@ from encoders.synthesis.egg import EGGSettings
 from encoders.synthesis.method import Method, SynthesisResult
 from encoders.synthesis.presets import (
     EGGPaper,
+    EGGReconstructionPaper,
     EGGRebuttal,
     EGGSubmission,
     GAPaper,
     GARebuttal,
     GASubmission,
+    GDReconstructionPaper,
     MENIPaper,
 )
 from encoders.synthesis.targets import all_targets, parse_target, resolve_targets, top_k_targets
 
 __all__ = [
     "EGGPaper",
+    "EGGReconstructionPaper",
     "EGGRebuttal",
     "EGGSettings",
     "EGGSubmission",
     "GAPaper",
     "GARebuttal",
     "GASubmission",
+    "GDReconstructionPaper",
     "MENIPaper",
     "Method",
     "SynthesisResult",

@@ -24,6 +24,7 @@ from encoders.synthesis.blur import gaussian_blur
 from encoders.synthesis.method import Energy, Method, SynthesisResult, generators
 
 OPTIMIZERS = ("sgd", "adamw")
+PARAMETRIZATIONS = ("pixels", "blurred")
 DEFAULT_CONTRAST = 0.25  # per-pixel RMS in z-scored units: L2 norm 25 for 100x100 grey images, as in the paper
 
 def default_norm(shape: Sequence[int], contrast: float = DEFAULT_CONTRAST) -> float:
@@ -82,6 +83,7 @@ def optimize_images(
     pixel_range: tuple[float, float] | None = None,
     device: str | torch.device = "cpu",
     normalize_gradient: bool = True,
+    parametrization: str = "pixels",
 ) -> GradientAscentResult:
     """Minimise `energy` over a batch of images by preconditioned gradient descent on pixels.
 
@@ -100,7 +102,13 @@ def optimize_images(
         normalize_gradient: divide each image's blurred gradient by its per-pixel RMS, so that an
             SGD step moves pixels by `lr` (RMS, model units) whatever the energy's scale: one lr
             then serves a model's rates, a twin's true rates and response distances alike.
+        parametrization: "pixels" (the above) or "blurred": the optimiser moves a free parameter p
+            (the starting noise, not rescaled) and the image is blur(p) rescaled to `norm` (then clamped),
+            computed in the forward pass so the energy's gradient flows through blur and norm (the EGG
+            paper's reconstructions, `scripts/reconstruct_gd.py`); the gradient is not blurred again.
     """
+    if parametrization not in PARAMETRIZATIONS:
+        raise EncodersError(f"parametrization must be one of {list(PARAMETRIZATIONS)}, got {parametrization!r}")
     if optimizer not in OPTIMIZERS:
         raise EncodersError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
     if steps < 0:
@@ -115,9 +123,54 @@ def optimize_images(
     # products run from callbacks that Lightning may call inside inference mode
     with torch.inference_mode(False), torch.enable_grad():
         images = initial_images(n_images, shape, seeds).to(device)
+        if parametrization == "blurred":
+            return _descend_blurred(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient)
         with torch.no_grad():
             _project(images, norm, pixel_range)
         return _descend(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient)
+
+
+def _optimizer(parameter: torch.Tensor, optimizer: str, lr: float) -> torch.optim.Optimizer:
+    if optimizer == "sgd":
+        return torch.optim.SGD([parameter], lr=lr)
+    return torch.optim.AdamW([parameter], lr=lr, weight_decay=0.0)
+
+
+def _normalised(gradient: torch.Tensor) -> torch.Tensor:
+    rms = gradient.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-20)
+    return gradient / rms.view(-1, *([1] * (gradient.ndim - 1)))
+
+
+def _descend_blurred(
+    energy: Energy, parameter: torch.Tensor, steps: int, optimizer: str, lr: float, blur_sigma: float,
+    norm: float | None, pixel_range: tuple[float, float] | None, normalize_gradient: bool,
+) -> GradientAscentResult:
+    """`optimize_images` with parametrization="blurred": image = clamp(rescale(blur(parameter)))."""
+    n_images = parameter.shape[0]
+
+    def image_of(p: torch.Tensor) -> torch.Tensor:
+        image = gaussian_blur(p, blur_sigma)
+        if norm is not None:
+            image = image * (norm / image.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *([1] * (image.ndim - 1)))
+        return image.clamp(*pixel_range) if pixel_range is not None else image
+
+    parameter.requires_grad_(True)
+    opt = _optimizer(parameter, optimizer, lr)
+    trace, norm_trace = torch.empty(steps, n_images), torch.empty(steps, n_images)
+    for step in range(steps):
+        image = image_of(parameter)
+        value = energy(image)
+        if value.shape != (n_images,):
+            raise ValueError(f"the energy must return ({n_images},) values, got {tuple(value.shape)}")
+        (gradient,) = torch.autograd.grad(value.sum(), parameter)
+        parameter.grad = _normalised(gradient) if normalize_gradient else gradient
+        opt.step()
+        trace[step] = value.detach().cpu()
+        norm_trace[step] = image.detach().flatten(1).norm(dim=1).cpu()
+    with torch.no_grad():
+        images = image_of(parameter)
+        final = energy(images).detach().cpu()
+    return GradientAscentResult(images=images.detach().cpu(), energy=final, trace=trace, norm_trace=norm_trace)
 
 
 def _descend(
@@ -126,10 +179,7 @@ def _descend(
 ) -> GradientAscentResult:
     n_images = images.shape[0]
     images.requires_grad_(True)
-    if optimizer == "sgd":
-        opt = torch.optim.SGD([images], lr=lr)
-    else:
-        opt = torch.optim.AdamW([images], lr=lr, weight_decay=0.0)
+    opt = _optimizer(images, optimizer, lr)
     trace = torch.empty(steps, n_images)
     norm_trace = torch.empty(steps, n_images)
     for step in range(steps):
@@ -139,10 +189,7 @@ def _descend(
         # autograd.grad, not backward: the model's parameters accumulate no gradients
         (gradient,) = torch.autograd.grad(value.sum(), images)
         gradient = gaussian_blur(gradient, blur_sigma)
-        if normalize_gradient:
-            rms = gradient.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-20)
-            gradient = gradient / rms.view(-1, *([1] * (gradient.ndim - 1)))
-        images.grad = gradient
+        images.grad = _normalised(gradient) if normalize_gradient else gradient
         opt.step()
         with torch.no_grad():
             _project(images, norm, pixel_range)
@@ -175,6 +222,9 @@ class GASettings(Method):
     """
 
     name = "ga"
+    # what the optimiser moves (`optimize_images`): the pixels, or a parameter blurred and rescaled in the forward
+    # pass (a preset's class property, named by its class in every file: `presets.GDReconstructionPaper`)
+    parametrization = "pixels"
 
     def __init__(
         self,
@@ -246,7 +296,7 @@ class GASettings(Method):
         shape = tuple(model.input_shape)
         result = optimize_images(energy, len(seeds), shape, seeds, self.steps, self.optimizer, self.step_size(shape), self.blur_sigma,
                                  self.image_norm(shape), self.pixel_range(model.image_transform), device_of(model),
-                                 self.normalize_gradient)
+                                 self.normalize_gradient, self.parametrization)
         return SynthesisResult(result.images, result.energy, result.trace)
 
 
@@ -265,6 +315,7 @@ def optimize_in_batches(
         parts.append(optimize_images(
             energy_for(index), len(index), shape, [seeds[i] for i in index], settings.steps, settings.optimizer,
             settings.step_size(shape), settings.blur_sigma, settings.image_norm(shape), pixel_range, device, settings.normalize_gradient,
+            settings.parametrization,
         ))
     return GradientAscentResult(
         images=torch.cat([p.images for p in parts]),

@@ -12,6 +12,8 @@ rebuttal experiments", 2023-11-27, which is HEAD's MEI code), so there is no sin
 | `EGGSubmission` | submission | `scripts/run_meis_egg.py` at 166e360: energy scale 5, energy at norm 25 |
 | `EGGRebuttal` | rebuttal = HEAD | `scripts/meis_egg.py` at bf32c1d..HEAD: energy scale 10, energy on the unnormalised x0 |
 | `MENIPaper` | both (unchanged) | `scripts/menis.py`: 50 steps, energy scale 1, 5 or 10, energy at norm 50 |
+| `GDReconstructionPaper` | both | `scripts/reconstruct_gd.py`: AdamW lr 0.05 on a parameter blurred and rescaled in the forward pass |
+| `EGGReconstructionPaper` | both | `scripts/reconstruct_egg.py`: 1,000 steps, energy scale 2 |
 
 Common to all: the unit's rate is maximised; images are 1x100x100 at L2 norm 25 (per-pixel RMS 0.25,
 which is `contrast` here at any size); mei's `GaussianBlur(sigma=1)` blurs the gradient; `ChangeNorm(25)`
@@ -108,6 +110,29 @@ class MENIPaper(EGGSettings):
         self.scale = float(scale)
         super().__init__(prior=prior, seeds=seeds, num_steps=50, energy_scale=paper_energy_scale(scale), contrast=None,
                          guide_contrast=2 * PAPER_CONTRAST, clip_denoised=False, keep="sample", batch_size=batch_size)
+
+
+class GDReconstructionPaper(GASettings):
+    """The paper's GD reconstructions (`scripts/reconstruct_gd.py`): a free 1x100x100 parameter, blurred (sigma 1) and
+    rescaled to norm 60 at 100x100 in the forward pass (contrast 0.6; here `contrast`), AdamW lr 0.05, no clamp,
+    up to 5,000 steps on the MSE to the target responses. The paper stops each image once its loss is below
+    EGG's for that image; here every image runs the `steps` (which only favours GD on the generating models)."""
+
+    parametrization = "blurred"
+
+    def __init__(self, seeds: tuple[int, ...] = (0,), contrast: float = 0.6, steps: int = 5000, batch_size: int = 128):
+        super().__init__(seeds=seeds, steps=steps, optimizer="adamw", lr=0.05, normalize_gradient=False, blur_sigma=1.0,
+                         contrast=contrast, norm=None, clamp=False, batch_size=batch_size)
+
+
+class EGGReconstructionPaper(EGGSettings):
+    """The paper's EGG reconstructions (`scripts/reconstruct_egg.py`): 1,000 steps, energy scale 2 (0.00451 per
+    pixel), x0 never clamped, the last x0 estimate kept. The paper evaluates the energy at each target image's own
+    norm; here at `contrast` (the comparison's reconstruction contrast, 1 = a z-scored image's typical RMS)."""
+
+    def __init__(self, prior: str, seeds: tuple[int, ...] = (0,), contrast: float = 1.0, batch_size: int = 128):
+        super().__init__(prior=prior, seeds=seeds, num_steps=1000, energy_scale=paper_energy_scale(2), contrast=contrast,
+                         guide_contrast="kept", clip_denoised=False, keep="x0", batch_size=batch_size)
 
 
 def _renamed(old: str, new: str):
