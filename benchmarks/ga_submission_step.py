@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from encoders.checkpoints import load_encoder  # noqa: E402
 from encoders.ensemble import Ensemble  # noqa: E402
 from encoders.errors import EncodersError  # noqa: E402
-from encoders.synthesis import GASettings, GASubmission, NeuronActivation  # noqa: E402
+from encoders.synthesis import GASubmission, NeuronActivation  # noqa: E402
 from encoders.synthesis.blur import gaussian_blur  # noqa: E402
 from encoders.synthesis.gradient_ascent import initial_images, optimize_images  # noqa: E402
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -16,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 from encoders.datasets.io import write_dataset
-from encoders.synthesis.gradient_ascent import GASettings
 from encoders.synthesis import EGGSettings
 from encoders.synthesis.prior_quality import frechet_distance, image_statistics, noise_like, quality, random_features
 from encoders.synthesis.prior_training import DatasetImages, PriorData, dataset_images, random_crops
