@@ -108,12 +108,12 @@ def test_reconstructions_declare_their_own_methods(tmp_path, data):
     from encoders.synthesis import EGGReconstructionPaper, GDReconstructionPaper
 
     values = spec(data, tmp_path / "out")
-    values["reconstructions"] = {"images": 1, "contrast": None, "metric": "mse", "methods": {
+    values["reconstructions"] = {"images": 1, "contrast": None, "metric": "mse", "seeds": [5], "methods": {
         "gd_paper": {"class_path": "encoders.synthesis.GDReconstructionPaper", "init_args": {"steps": 20}},
         "egg_paper": {"class_path": "encoders.synthesis.EGGReconstructionPaper", "init_args": {"prior": PRIOR}}}}
     config = load_config(write(tmp_path / "compare.yaml", values))
-    assert config.reconstruction_methods == {"gd_paper": GDReconstructionPaper(seeds=(0, 1), steps=20),
-                                             "egg_paper": EGGReconstructionPaper(prior=PRIOR, seeds=(0, 1))}
+    assert config.reconstruction_methods == {"gd_paper": GDReconstructionPaper(seeds=(5,), steps=20),
+                                             "egg_paper": EGGReconstructionPaper(prior=PRIOR, seeds=(5,))}
     assert config.reconstruction_methods["gd_paper"].contrast == 0.6  # norm 60 at 100x100, the paper's
     assert config.reconstruction_pairs == {"defaults": ("egg_paper", "gd_paper")}
     assert set(config.methods) == {"ga", "egg"}  # not MEI methods
@@ -185,6 +185,7 @@ def test_the_old_spelling_is_refused_with_the_new_one(tmp_path, data, capsys, ch
     (lambda s: s["reconstructions"].update(methods={"gd": {"class_path": "encoders.synthesis.GDReconstructionPaper",
                                                             "init_args": {"lr": 1.0}}}),
      r"reconstructions.methods.gd: .*lr"),
+    (lambda s: s["reconstructions"].update(seeds=[1, 1]), r"reconstructions.seeds: give distinct seeds"),
     (lambda s: s["methods"].update(meni=s["methods"]["ga"]), r"methods.meni: this name is taken"),
     (lambda s: s.update(similarity={"measures": ["cka"]}), r"similarity.measures: unknown \['cka'\]"),
 ])

@@ -109,10 +109,11 @@ class MeiSettings:
 class ReconstructionConfig:
     """Reconstructions of test images from the generating ensemble's predicted responses: `methods` names methods
     of the spec's `methods`, or declares its own (name -> {class_path, init_args}, e.g. the paper's reconstruction
-    presets, which are not MEI methods); `contrast` null keeps each method's own contrast."""
+    presets, which are not MEI methods); `contrast` null keeps each method's own contrast; `seeds` null = meis.seeds."""
 
     images: PositiveInt = 2
     sessions: list[str | int] | None = None
+    seeds: list[int] | None = None
     contrast: PositiveFloat | None = 1.0
     methods: list[str] | dict[str, Any] = field(default_factory=list)
     metric: Literal[METRICS] = "correlation"
@@ -421,12 +422,16 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
     recon_methods, recon_pairs = {}, {}
     if reconstructions is not None:
         given = reconstructions.methods
-        contrast_change = {} if reconstructions.contrast is None else {"contrast": float(reconstructions.contrast)}
+        recon_seeds = seeds if reconstructions.seeds is None else tuple(int(s) for s in reconstructions.seeds)
+        if not recon_seeds or len(set(recon_seeds)) != len(recon_seeds):
+            raise EncodersError(f"{path}: reconstructions.seeds: give distinct seeds, got {list(recon_seeds)}")
+        changes = {"seeds": recon_seeds}
+        if reconstructions.contrast is not None:
+            changes["contrast"] = float(reconstructions.contrast)
         if isinstance(given, dict) and given:
             for name, value in given.items():
                 _method_name(path, str(name))
-                recon_methods[str(name)] = _method(path, f"reconstructions.methods.{name}", value, seeds=seeds,
-                                                   **contrast_change)
+                recon_methods[str(name)] = _method(path, f"reconstructions.methods.{name}", value, **changes)
             recon_pairs = _pairs(path, None, recon_methods)
         else:
             unknown = [m for m in given if m not in methods]
@@ -435,7 +440,7 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
                                     f"or declare them (name: {{class_path: ..., init_args: ...}}); got {given}")
             for name in given:
                 try:
-                    recon_methods[name] = methods[name].replace(**contrast_change)
+                    recon_methods[name] = methods[name].replace(**changes)
                 except EncodersError as error:
                     raise EncodersError(f"{path}: reconstructions.methods: {name}: {one_line(error)}") from None
             recon_pairs = {label: pair for label, pair in pairs.items() if all(p in recon_methods for p in pair)}
