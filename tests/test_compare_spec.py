@@ -116,6 +116,14 @@ def test_reconstructions_declare_their_own_methods(tmp_path, data):
                                              "egg_paper": EGGReconstructionPaper(prior=PRIOR, seeds=(5,))}
     assert config.reconstruction_methods["gd_paper"].contrast == 0.6  # norm 60 at 100x100, the paper's
     assert config.reconstruction_pairs == {"defaults": ("egg_paper", "gd_paper")}
+    values["reconstructions"]["stop_at"] = {"gd_paper": "egg_paper"}
+    assert load_config(write(tmp_path / "stop.yaml", values)).reconstructions.stop_at == {"gd_paper": "egg_paper"}
+    for stop_at, message in (({"egg_paper": "gd_paper"}, "EGGReconstructionPaper runs a fixed schedule"),
+                             ({"gd_paper": "nope"}, "name two reconstruction methods"),
+                             ({"gd_paper": "egg_paper", "egg_paper": "gd_paper"}, "stops at another method itself")):
+        values["reconstructions"]["stop_at"] = stop_at
+        with pytest.raises(EncodersError, match=f"reconstructions.stop_at.*{message}"):
+            load_config(write(tmp_path / "bad.yaml", values))
     assert set(config.methods) == {"ga", "egg"}  # not MEI methods
 
 

@@ -137,6 +137,29 @@ def test_blurred_parametrization_blurs_the_image_itself():
         optimize_images(energy, 2, (1, 21, 21), 0, steps=1, parametrization="latent")
 
 
+def test_images_stop_once_below_their_threshold():
+    """stop_below: each image freezes at the first step that starts below its threshold (the EGG paper's GD
+    reconstructions stop at EGG's loss); the others go on; no threshold = every step for every image."""
+    target = torch.zeros(3, 1, 12, 12)
+    target[:, :, 3:9, 3:9] = 1.0
+
+    def energy(x):
+        return (x - target).pow(2).mean((1, 2, 3))
+
+    for parametrization in ("pixels", "blurred"):
+        free = optimize_images(energy, 3, (1, 12, 12), [0, 1, 2], steps=60, optimizer="adamw", lr=0.05, norm=4.0,
+                               normalize_gradient=False, parametrization=parametrization)
+        stop = torch.tensor([float("inf"), float(free.trace[20, 1]), -float("inf")])  # at once, midway, never
+        stopped = optimize_images(energy, 3, (1, 12, 12), [0, 1, 2], steps=60, optimizer="adamw", lr=0.05, norm=4.0,
+                                  normalize_gradient=False, parametrization=parametrization, stop_below=stop)
+        assert (stopped.trace[:, 0] == stopped.trace[0, 0]).all()  # image 0 never moved
+        assert stopped.energy[1] < stop[1] and stopped.energy[1] > free.energy[1]  # image 1 stopped on the way
+        assert (stopped.trace[-5:, 1] == stopped.energy[1]).all()  # ... and stayed there
+        torch.testing.assert_close(stopped.images[2], free.images[2])  # image 2 ran every step, unaffected
+    with pytest.raises(EncodersError, match="stop_below"):
+        optimize_images(energy, 3, (1, 12, 12), 0, steps=1, stop_below=torch.zeros(2))
+
+
 def test_normalized_gradient_steps_move_pixels_by_lr():
     """With normalize_gradient, one SGD step has RMS lr whatever the energy's scale."""
     for scale in (1e-3, 1.0, 1e3):

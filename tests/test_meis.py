@@ -254,6 +254,33 @@ def test_cli_mei_and_reconstruct(run, data, tmp_path):
         assert recon.attrs["ga_blur_sigma"] == 2.0 and recon.attrs["ga_contrast"] == 1.0
 
 
+def test_reconstructions_stop_at_given_energies(run, data):
+    """compute_reconstructions(stop_below=...): each reconstruction stops once below its own threshold (the EGG
+    paper's GD stops at EGG's loss); the file keeps each one's final energy."""
+    from encoders.datasets.recording import Recording
+    from encoders.products.reconstructions import compute_reconstructions
+
+    _, trainer, _ = run
+    model = load_models([trainer.checkpoint_callback.last_model_path])
+    recording = Recording.for_model(str(data), model)
+    chosen = {"s0": [0, 1]}
+    method = GASettings(seeds=(0, 1), steps=12, contrast=1.0)
+    free = compute_reconstructions(model, recording, chosen, method, "predicted", "mse")
+    assert free.energy.shape == (1, 2, 2) and np.isfinite(free.energy).all()
+    threshold = free.trace.isel(method=0, step=3).values + 1e-9  # reached after 3 of 12 steps
+    stopped = compute_reconstructions(model, recording, chosen, method, "predicted", "mse",
+                                      stop_below=torch.as_tensor(threshold, dtype=torch.float32))
+    assert (stopped.energy.isel(method=0).values < threshold).all()
+    before, after = free.trace.isel(method=0).values, stopped.trace.isel(method=0).values  # (step, image, seed)
+    first = (before < threshold).argmax(0)  # the step each one first got below: <= 3
+    for i, j in np.ndindex(first.shape):
+        t = first[i, j]
+        np.testing.assert_allclose(after[: t + 1, i, j], before[: t + 1, i, j])  # the same run until there ...
+        np.testing.assert_allclose(after[t:, i, j], before[t, i, j], rtol=1e-6)  # ... then it stays
+    with pytest.raises(EncodersError, match="stop_below must be"):
+        compute_reconstructions(model, recording, chosen, method, "predicted", "mse", stop_below=torch.zeros(3))
+
+
 def egg_method(**options) -> str:
     init = ", ".join(f"{k}: {v}" for k, v in {"prior": PRIOR, "num_steps": 3, "seeds": "[0, 1]", **options}.items())
     return f"{{class_path: encoders.synthesis.EGGSettings, init_args: {{{init}}}}}"

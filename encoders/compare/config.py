@@ -109,7 +109,9 @@ class MeiSettings:
 class ReconstructionConfig:
     """Reconstructions of test images from the generating ensemble's predicted responses: `methods` names methods
     of the spec's `methods`, or declares its own (name -> {class_path, init_args}, e.g. the paper's reconstruction
-    presets, which are not MEI methods); `contrast` null keeps each method's own contrast; `seeds` null = meis.seeds."""
+    presets, which are not MEI methods); `contrast` null keeps each method's own contrast; `seeds` null = meis.seeds;
+    `stop_at` {a: b}: method a stops each image once its energy is below b's for that image (the EGG paper's GD
+    reconstructions stop at EGG's loss, so both are compared at the same fit to the generating models)."""
 
     images: PositiveInt = 2
     sessions: list[str | int] | None = None
@@ -117,6 +119,7 @@ class ReconstructionConfig:
     contrast: PositiveFloat | None = 1.0
     methods: list[str] | dict[str, Any] = field(default_factory=list)
     metric: Literal[METRICS] = "correlation"
+    stop_at: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -444,6 +447,15 @@ def load_config(path: str | Path, out: str | Path | None = None) -> CompareConfi
                 except EncodersError as error:
                     raise EncodersError(f"{path}: reconstructions.methods: {name}: {one_line(error)}") from None
             recon_pairs = {label: pair for label, pair in pairs.items() if all(p in recon_methods for p in pair)}
+        for first, second in (reconstructions.stop_at or {}).items():
+            where = f"{path}: reconstructions.stop_at.{first}"
+            if first not in recon_methods or second not in recon_methods or first == second:
+                raise EncodersError(f"{where}: name two reconstruction methods of {sorted(recon_methods)}, got {first}: {second}")
+            if second in reconstructions.stop_at:
+                raise EncodersError(f"{where}: {second} stops at another method itself; it must run to its end")
+            if not recon_methods[first].stops_early:
+                raise EncodersError(f"{where}: {type(recon_methods[first]).__name__} runs a fixed schedule and cannot stop at "
+                                    "an energy (gradient ascent can)")
     out_dir = Path(out if out is not None else spec.out)
     return CompareConfig(
         source=path, out=out_dir, models=Path(spec.models) if spec.models else out_dir / "models", device=spec.device,

@@ -35,12 +35,18 @@ TARGET = "predicted"  # the generating ensemble's own responses: a model-side te
 
 
 def reconstruction_set(name: str, method, paths: Sequence, ensemble, recording: Recording, chosen: dict,
-                       metric: str, path) -> xr.Dataset:
-    """The reconstruction set at `path` if it exists for these inputs, else make it (timed) and write it."""
+                       metric: str, path, stop_below: xr.DataArray | None = None) -> xr.Dataset:
+    """The reconstruction set at `path` if it exists for these inputs, else make it (timed) and write it;
+    stop_below (image, seed): each image stops once its energy is below it (another method's `energy`)."""
     request = {"name": name, "images": chosen, "settings": method.key(ensemble.input_shape), "target": TARGET,
                "metric": metric}
+    stop = None
+    if stop_below is not None:
+        request["stop_below"] = {"method": str(stop_below.method.values), "values": stop_below.values.tolist()}
+        stop = torch.as_tensor(stop_below.values, dtype=torch.float32)
     data, made = timed_set(name, method, paths, request, path,
-                           lambda: compute_reconstructions(ensemble, recording, chosen, method, TARGET, metric))
+                           lambda: compute_reconstructions(ensemble, recording, chosen, method, TARGET, metric,
+                                                           stop_below=stop))
     if made:
         print(f"compare: {name} reconstructions, {data.sizes['image'] * data.sizes['seed']} images in "
               f"{float(data.wall_seconds.values[0]):.1f} s -> {path}", flush=True)
@@ -77,6 +83,8 @@ def run_reconstructions(
     device = torch.device(config.device)
     labels, scorer_archs, scorer_seeds = scorer_table(trained, TRUTH in scorers)
     names = list(config.reconstruction_methods)
+    stop_at = dict(settings.stop_at or {})
+    order = [n for n in names if n not in stop_at] + [n for n in names if n in stop_at]  # references first
     score = own = pixel = seconds = None
     reference = None
     for a, architecture in enumerate(architectures):
@@ -85,10 +93,14 @@ def run_reconstructions(
         paths = [m.checkpoint for m in members]
         sessions = [str(s) for s in settings.sessions] if settings.sessions else None
         chosen = choose_test_images(ensemble, recording, settings.images, sessions)
-        for k, name in enumerate(names):
+        made: dict[str, xr.Dataset] = {}
+        for name in order:
+            k = names.index(name)
             method = config.reconstruction_methods[name]
-            data = reconstruction_set(name, method, paths, ensemble, recording, chosen, settings.metric,
-                                      config.out / "reconstructions" / architecture / f"reconstruction_{name}.nc")
+            threshold = made[stop_at[name]].energy.isel(method=0) if name in stop_at else None
+            data = made[name] = reconstruction_set(
+                name, method, paths, ensemble, recording, chosen, settings.metric,
+                config.out / "reconstructions" / architecture / f"reconstruction_{name}.nc", threshold)
             values = _score(data, {label: scorers[label] for label in labels})
             if score is None:
                 n_images, n_seeds = data.sizes["image"], data.sizes["seed"]

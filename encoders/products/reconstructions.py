@@ -62,13 +62,16 @@ def choose_test_images(
 def compute_reconstructions(
     model: ResponseModel, recording: Recording, chosen: Mapping[str, Sequence[int]], method: Method,
     target: str = "recorded", metric: str = "mse", progress: Progress | None = None,
+    stop_below: torch.Tensor | None = None,
 ) -> xr.Dataset:
     """Reconstruct the chosen test images of each session from their responses (one per seed).
 
     target: "recorded" (the data's repeat-averaged responses) or "predicted" (the model's own
     predictions for the image). Dims: method, image (coords session, image_id, test_index), seed,
     channel, y, x, neuron (coords neuron_session, neuron_id: all chosen sessions' neurons), step.
-    Responses of neurons outside an image's session are NaN.
+    Responses of neurons outside an image's session are NaN. stop_below (images, seeds), in the order of
+    the result: each reconstruction stops once its energy is below that value (methods that can stop early;
+    e.g. another method's `energy`, as the EGG paper's GD stops at EGG's loss).
     """
     if target not in TARGETS:
         raise EncodersError(f"target must be one of {list(TARGETS)}, got {target!r}")
@@ -83,8 +86,11 @@ def compute_reconstructions(
     neurons = [(session, n) for session in chosen for n in model.neuron_ids(session)]
     neuron_session = np.asarray([session for session, _ in neurons])
     rows: dict[str, list] = {k: [] for k in ("session", "image_id", "test_index", "image", "target", "recon",
-                                              "predicted", "corr", "trace")}
+                                              "predicted", "corr", "trace", "energy")}
+    done = 0  # images reconstructed so far: where each session's rows of stop_below start
     total = sum(len(index) for index in chosen.values()) * s
+    if stop_below is not None and tuple(stop_below.shape) != (total // s, s):
+        raise EncodersError(f"stop_below must be (images, seeds) = {(total // s, s)}, got {tuple(stop_below.shape)}")
     name = method.name
     with (progress or Progress.quiet()).task(f"reconstructions ({name}) of {total // s} test images x {s} seeds", total) as advance:
         for session, index in chosen.items():
@@ -94,9 +100,11 @@ def compute_reconstructions(
             with torch.no_grad():
                 responses = model(images.to(device), session).cpu() if target == "predicted" else data["responses"][position]
             wanted = responses.repeat_interleave(s, dim=0)  # image i = test image i // s, seed i % s
+            stop = None if stop_below is None else stop_below[done: done + len(index)].flatten()
+            done += len(index)
             result = method.synthesize(
                 lambda rows_: ResponseDistance(model, session, wanted[rows_], metric),
-                [seeds[i % s] for i in range(len(wanted))], model, advance,
+                [seeds[i % s] for i in range(len(wanted))], model, advance, stop,
             )
             with torch.no_grad():
                 predicted = torch.cat([model(x.to(device), session).cpu() for x in result.images.split(PREDICT_BATCH)])
@@ -111,6 +119,7 @@ def compute_reconstructions(
             rows["predicted"].append(_spread(predicted, columns).view(k, s, -1))
             rows["corr"].append(correlation(predicted, wanted, dim=1).view(k, s))
             rows["trace"].append(result.trace.view(-1, k, s))
+            rows["energy"].append(result.energy.view(k, s))
 
     target_images = torch.cat(rows["image"])
     recon = torch.cat(rows["recon"])
@@ -127,6 +136,7 @@ def compute_reconstructions(
             "correlation": (("method", "image", "seed"), torch.cat(rows["corr"])[None].numpy()),
             "image_correlation": (("method", "image", "seed"), pixel_corr[None].numpy()),
             "trace": (("method", "step", "image", "seed"), torch.cat(rows["trace"], dim=1)[None].numpy()),
+            "energy": (("method", "image", "seed"), torch.cat(rows["energy"])[None].numpy()),
         },
         coords={
             "method": [name],
@@ -149,6 +159,7 @@ def compute_reconstructions(
         ("correlation", "Pearson r over the session's neurons: predicted (reconstruction) vs target responses", "1"),
         ("image_correlation", "Pearson r over pixels: reconstruction vs target image", "1"),
         ("trace", f"energy ({metric} between predicted and target responses) at the start of each step", "1"),
+        ("energy", f"energy ({metric} between predicted and target responses) of the reconstruction", "1"),
     ):
         results[var].attrs.update({"long_name": long_name, "units": units})
     results.attrs.update(method.attrs(shape))

@@ -111,7 +111,9 @@ class EGGSettings(Method):
     def derived(self, shape: Sequence[int]) -> dict:
         return {"norm": self.norm(shape), "guide_norm": self.guide_norm(shape), "energy_scale_per_pixel": self.energy_scale}
 
-    def run_chunk(self, energy: Energy, seeds: Sequence[int], model) -> SynthesisResult:
+    def run_chunk(self, energy: Energy, seeds: Sequence[int], model, stop_below=None) -> SynthesisResult:
+        if stop_below is not None:
+            raise EncodersError("method: EGG runs its whole diffusion schedule; it cannot stop at an energy (stop_below)")
         prior = load_prior(self.prior).to(device_of(model))
         shape = tuple(model.input_shape)
         result = egg_sample(prior, energy, len(seeds), num_steps=self.num_steps, energy_scale=self.step_length(prior.image_shape),

@@ -84,6 +84,7 @@ def optimize_images(
     device: str | torch.device = "cpu",
     normalize_gradient: bool = True,
     parametrization: str = "pixels",
+    stop_below: torch.Tensor | None = None,
 ) -> GradientAscentResult:
     """Minimise `energy` over a batch of images by preconditioned gradient descent on pixels.
 
@@ -106,6 +107,9 @@ def optimize_images(
             (the starting noise, not rescaled) and the image is blur(p) rescaled to `norm` (then clamped),
             computed in the forward pass so the energy's gradient flows through blur and norm (the EGG
             paper's reconstructions, `scripts/reconstruct_gd.py`); the gradient is not blurred again.
+        stop_below: (n_images,) energies; image b stops changing at the first step that starts below
+            stop_below[b] (its trace then stays flat): the paper's GD reconstructions stop once their
+            loss is below EGG's. None: every image runs all steps.
     """
     if parametrization not in PARAMETRIZATIONS:
         raise EncodersError(f"parametrization must be one of {list(PARAMETRIZATIONS)}, got {parametrization!r}")
@@ -121,13 +125,16 @@ def optimize_images(
         raise EncodersError(f"pixel_range must be (low, high) with low < high, got {pixel_range}")
 
     # products run from callbacks that Lightning may call inside inference mode
+    if stop_below is not None and tuple(stop_below.shape) != (n_images,):
+        raise EncodersError(f"stop_below must be ({n_images},) energies, got shape {tuple(stop_below.shape)}")
     with torch.inference_mode(False), torch.enable_grad():
         images = initial_images(n_images, shape, seeds).to(device)
+        stop = None if stop_below is None else stop_below.to(device=device, dtype=images.dtype)
         if parametrization == "blurred":
-            return _descend_blurred(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient)
+            return _descend_blurred(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient, stop)
         with torch.no_grad():
             _project(images, norm, pixel_range)
-        return _descend(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient)
+        return _descend(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient, stop)
 
 
 def _optimizer(parameter: torch.Tensor, optimizer: str, lr: float) -> torch.optim.Optimizer:
@@ -143,7 +150,7 @@ def _normalised(gradient: torch.Tensor) -> torch.Tensor:
 
 def _descend_blurred(
     energy: Energy, parameter: torch.Tensor, steps: int, optimizer: str, lr: float, blur_sigma: float,
-    norm: float | None, pixel_range: tuple[float, float] | None, normalize_gradient: bool,
+    norm: float | None, pixel_range: tuple[float, float] | None, normalize_gradient: bool, stop: torch.Tensor | None,
 ) -> GradientAscentResult:
     """`optimize_images` with parametrization="blurred": image = clamp(rescale(blur(parameter)))."""
     n_images = parameter.shape[0]
@@ -164,7 +171,9 @@ def _descend_blurred(
             raise ValueError(f"the energy must return ({n_images},) values, got {tuple(value.shape)}")
         (gradient,) = torch.autograd.grad(value.sum(), parameter)
         parameter.grad = _normalised(gradient) if normalize_gradient else gradient
+        restore = _freeze(parameter, value, stop)
         opt.step()
+        restore()
         trace[step] = value.detach().cpu()
         norm_trace[step] = image.detach().flatten(1).norm(dim=1).cpu()
     with torch.no_grad():
@@ -173,9 +182,24 @@ def _descend_blurred(
     return GradientAscentResult(images=images.detach().cpu(), energy=final, trace=trace, norm_trace=norm_trace)
 
 
+def _freeze(tensor: torch.Tensor, value: torch.Tensor, stop: torch.Tensor | None) -> Callable[[], None]:
+    """Before a step: what puts back the rows whose energy is already below `stop` (they have stopped for good;
+    a frozen row's energy no longer changes, so it stays below). Call it after the step and any projection."""
+    if stop is None:
+        return lambda: None
+    stopped = value.detach() < stop
+    kept = tensor.detach()[stopped].clone()
+
+    def restore() -> None:
+        with torch.no_grad():
+            tensor[stopped] = kept
+
+    return restore
+
+
 def _descend(
     energy: Energy, images: torch.Tensor, steps: int, optimizer: str, lr: float, blur_sigma: float,
-    norm: float | None, pixel_range: tuple[float, float] | None, normalize_gradient: bool,
+    norm: float | None, pixel_range: tuple[float, float] | None, normalize_gradient: bool, stop: torch.Tensor | None = None,
 ) -> GradientAscentResult:
     n_images = images.shape[0]
     images.requires_grad_(True)
@@ -190,10 +214,12 @@ def _descend(
         (gradient,) = torch.autograd.grad(value.sum(), images)
         gradient = gaussian_blur(gradient, blur_sigma)
         images.grad = _normalised(gradient) if normalize_gradient else gradient
+        restore = _freeze(images, value, stop)
         opt.step()
         with torch.no_grad():
             _project(images, norm, pixel_range)
-            norm_trace[step] = images.flatten(1).norm(dim=1).cpu()
+        restore()  # after the projection too: rescaling a clamped image again moves it
+        norm_trace[step] = images.detach().flatten(1).norm(dim=1).cpu()
         trace[step] = value.detach().cpu()
     images.requires_grad_(False)
     with torch.no_grad():
@@ -225,6 +251,7 @@ class GASettings(Method):
     # what the optimiser moves (`optimize_images`): the pixels, or a parameter blurred and rescaled in the forward
     # pass (a preset's class property, named by its class in every file: `presets.GDReconstructionPaper`)
     parametrization = "pixels"
+    stops_early = True
 
     def __init__(
         self,
@@ -292,11 +319,11 @@ class GASettings(Method):
         return {"norm": self.image_norm(shape), "norm_rule": "given" if self.norm is not None else "contrast * sqrt(C*H*W)",
                 "step_size": self.step_size(shape)}
 
-    def run_chunk(self, energy: Energy, seeds: Sequence[int], model) -> SynthesisResult:
+    def run_chunk(self, energy: Energy, seeds: Sequence[int], model, stop_below: torch.Tensor | None = None) -> SynthesisResult:
         shape = tuple(model.input_shape)
         result = optimize_images(energy, len(seeds), shape, seeds, self.steps, self.optimizer, self.step_size(shape), self.blur_sigma,
                                  self.image_norm(shape), self.pixel_range(model.image_transform), device_of(model),
-                                 self.normalize_gradient, self.parametrization)
+                                 self.normalize_gradient, self.parametrization, stop_below)
         return SynthesisResult(result.images, result.energy, result.trace)
 
 

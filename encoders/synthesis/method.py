@@ -151,6 +151,8 @@ class Method:
         """Steps of one image (the length of its trace)."""
         raise NotImplementedError
 
+    stops_early = False  # whether run_chunk honours stop_below (gradient ascent does; a diffusion schedule does not)
+
     @property
     def prior_contrast(self) -> bool:
         """Whether the images keep a diffusion prior's own contrast (MENIs, reconstructions) rather than a fixed one."""
@@ -165,24 +167,29 @@ class Method:
 
     def synthesize(
         self, energy_for: Callable[[list[int]], Energy], seeds: Sequence[int], model,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int], None] | None = None, stop_below: torch.Tensor | None = None,
     ) -> SynthesisResult:
         """Minimise one energy per image, image i from seeds[i], `batch_size` images at a time.
 
         energy_for(indices) builds the energy of those images; model is the response model (its
-        device, input shape and image transform); progress(n) is called after each chunk of n images.
+        device, input shape and image transform); progress(n) is called after each chunk of n images;
+        stop_below (len(seeds),): image i stops as soon as its energy is below stop_below[i] (the EGG
+        paper's GD reconstructions stop at EGG's loss), for methods that can stop early.
         Chunks only bound memory: each image's result is the same.
         """
+        if stop_below is not None and tuple(stop_below.shape) != (len(seeds),):
+            raise EncodersError(f"stop_below: one value per image ({len(seeds)}), got shape {tuple(stop_below.shape)}")
         parts = []
         for start in range(0, len(seeds), self.batch_size):
             index = list(range(start, min(start + self.batch_size, len(seeds))))
-            parts.append(self.run_chunk(energy_for(index), [seeds[i] for i in index], model))
+            stop = None if stop_below is None else stop_below[index]
+            parts.append(self.run_chunk(energy_for(index), [seeds[i] for i in index], model, stop))
             if progress is not None:
                 progress(len(index))
         return SynthesisResult(
             torch.cat([p.images for p in parts]), torch.cat([p.energy for p in parts]), torch.cat([p.trace for p in parts], 1),
         )
 
-    def run_chunk(self, energy: Energy, seeds: Sequence[int], model) -> SynthesisResult:
-        """One chunk of images under one energy (len(seeds) terms)."""
+    def run_chunk(self, energy: Energy, seeds: Sequence[int], model, stop_below: torch.Tensor | None = None) -> SynthesisResult:
+        """One chunk of images under one energy (len(seeds) terms), each stopping below stop_below if given."""
         raise NotImplementedError

@@ -115,8 +115,8 @@ class MENIPaper(EGGSettings):
 class GDReconstructionPaper(GASettings):
     """The paper's GD reconstructions (`scripts/reconstruct_gd.py`): a free 1x100x100 parameter, blurred (sigma 1) and
     rescaled to norm 60 at 100x100 in the forward pass (contrast 0.6; here `contrast`), AdamW lr 0.05, no clamp,
-    up to 5,000 steps on the MSE to the target responses. The paper stops each image once its loss is below
-    EGG's for that image; here every image runs the `steps` (which only favours GD on the generating models)."""
+    up to 5,000 steps on the MSE to the target responses, each image stopping once its loss is below EGG's for
+    that image (`stop_below`; a comparison's `reconstructions.stop_at: {gd: egg}`)."""
 
     parametrization = "blurred"
 
