@@ -156,6 +156,9 @@ def test_images_stop_once_below_their_threshold():
         assert stopped.energy[1] < stop[1] and stopped.energy[1] > free.energy[1]  # image 1 stopped on the way
         assert (stopped.trace[-5:, 1] == stopped.energy[1]).all()  # ... and stayed there
         torch.testing.assert_close(stopped.images[2], free.images[2])  # image 2 ran every step, unaffected
+        done = optimize_images(energy, 3, (1, 12, 12), [0, 1, 2], steps=60, norm=4.0, parametrization=parametrization,
+                               stop_below=torch.full((3,), float("inf")))  # all stop at once: the loop ends there
+        assert (done.trace == done.trace[0]).all() and torch.allclose(done.energy, done.trace[0])
     with pytest.raises(EncodersError, match="stop_below"):
         optimize_images(energy, 3, (1, 12, 12), 0, steps=1, stop_below=torch.zeros(2))
 

@@ -170,16 +170,28 @@ def _descend_blurred(
         if value.shape != (n_images,):
             raise ValueError(f"the energy must return ({n_images},) values, got {tuple(value.shape)}")
         (gradient,) = torch.autograd.grad(value.sum(), parameter)
+        trace[step] = value.detach().cpu()
+        norm_trace[step] = image.detach().flatten(1).norm(dim=1).cpu()
+        if _all_stopped(value, stop, trace, norm_trace, step):
+            break
         parameter.grad = _normalised(gradient) if normalize_gradient else gradient
         restore = _freeze(parameter, value, stop)
         opt.step()
         restore()
-        trace[step] = value.detach().cpu()
-        norm_trace[step] = image.detach().flatten(1).norm(dim=1).cpu()
     with torch.no_grad():
         images = image_of(parameter)
         final = energy(images).detach().cpu()
     return GradientAscentResult(images=images.detach().cpu(), energy=final, trace=trace, norm_trace=norm_trace)
+
+
+def _all_stopped(value: torch.Tensor, stop: torch.Tensor | None, trace: torch.Tensor, norm_trace: torch.Tensor,
+                 step: int, norms: torch.Tensor | None = None) -> bool:
+    """Whether every image is below its `stop` at this step; then the traces keep these values to the end."""
+    if stop is None or not bool((value.detach() < stop).all()):
+        return False
+    trace[step:] = value.detach().cpu()
+    norm_trace[step:] = norm_trace[step] if norms is None else norms
+    return True
 
 
 def _freeze(tensor: torch.Tensor, value: torch.Tensor, stop: torch.Tensor | None) -> Callable[[], None]:
@@ -212,6 +224,9 @@ def _descend(
             raise ValueError(f"the energy must return ({n_images},) values, got {tuple(value.shape)}")
         # autograd.grad, not backward: the model's parameters accumulate no gradients
         (gradient,) = torch.autograd.grad(value.sum(), images)
+        trace[step] = value.detach().cpu()
+        if _all_stopped(value, stop, trace, norm_trace, step, images.detach().flatten(1).norm(dim=1).cpu()):
+            break
         gradient = gaussian_blur(gradient, blur_sigma)
         images.grad = _normalised(gradient) if normalize_gradient else gradient
         restore = _freeze(images, value, stop)
@@ -220,7 +235,6 @@ def _descend(
             _project(images, norm, pixel_range)
         restore()  # after the projection too: rescaling a clamped image again moves it
         norm_trace[step] = images.detach().flatten(1).norm(dim=1).cpu()
-        trace[step] = value.detach().cpu()
     images.requires_grad_(False)
     with torch.no_grad():
         final = energy(images).detach().cpu()
