@@ -109,10 +109,10 @@ def test_reconstructions_declare_their_own_methods(tmp_path, data):
 
     values = spec(data, tmp_path / "out")
     values["reconstructions"] = {"images": 1, "contrast": None, "metric": "mse", "seeds": [5], "methods": {
-        "gd_paper": {"class_path": "encoders.synthesis.GDReconstructionPaper", "init_args": {"steps": 20}},
+        "gd_paper": {"class_path": "encoders.synthesis.GDReconstructionPaper"},
         "egg_paper": {"class_path": "encoders.synthesis.EGGReconstructionPaper", "init_args": {"prior": PRIOR}}}}
     config = load_config(write(tmp_path / "compare.yaml", values))
-    assert config.reconstruction_methods == {"gd_paper": GDReconstructionPaper(seeds=(5,), steps=20),
+    assert config.reconstruction_methods == {"gd_paper": GDReconstructionPaper(seeds=(5,)),
                                              "egg_paper": EGGReconstructionPaper(prior=PRIOR, seeds=(5,))}
     assert config.reconstruction_methods["gd_paper"].contrast == 0.6  # norm 60 at 100x100, the paper's
     assert config.reconstruction_pairs == {"defaults": ("egg_paper", "gd_paper")}

@@ -151,6 +151,17 @@ def test_paper_presets_are_each_versions_values():
     assert EGGSettings(prior="p").guide_norm(shape) == EGGSettings(prior="p").norm(shape)  # the default guides at the kept norm
 
 
+def test_reconstruction_presets_keep_their_settings_on_the_command_line():
+    """jsonargparse fills a new class's options from the command's default method (reconstruct: GA, 300 steps,
+    contrast 1): the paper's GD reconstructions fix steps and contrast, so `--method GDReconstructionPaper` is the paper's."""
+    from encoders.cli import build_parser
+
+    parser = build_parser("reconstruct")
+    options = parser.parse_args(["reconstruct", "x.ckpt", "--out", "o", "--data", "d.h5", "--method", "GDReconstructionPaper"])
+    method = parser.instantiate(options).reconstruct.method
+    assert (method.steps, method.contrast, method.optimizer, method.lr, method.parametrization) == (5000, 0.6, "adamw", 0.05, "blurred")
+
+
 def test_old_preset_names_fail_naming_the_new_ones():
     from encoders.errors import EncodersError
     from encoders.synthesis import EGGPaper, GAPaper

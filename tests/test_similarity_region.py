@@ -113,34 +113,3 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, extra, message) -> None:
     err = capsys.readouterr().err
     assert err.startswith("encoders: error: ") and err.count("\n") == 1 and message in err, err
     assert not out.exists()
-
-
-def test_too_few_stimuli_names_the_measure(tmp_path, capsys) -> None:
-    out = tmp_path / "never"
-    argv = ["similarity", "region", "--synthetic-target", "--stimuli", "3", "--units", "2", "--steps", "3",
-            "--targets", "2", "--measure-a", "cka_linear_unbiased", "--out", str(out)]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "'cka_linear_unbiased' cannot score 3 stimuli" in err and "at least 4" in err and err.count("\n") == 1
-    assert not out.exists()
-
-
-def test_bad_dataset_inputs(data_file, tmp_path, capsys) -> None:
-    out = tmp_path / "never"
-    base = ["similarity", "region", "--steps", "3", "--targets", "2", "--out", str(out)]
-    assert main(base + ["--data", str(data_file), "--session", "nope"]) == 2
-    err = capsys.readouterr().err
-    assert "no session 'nope'" in err and "twin0" in err and err.count("\n") == 1
-    import h5py
-
-    nan_file = tmp_path / "nan.h5"
-    nan_file.write_bytes(data_file.read_bytes())
-    with h5py.File(nan_file, "r+") as f:
-        responses = f["sessions/twin0/responses"]
-        values = responses[()]
-        values[0, 0] = np.nan
-        responses[...] = values
-    assert main(base + ["--data", str(nan_file), "--session", "twin0", "--tier", "train"]) == 2
-    err = capsys.readouterr().err
-    assert "NaN" in err and err.count("\n") == 1
-    assert not out.exists()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from encoders.errors import EncodersError
 from encoders.contract import ResponseModel, device_of
 from encoders.datasets.transforms import ImageTransform
 from encoders.metrics import correlation
@@ -70,7 +71,7 @@ def test_cells_satisfy_the_response_model_contract(cells):
     assert several.neuron_ids(S) == ["simple-0", "complex", "simple-1"] and several.input_shape == (1, 20, 20)
     assert isinstance(several, ResponseModel)
     assert several(torch.randn(3, 1, 20, 20), S).shape == (3, 3)
-    with pytest.raises(ValueError, match="unknown neuron kinds"):
+    with pytest.raises(EncodersError, match="unknown neuron kinds"):
         SimulatedCells(["hypercomplex"])
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.datasets.transforms import ImageTransform
+from encoders.errors import EncodersError
 
 SESSION = "simulated"
 KINDS = ("simple", "complex", "orientation_invariant", "polarity_invariant")
@@ -124,12 +125,12 @@ def fit_phase_orientation(
     x = torch.as_tensor(images).detach().to("cpu", torch.float64)
     if x.ndim == 4:
         if x.shape[1] != 1:
-            raise ValueError(f"images must have one channel, got {tuple(x.shape)}")
+            raise EncodersError(f"images must have one channel, got {tuple(x.shape)}")
         x = x[:, 0]
     if x.ndim != 3 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"images must be (N, H, W) or (N, 1, H, W) with H == W, got {tuple(x.shape)}")
+        raise EncodersError(f"images must be (N, H, W) or (N, 1, H, W) with H == W, got {tuple(x.shape)}")
     if not 0 < step <= 45 or not frequency > 0 or not sigma > 0:
-        raise ValueError(f"need 0 < step <= 45 degrees, frequency > 0 and sigma > 0; got {step}, {frequency}, {sigma}")
+        raise EncodersError(f"need 0 < step <= 45 degrees, frequency > 0 and sigma > 0; got {step}, {frequency}, {sigma}")
     size = x.shape[-1]
     flat = x.flatten(1)
     quadrature = torch.tensor([0.0, 90.0], dtype=torch.float64)
@@ -164,7 +165,7 @@ def _per_neuron(value, n: int, name: str) -> np.ndarray:
     if array.ndim == 0:
         return np.full(n, float(array))
     if array.shape != (n,):
-        raise ValueError(f"{name} must be one number or one per neuron ({n}), got shape {array.shape}")
+        raise EncodersError(f"{name} must be one number or one per neuron ({n}), got shape {array.shape}")
     return array.copy()
 
 
@@ -228,14 +229,14 @@ class SimulatedCells(nn.Module):
         super().__init__()
         kinds = [str(k) for k in ([kinds] if isinstance(kinds, str) else kinds)]
         if not kinds:
-            raise ValueError("give at least one neuron kind")
+            raise EncodersError("give at least one neuron kind")
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
-            raise ValueError(f"unknown neuron kinds {unknown}; the kinds are {list(KINDS)}")
+            raise EncodersError(f"unknown neuron kinds {unknown}; the kinds are {list(KINDS)}")
         if int(size) < 4:
-            raise ValueError(f"size must be at least 4 pixels, got {size}")
+            raise EncodersError(f"size must be at least 4 pixels, got {size}")
         if int(n_orientations) < 1 or not float(pooling_exponent) >= 1:
-            raise ValueError(
+            raise EncodersError(
                 f"need n_orientations >= 1 and pooling_exponent >= 1, got {n_orientations}, {pooling_exponent}")
         n = len(kinds)
         self.kinds = kinds
@@ -246,7 +247,7 @@ class SimulatedCells(nn.Module):
         self.sigmas = _per_neuron(sigma, n, "sigma")
         self.phases = _per_neuron(phase, n, "phase") % 360.0
         if not (self.frequencies > 0).all() or not (self.sigmas > 0).all():
-            raise ValueError(f"frequencies and sigmas must be positive, got {self.frequencies}, {self.sigmas}")
+            raise EncodersError(f"frequencies and sigmas must be positive, got {self.frequencies}, {self.sigmas}")
         self.n_orientations = int(n_orientations)
         self.pooling_exponent = float(pooling_exponent)
         counts = {k: kinds.count(k) for k in set(kinds)}

@@ -114,15 +114,16 @@ class MENIPaper(EGGSettings):
 
 class GDReconstructionPaper(GASettings):
     """The paper's GD reconstructions (`scripts/reconstruct_gd.py`): a free 1x100x100 parameter, blurred (sigma 1) and
-    rescaled to norm 60 at 100x100 in the forward pass (contrast 0.6; here `contrast`), AdamW lr 0.05, no clamp,
-    up to 5,000 steps on the MSE to the target responses, each image stopping once its loss is below EGG's for
-    that image (`stop_below`; a comparison's `reconstructions.stop_at: {gd: egg}`)."""
+    rescaled to norm 60 at 100x100 in the forward pass (contrast 0.6), AdamW lr 0.05, no clamp, up to 5,000 steps
+    on the MSE to the target responses, each image stopping once its loss is below EGG's for that image
+    (`stop_below`; a comparison's `reconstructions.stop_at: {gd: egg}`). Steps and contrast are fixed, not options:
+    on the command line jsonargparse would fill them from the command's default method (300 steps, contrast 1)."""
 
     parametrization = "blurred"
 
-    def __init__(self, seeds: tuple[int, ...] = (0,), contrast: float = 0.6, steps: int = 5000, batch_size: int = 128):
-        super().__init__(seeds=seeds, steps=steps, optimizer="adamw", lr=0.05, normalize_gradient=False, blur_sigma=1.0,
-                         contrast=contrast, norm=None, clamp=False, batch_size=batch_size)
+    def __init__(self, seeds: tuple[int, ...] = (0,), batch_size: int = 128):
+        super().__init__(seeds=seeds, steps=5000, optimizer="adamw", lr=0.05, normalize_gradient=False, blur_sigma=1.0,
+                         contrast=0.6, norm=None, clamp=False, batch_size=batch_size)
 
 
 class EGGReconstructionPaper(EGGSettings):
