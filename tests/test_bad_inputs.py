@@ -87,6 +87,10 @@ class Inputs:
         steps = ["--method.steps", "2"] if not any(a.startswith(("--method", "--config")) for a in args) else []
         return ["mei", str(checkpoint or self.good["checkpoint"]), *neurons, *steps, "--out", str(self.out), *args]
 
+    def vei(self, *args: str) -> list[str]:
+        neurons = ["--neurons", "[twin0/twin0-n000]"] if "--neurons" not in args else []
+        return ["vei", str(self.good["checkpoint"]), *neurons, "--method.steps", "2", "--k", "2", "--out", str(self.out), *args]
+
     def checkpoint(self, name: str, content: object | bytes) -> Path:
         path = self.tmp / name
         if isinstance(content, bytes):
@@ -273,6 +277,16 @@ CASES: list[tuple] = [
      ["method.lr_pixels: a positive pixel count, and only for SGD on the raw gradient"]),
     ("egg_keep", "encoders", lambda i: i.mei(None, "--method", "{class_path: EGGSettings, init_args: {prior: p, keep: last}}"),
      ["keep"]),
+    # varied exciting images
+    ("vei_floor_zero", "encoders", lambda i: i.vei("--floor", "0"), ["floor must be in (0, 1]", "got 0.0"]),
+    ("vei_floor_above_one", "encoders", lambda i: i.vei("--floor", "1.2"), ["floor must be in (0, 1]", "got 1.2"]),
+    ("vei_one_image", "encoders", lambda i: i.vei("--k", "1"), ["k must be an integer >= 2", "got 1"]),
+    ("vei_unknown_neuron", "encoders", lambda i: i.vei("--neurons", "[twin0/twin0-n999]"), ["unknown neuron id 'twin0-n999'"]),
+    ("vei_floor_unreachable", "encoders",  # two steps of lr 1e-4 from noise cannot reach a 30-step MEI (0.991 of it)
+     lambda i: i.vei("--floor", "1", "--method.lr", "0.0001", "--reference", "{class_path: GASettings, init_args: {steps: 30, lr: 0.05}}"),
+     ["floor: no neuron's MEI by GASettings reaches 1.0", "twin0/twin0-n000"]),
+    ("vei_prior_contrast", "encoders", lambda i: i.vei("--method", f"{{class_path: EGGSettings, init_args: {{prior: {SHIPPED_PRIOR}, contrast: null}}}}"),
+     ["method must keep one contrast"]),
 ]
 
 

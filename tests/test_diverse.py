@@ -13,7 +13,7 @@ import torch
 
 from encoders.errors import EncodersError
 from encoders.simulated import SimulatedCells, fit_phase_orientation, gabor
-from encoders.synthesis import NeuronActivation, default_norm, optimize_images
+from encoders.synthesis import EGGSettings, NeuronActivation, default_norm, optimize_images
 from encoders.synthesis.diverse import (
     VEIResult,
     diversity_anchors,
@@ -22,6 +22,7 @@ from encoders.synthesis.diverse import (
     mei_mask,
     pairwise_distances,
     varied_exciting_images,
+    vei_method,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: thread start-up dominates on 2 shared cores
@@ -31,6 +32,7 @@ SHAPE = (1, SIZE, SIZE)
 NORM = default_norm(SHAPE)  # 0.25 * 24 = 6
 FREQUENCY, SIGMA = 0.125, 4.0  # the cells' defaults
 K, FLOOR, STEPS, MEI_STEPS = 8, 0.85, 150, 60
+METHOD = vei_method(steps=STEPS)  # gradient ascent at NORM, lr 0.05 cosine-annealed
 
 
 def circular(a: torch.Tensor, b: torch.Tensor | float, period: float) -> torch.Tensor:
@@ -67,7 +69,7 @@ def meis_of(cells: SimulatedCells) -> tuple[list[tuple[str, str]], torch.Tensor,
 @pytest.fixture(scope="module")
 def anchors():
     """The index's anchors at 1x24x24, norm 6: a simple and a complex cell (orientation 0, phase 0), seeds 0..7."""
-    return diversity_anchors(SHAPE, NORM, k=K, floor=FLOOR, steps=STEPS, seeds=0, mei_steps=MEI_STEPS)
+    return diversity_anchors(SHAPE, METHOD, k=K, floor=FLOOR, seeds=0)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def others():
     cells = SimulatedCells(kinds, size=SIZE, orientation=[60.0, 120.0, 30.0, 0.0, 135.0, 45.0],
                            phase=[90.0, 0.0, 45.0, 0.0, 270.0, 0.0]).eval()
     targets, meis, activation = meis_of(cells)
-    result = varied_exciting_images(cells, targets, activation, NORM, k=K, floor=FLOOR, steps=STEPS, seeds=100,
+    result = varied_exciting_images(cells, targets, activation, METHOD, k=K, floor=FLOOR, seeds=100,
                                     mask=mei_mask(meis))
     return cells, result
 
@@ -172,20 +174,20 @@ def test_batching_neurons_changes_no_image(others):
     pair = [0, 1]  # simple-0, complex-0
     masks = mei_mask(meis[pair])
     seeds = [list(range(10, 10 + K)), list(range(50, 50 + K))]
-    settings = dict(k=K, floor=FLOOR, steps=40)
-    together = varied_exciting_images(cells, [targets[i] for i in pair], activation[pair], NORM, seeds=seeds, mask=masks, **settings)
+    settings = dict(k=K, floor=FLOOR, method=vei_method(steps=40))
+    together = varied_exciting_images(cells, [targets[i] for i in pair], activation[pair], seeds=seeds, mask=masks, **settings)
     for row, i in enumerate(pair):
-        alone = varied_exciting_images(cells, [targets[i]], activation[[i]], NORM, seeds=seeds[row], mask=masks[[row]], **settings)
+        alone = varied_exciting_images(cells, [targets[i]], activation[[i]], seeds=seeds[row], mask=masks[[row]], **settings)
         torch.testing.assert_close(together.images[row], alone.images[0], atol=1e-4, rtol=0)  # measured <= 2e-6
         torch.testing.assert_close(together.activations[row], alone.activations[0], atol=1e-4, rtol=1e-4)
-    again = varied_exciting_images(cells, [targets[i] for i in pair], activation[pair], NORM, seeds=seeds, mask=masks, **settings)
+    again = varied_exciting_images(cells, [targets[i] for i in pair], activation[pair], seeds=seeds, mask=masks, **settings)
     assert torch.equal(again.images, together.images)  # deterministic
 
 
 def test_images_below_the_floor_are_reported_not_dropped():
     """After a single step from noise no image is near the floor: all K are returned, flagged below it."""
     cells = SimulatedCells(["simple"], size=SIZE).eval()
-    result = varied_exciting_images(cells, [(S, "simple")], [NORM], NORM, k=3, steps=1)
+    result = varied_exciting_images(cells, [(S, "simple")], [NORM], vei_method(steps=1), k=3)
     assert result.images.shape == (1, 3, *SHAPE) and result.activations.shape == (1, 3)
     assert not result.above_floor.any() and result.fraction_above.item() == 0.0
     assert result.distance.shape == (1,) and result.distance.item() > 0  # whole image: no mask given
@@ -195,13 +197,14 @@ def test_bad_inputs_are_named():
     """(d) One-line EncodersErrors that name the argument, before any optimisation."""
     cells = SimulatedCells(["simple", "complex"], size=SIZE).eval()
     targets = [(S, "simple"), (S, "complex")]
-    good = dict(model=cells, targets=targets, mei_activation=[NORM, NORM], norm=NORM, k=3, steps=1)
+    good = dict(model=cells, targets=targets, mei_activation=[NORM, NORM], method=vei_method(steps=1), k=3)
     cases = [
         (dict(floor=0.0), "floor"), (dict(floor=1.5), "floor"), (dict(floor=-0.2), "floor"),
         (dict(k=1), "k"), (dict(k=0), "k"),
         (dict(distance="cosine"), "distance"),
         (dict(mei_activation=[NORM]), "mei_activation"), (dict(mei_activation=[NORM, -1.0]), "mei_activation"),
-        (dict(norm=0.0), "norm"), (dict(steps=0), "steps"), (dict(lr=0.0), "lr"), (dict(margin=-0.1), "margin"),
+        (dict(margin=-0.1), "margin"), (dict(rho=0.0), "rho"),
+        (dict(method=EGGSettings("unused", contrast=None)), "method"),
         (dict(mask=torch.ones(SIZE, SIZE + 1)), "mask"), (dict(mask=torch.ones(3, 1, SIZE, SIZE)), "mask"),
         (dict(seeds=[1, 2]), "seeds"), (dict(seeds=[5, 5, 6]), "seeds"),
     ]
@@ -219,9 +222,11 @@ def test_bad_inputs_are_named():
     assert diversity_index(3.0, 2.0, 4.0) == pytest.approx(0.5)
     torch.testing.assert_close(diversity_index(torch.tensor([2.0, 4.0]), 2.0, 4.0), torch.tensor([0.0, 1.0], dtype=torch.float64))
     with pytest.raises(EncodersError, match="^shape "):
-        diversity_anchors((3, SIZE, SIZE), NORM)
+        diversity_anchors((3, SIZE, SIZE))
     with pytest.raises(EncodersError, match="^floor "):
-        diversity_anchors(SHAPE, NORM, floor=2.0)
+        diversity_anchors(SHAPE, floor=2.0)
+    with pytest.raises(EncodersError, match="^method "):
+        diversity_anchors(SHAPE, EGGSettings("unused"))
     with pytest.raises(EncodersError, match="^threshold "):
         mei_mask(torch.ones(1, SIZE, SIZE), threshold=1.0)
     with pytest.raises(EncodersError, match="^mei"):

@@ -301,7 +301,7 @@ def test_methods_record_their_settings_once():
     ga = GASettings(seeds=[1, 2], steps=3)
     assert ga.config["seeds"] == (1, 2) and ga.config["steps"] == 3 and ga.settings == ga.config and set(ga.config) == {
         "seeds", "steps", "optimizer", "lr", "normalize_gradient", "lr_pixels", "blur_sigma", "contrast", "norm", "clamp",
-        "batch_size"}
+        "batch_size", "schedule"}
     assert ga == GASettings(seeds=(1, 2), steps=3) and hash(ga) == hash(GASettings(seeds=(1, 2), steps=3))
     assert ga.replace(lr=0.1).lr == 0.1 and ga.replace(lr=0.1) != ga and ga.lr == 0.05
     with pytest.raises(AttributeError):

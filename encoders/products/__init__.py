@@ -1,4 +1,4 @@
-"""Products of trained response models: MEIs (and MENIs, inhibitory images), reconstructions, similarity diagnostics.
+"""Products of trained response models: MEIs (and MENIs, inhibitory images), VEIs, reconstructions, similarity diagnostics.
 
 Each product is a small object of typed settings (`method: GASettings | EGGSettings` where it
 synthesises images); `make_products` makes a list of them for one model into a folder through
@@ -11,8 +11,9 @@ from encoders.products.meis import MEIs, compute_meis
 from encoders.products.progress import Progress
 from encoders.products.reconstructions import Reconstructions, compute_reconstructions
 from encoders.products.similarity import SimilarityDiagnostics
+from encoders.products.veis import VEIs
 
 __all__ = [
-    "MEIs", "Made", "Product", "ProductData", "Progress", "Reconstructions", "SimilarityDiagnostics",
+    "MEIs", "Made", "Product", "ProductData", "Progress", "Reconstructions", "SimilarityDiagnostics", "VEIs",
     "compute_meis", "compute_reconstructions", "make_products",
 ]

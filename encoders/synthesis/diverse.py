@@ -9,17 +9,18 @@ simulated simple cells score 0 and simulated (phase-invariant) complex cells 1.
 
 What this module adds or does its own way (the published definitions above are kept):
 
-- The constrained problem is solved by an augmented Lagrangian with one multiplier per image (below), on
-  the same preconditioned gradient steps as the MEIs of `gradient_ascent` (the gradient blurred, normalised
-  per image, every image rescaled to the norm after every step), with a cosine-decaying step size.
+- The constrained problem is an energy (`VariedExcitation`: an augmented Lagrangian with one multiplier
+  per image) that any synthesis method minimises, as MEIs are made: gradient ascent on the pixels (the
+  gradient blurred, normalised per image, every image rescaled to the norm after every step, here with a
+  cosine-decaying step size) or energy-guided diffusion, whose prior keeps the images natural.
 - Images start from seeded standard-normal noise, not from the MEI (see `varied_exciting_images`).
 - The mask rule (`mei_mask`) is this module's: a thresholded local RMS contrast of the MEI.
 - "pixels" means the model's input space (z-scored pixels). It is an affine map of screen pixels with one
   scale for a grayscale model, so distances are screen-pixel distances over that scale; the diversity
   index is a ratio of distances and does not depend on the unit.
 - The anchors of the index (`diversity_anchors`) are computed on `encoders.simulated.SimulatedCells` at the
-  model's input size and norm, with the same K, floor, steps and seeds, each cell's MEI made by gradient
-  ascent and masked by the same rule as the model's.
+  model's input size and norm, with the same K, floor, gradient-ascent settings and seeds, each cell's MEI
+  made by gradient ascent and masked by the same rule as the model's.
 
 The functions are pure (a response model and tensors in, tensors out) and batched over neurons: one
 optimisation moves all n_neurons * K images, (n_neurons * K, C, H, W), with no Python loop over neurons.
@@ -38,7 +39,8 @@ from encoders.contract import device_of
 from encoders.errors import EncodersError
 from encoders.synthesis.blur import gaussian_blur
 from encoders.synthesis.energies import NeuronActivation
-from encoders.synthesis.gradient_ascent import _normalised, _project, initial_images, optimize_images
+from encoders.synthesis.gradient_ascent import GASettings
+from encoders.synthesis.method import Method
 from encoders.synthesis.targets import Target
 
 DISTANCES = ("pixels",)  # Euclidean distance of model-space pixels inside the mask (the paper's "pixel space")
@@ -148,7 +150,7 @@ def _masked_distances(x: torch.Tensor, mask: torch.Tensor | None, n: int, k: int
     return squared.clamp_min(1e-12).sqrt()
 
 
-# ---- the optimiser -----------------------------------------------------------------------------------------
+# ---- the energy and the optimisation ------------------------------------------------------------------------
 @dataclass
 class VEIResult:
     """Varied exciting images of n neurons, K each (CPU tensors).
@@ -159,8 +161,9 @@ class VEIResult:
     above_floor: (n, K) whether relative >= floor; images below are kept and reported, never dropped.
     fraction_above: (n,) fraction of each neuron's K images above the floor.
     distance: (n,) mean pairwise distance of each neuron's images inside its mask (`mean_pairwise_distance`).
-    distance_trace: (steps, n) the optimiser's mean pairwise distance at the start of each step.
-    relative_trace: (steps, n, K) relative activations at the start of each step.
+    distance_trace: (steps, n) the energy's mean pairwise distance at each step (the images the method's
+        gradient is taken at: the pixels for GA, each step's x0 estimate for EGG).
+    relative_trace: (steps, n, K) relative activations at each step.
     floor, norm: as given.
     """
 
@@ -193,98 +196,149 @@ def _seed_grid(seeds: int | Sequence[int] | Sequence[Sequence[int]], n: int, k: 
     return [s for row in rows for s in row]
 
 
-def _check(k: int, floor: float, distance: str, steps: int, lr: float, norm: float, rho: float, margin: float) -> None:
+def check_settings(k: int, floor: float, distance: str = "pixels", rho: float = DEFAULT_RHO, margin: float = DEFAULT_MARGIN) -> None:
+    """EncodersError naming the first bad VEI setting."""
     if isinstance(k, bool) or int(k) != k or k < 2:
         raise EncodersError(f"k must be an integer >= 2 (images per neuron; distances need pairs), got {k!r}")
     if not 0 < floor <= 1:
         raise EncodersError(f"floor must be in (0, 1] (a fraction of the MEI's activation), got {floor}")
     if distance not in DISTANCES:
         raise EncodersError(f"distance must be one of {list(DISTANCES)}, got {distance!r}")
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise EncodersError(f"steps must be an integer >= 1, got {steps!r}")
-    if not lr > 0:
-        raise EncodersError(f"lr must be positive, got {lr}")
-    if not norm > 0:
-        raise EncodersError(f"norm must be positive (the MEI's L2 norm), got {norm}")
     if not rho > 0:
         raise EncodersError(f"rho must be positive, got {rho}")
     if not margin >= 0:
         raise EncodersError(f"margin must be >= 0 (a fraction of the MEI's activation), got {margin}")
 
 
+def kept_norm(method: Method, shape: Sequence[int]) -> float:
+    """The L2 norm a method keeps its images at; VEIs need one (they are all at the MEI's contrast)."""
+    norm = method.derived(tuple(shape)).get("norm")
+    if norm is None:
+        raise EncodersError(f"method must keep one contrast (VEIs are all at the MEI's); {type(method).__name__} keeps "
+                            "the prior's own (contrast: null): give it a contrast")
+    return float(norm)
+
+
+class VariedExcitation:
+    """The VEIs' energy: n neurons' K images each (neuron-major), one augmented-Lagrangian term per image.
+
+    Per neuron n with MEI activation a_n and images x_1..x_K:
+
+        maximise D_n = mean over pairs i < j of ||mask_n * (x_i - x_j)||
+        subject to  g_k = floor + margin - r_n(x_k) / a_n <= 0  for every k,
+
+    as the energy of image k of neuron n (summing to the Lagrangian L of every neuron's problem)
+
+        E_k = -D_n / norm + [max(0, lambda_k + rho g_k)^2 - lambda_k^2] / (2 rho)
+
+    (a hinge on the normalised activation shortfall, quadratic near the boundary), after which each
+    multiplier moves to lambda_k <- max(0, lambda_k + rho g_k). An image's weight grows for as long as it
+    is below the floor and decays once it is above, so images settle ON the floor (where diversity is
+    largest) without a hand-tuned fixed weight; g is relative to a_n and D to the norm, so one rho suits any
+    model's rate scale and any image size. A fixed-weight penalty either leaves images below the floor
+    (too small) or holds them above it, giving up diversity (too large). The images approach the boundary
+    from both sides while the multipliers settle, so the constraint is tightened by `margin` (1 % of the
+    MEI's activation); results are reported against `floor` itself.
+
+    Any method minimises it (`Method.run_chunk`): gradient ascent on the pixels (with a cosine schedule,
+    so the images settle on the floor) or EGG, whose every diffusion step is guided by its gradient at
+    the x0 estimate. The multipliers are the energy's state: they move once per step, on every call that
+    builds a graph (the gradient step's call); calls without one (EGG's trace at another contrast, the
+    final score) leave them and the traces alone. A chunk must hold whole neurons (K consecutive images).
+    """
+
+    def __init__(
+        self, model, targets: Sequence[Target], mei_activation: torch.Tensor, k: int, floor: float, norm: float,
+        mask: torch.Tensor | None = None, rho: float = DEFAULT_RHO, margin: float = DEFAULT_MARGIN,
+    ):
+        self.n, self.k, self.norm = len(targets), int(k), float(norm)
+        self.floor, self.rho, self.margin = float(floor), float(rho), float(margin)
+        self.activation = NeuronActivation(model, [t for t in targets for _ in range(self.k)])  # validates the ids
+        device = device_of(model)
+        self.reference = torch.as_tensor(mei_activation, dtype=torch.float32).to(device).repeat_interleave(self.k)
+        self.mask = None if mask is None else mask.to(device)
+        self.multipliers = torch.zeros(self.n * self.k, device=device)
+        self.distance_trace: list[torch.Tensor] = []
+        self.relative_trace: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return self.n * self.k
+
+    def relative(self, images: torch.Tensor) -> torch.Tensor:
+        """Each image's rate over its neuron's MEI activation, (n * K,)."""
+        return self.activation.activation(images) / self.reference
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        relative = self.relative(images)
+        shortfall = self.floor + self.margin - relative  # > 0: below the (tightened) floor
+        diversity = _masked_distances(images, self.mask, self.n, self.k).mean(1)  # (n,)
+        shifted = (self.multipliers + self.rho * shortfall).clamp_min(0)
+        penalty = (shifted.pow(2) - self.multipliers.pow(2)) / (2 * self.rho)
+        if torch.is_grad_enabled() and images.requires_grad:  # the gradient step's call: one update per step
+            with torch.no_grad():
+                self.multipliers = (self.multipliers + self.rho * shortfall).clamp_min(0)
+            self.distance_trace.append(diversity.detach().cpu())
+            self.relative_trace.append(relative.detach().view(self.n, self.k).cpu())
+        return -(diversity / self.norm).repeat_interleave(self.k) + penalty
+
+
+def vei_method(**changes) -> GASettings:
+    """Gradient ascent as VEIs need it by default: 200 steps, lr 0.05 cosine-annealed to 0 (images settle on the floor)."""
+    return GASettings(**{"steps": DEFAULT_STEPS, "lr": DEFAULT_LR, "schedule": "cosine", **changes})
+
+
 def varied_exciting_images(
     model,
     targets: Sequence[Target],
     mei_activation: torch.Tensor | Sequence[float],
-    norm: float,
+    method: Method | None = None,
     k: int = DEFAULT_K,
     floor: float = DEFAULT_FLOOR,
-    steps: int = DEFAULT_STEPS,
-    lr: float = DEFAULT_LR,
     seeds: int | Sequence[int] | Sequence[Sequence[int]] = 0,
     mask: torch.Tensor | None = None,
     distance: str = "pixels",
-    blur_sigma: float = 1.0,
     rho: float = DEFAULT_RHO,
     margin: float = DEFAULT_MARGIN,
-    pixel_range: tuple[float, float] | None = None,
 ) -> VEIResult:
-    """K varied exciting images per target neuron, all neurons' images optimised in one batch.
+    """K varied exciting images per target neuron, made by `method` minimising `VariedExcitation`.
 
-    Per neuron n with MEI activation a_n and images x_1..x_K (each kept at L2 `norm`):
+    Gradient ascent (the default, `vei_method()`): each step the energy's gradient is blurred, normalised
+    per image and taken with a cosine-annealed step, then every image is rescaled to the method's norm
+    (clamped to the pixel range), as MEIs are. The images start from seeded standard-normal noise, not
+    from the MEI: from noise they climb to the floor from different directions and land on different
+    parts of the neuron's invariance set (as MEIs from different seeds do: a complex cell's at different
+    phases), so diversity does not have to be pushed out of one point; started at the MEI, all K images
+    would sit where the diversity gradient is only that of the added noise.
 
-        maximise D_n = mean over pairs i < j of ||mask_n * (x_i - x_j)||
-        subject to  g_k = floor + margin - r_n(x_k) / a_n <= 0  for every k.
+    EGG (`EGGSettings` with a contrast): K samples per neuron from different diffusion seeds, every step
+    guided by the energy's gradient at the x0 estimate (at the contrast the images are kept at); the prior
+    keeps them natural. EGG runs its whole schedule: its last step's multipliers have had num_steps
+    updates, so fewer samples settle exactly on the floor than with GA's 200 steps.
 
-    Augmented Lagrangian, one multiplier lambda_k >= 0 per image: each step descends
-
-        L = -K D_n / norm + sum_k [max(0, lambda_k + rho g_k)^2 - lambda_k^2] / (2 rho)
-
-    (a hinge on the normalised activation shortfall, quadratic near the boundary), then sets
-    lambda_k <- max(0, lambda_k + rho g_k): an image's weight grows for as long as it is below the floor
-    and decays once it is above, so images settle ON the floor (where diversity is largest) without a
-    hand-tuned fixed weight; g is relative to a_n and D to the norm, so one rho suits any model's rate
-    scale and any image size. A fixed-weight penalty either leaves images below the floor (weight too
-    small) or holds them above it, giving up diversity (too large). The images approach the boundary
-    from both sides while the multipliers settle, so the constraint is tightened by `margin` (1 % of the
-    MEI's activation): on simulated cells with the defaults every image ends within [floor, floor + 2 %]
-    after 150 steps. The result reports each image against `floor` itself.
-
-    Each step, as gradient ascent's MEIs: gradient of L w.r.t. the images -> Gaussian blur (`blur_sigma`)
-    -> divided by its per-pixel RMS per image -> SGD step (lr cosine-annealed from `lr` to 0, so the
-    images settle at the end) -> every image rescaled to `norm` (then clamped to `pixel_range`).
-
-    Start: seeded standard-normal noise at `norm`, not the MEI plus noise. From noise, images climb to
-    the floor from different directions and land on different parts of the neuron's invariance set (as
-    MEIs from different seeds do: a complex cell's at different phases), so diversity does not have to
-    be pushed out of one point; starting at the MEI, all K images sit at one point where the diversity
-    gradient is that of the added noise, and the MEI's images would be needed as an input.
-
-    Neurons never interact: a neuron's images, their multipliers and their gradient depend only on its
-    own K images (per-image blur, normalisation and rescale; models in eval mode), so a batch of neurons
-    gives each neuron the images it gets alone, up to float rounding.
+    Neurons never interact: a neuron's images, multipliers and gradient depend only on its own K images
+    (per-image blur, normalisation and rescale; models in eval mode), so a batch of neurons gives each
+    neuron the images it gets alone, up to float rounding. Chunks of the method's `batch_size` images are
+    rounded down to whole neurons (at least one).
 
     Args:
         model: a `ResponseModel` (eval mode), on the device the optimisation runs on.
         targets: (session, neuron_id) per neuron.
         mei_activation: (n,) each neuron's MEI activation (> 0), the floor's reference.
-        norm: L2 norm of every image: the MEI's (e.g. `default_norm(model.input_shape)`).
+        method: GA or EGG settings keeping a fixed contrast (the MEI's); their own seeds are not used.
         k: images per neuron, >= 2.
         floor: each image's activation must be >= floor * mei_activation, in (0, 1].
-        steps, lr: SGD steps and the starting step (pixel RMS per step, model units).
         seeds: one int s (neuron images start from seeds s .. s + K - 1, the same for every neuron), K ints
             (the same for every neuron), or n rows of K ints.
         mask: spatial weights inside which distances are measured, e.g. `mei_mask(meis)`: (H, W) or
             (1 or C, H, W) for every neuron, or (n, 1 or C, H, W); None: the whole image.
         distance: "pixels" (Euclidean in model-space pixels inside the mask).
-        blur_sigma: std (pixels) of the gradient's blur; 0 = none.
         rho: the augmented-Lagrangian penalty weight.
         margin: the optimiser's target is floor + margin (fraction of the MEI activation), >= 0; with
             floor 1 (K copies of the MEI, if it is unique) give margin 0.
-        pixel_range: (low, high) clamp after each rescale, as gradient ascent's.
     """
-    _check(k, floor, distance, steps, lr, norm, rho, margin)
-    k, steps, norm, floor = int(k), int(steps), float(norm), float(floor)
+    method = vei_method() if method is None else method
+    check_settings(k, floor, distance, rho, margin)
+    k, floor = int(k), float(floor)
     targets = [(str(s), str(n)) for s, n in targets]
     n = len(targets)
     if n == 0:
@@ -295,53 +349,32 @@ def varied_exciting_images(
     if not torch.isfinite(reference).all() or not (reference > 0).all():
         bad = [targets[i][1] for i in torch.nonzero(~(torch.isfinite(reference) & (reference > 0))).flatten().tolist()[:5]]
         raise EncodersError(f"mei_activation must be positive and finite (the floor's reference), not for neurons {bad}")
-    if pixel_range is not None and not pixel_range[0] < pixel_range[1]:
-        raise EncodersError(f"pixel_range must be (low, high) with low < high, got {pixel_range}")
     shape = tuple(int(s) for s in model.input_shape)
+    norm = kept_norm(method, shape)
     masks = _broadcast_mask(mask, n, shape)
     grid = _seed_grid(seeds, n, k)
-    activation = NeuronActivation(model, [t for t in targets for _ in range(k)])  # validates the ids
-    device = device_of(model)
+    NeuronActivation(model, targets)  # every id checked before the first step
 
-    # products run from callbacks that Lightning may call inside inference mode
-    with torch.inference_mode(False), torch.enable_grad():
-        images = initial_images(n * k, shape, grid).to(device)
-        reference = reference.to(device).repeat_interleave(k)  # (n * K,)
-        masks = None if masks is None else masks.to(device)
-        multipliers = torch.zeros(n * k, device=device)
-        with torch.no_grad():
-            _project(images, norm, pixel_range)
-        images.requires_grad_(True)
-        optimizer = torch.optim.SGD([images], lr=lr)
-        distance_trace, relative_trace = torch.empty(steps, n), torch.empty(steps, n, k)
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            relative = activation.activation(images) / reference
-            shortfall = floor + margin - relative  # > 0: below the (tightened) floor
-            diversity = _masked_distances(images, masks, n, k).mean(1)  # (n,)
-            shifted = (multipliers + rho * shortfall).clamp_min(0)
-            penalty = (shifted.pow(2) - multipliers.pow(2)) / (2 * rho)
-            loss = -(k / norm) * diversity.sum() + penalty.sum()
-            (gradient,) = torch.autograd.grad(loss, images)
-            images.grad = _normalised(gaussian_blur(gradient, blur_sigma))
-            optimizer.step()
-            with torch.no_grad():
-                _project(images, norm, pixel_range)
-                multipliers = (multipliers + rho * shortfall.detach()).clamp_min(0)
-            distance_trace[step] = diversity.detach().cpu()
-            relative_trace[step] = relative.detach().view(n, k).cpu()
-        images.requires_grad_(False)
-        with torch.no_grad():
-            rates = activation.activation(images)
-            relative = (rates / reference).view(n, k).cpu()
-
-    images = images.detach().cpu().view(n, k, *shape)
+    per_chunk = max(1, method.batch_size // k)
+    parts, energies = [], []
+    for start in range(0, n, per_chunk):
+        rows = list(range(start, min(start + per_chunk, n)))
+        energy = VariedExcitation(model, [targets[i] for i in rows], reference[rows], k, floor, norm,
+                                  None if masks is None else masks[rows], rho, margin)
+        parts.append(method.run_chunk(energy, grid[start * k:(rows[-1] + 1) * k], model))
+        energies.append(energy)
+    images = torch.cat([p.images for p in parts])
+    with torch.no_grad():
+        rates = torch.cat([e.activation.activation(p.images.to(device_of(model))).cpu() for e, p in zip(energies, parts)])
+    rates = rates.view(n, k)
+    relative = rates / reference[:, None]
+    images = images.view(n, k, *shape)
     above = relative >= floor
     return VEIResult(
-        images=images, activations=rates.detach().view(n, k).cpu(), relative=relative, above_floor=above,
-        fraction_above=above.float().mean(1), distance=mean_pairwise_distance(images, None if masks is None else masks.cpu()),
-        distance_trace=distance_trace, relative_trace=relative_trace, floor=floor, norm=norm,
+        images=images, activations=rates, relative=relative, above_floor=above,
+        fraction_above=above.float().mean(1), distance=mean_pairwise_distance(images, masks),
+        distance_trace=torch.cat([torch.stack(e.distance_trace) for e in energies], 1),
+        relative_trace=torch.cat([torch.stack(e.relative_trace) for e in energies], 1), floor=floor, norm=norm,
     )
 
 
@@ -385,14 +418,10 @@ class DiversityAnchors:
 
 def diversity_anchors(
     shape: Sequence[int],
-    norm: float,
+    method: GASettings | None = None,
     k: int = DEFAULT_K,
     floor: float = DEFAULT_FLOOR,
-    steps: int = DEFAULT_STEPS,
-    lr: float = DEFAULT_LR,
     seeds: int | Sequence[int] = 0,
-    mei_steps: int = 100,
-    blur_sigma: float = 1.0,
     rho: float = DEFAULT_RHO,
     margin: float = DEFAULT_MARGIN,
     mask_sigma: float | None = None,
@@ -402,15 +431,16 @@ def diversity_anchors(
     frequency: float | None = None,
     sigma: float | None = None,
 ) -> DiversityAnchors:
-    """The index's anchors for a model whose images are `shape` (its `input_shape`) at L2 `norm`.
+    """The index's anchors for a model whose images are `shape` (its `input_shape`), made by gradient ascent `method`.
 
     How they are matched to a model: a simulated simple and complex cell (`SimulatedCells`, noiseless) are
-    built at the model's image size, and every step the model's neurons go through is repeated for them at
-    the model's norm: an MEI by gradient ascent (`mei_steps`, lr, blur_sigma, seed 0) whose rate is the
-    floor's reference, its mask by `mei_mask` with the same rule, then VEIs with the same K, floor, steps,
-    lr, seeds, blur, rho and margin. Distances grow in proportion to the norm and with the number of pixels, so
-    the anchors are only valid for that size and norm, the model's distances in the same (model-space)
-    units; give the same settings here as to `varied_exciting_images`.
+    built at the model's image size, and every step the model's neurons go through is repeated for them
+    with the same gradient-ascent settings (norm, steps, lr, schedule, blur; default `vei_method()`): an MEI
+    from seed 0 whose rate is the floor's reference, its mask by `mei_mask` with the same rule, then VEIs
+    with the same K, floor, seeds, rho and margin. Distances grow in proportion to the norm and with the
+    number of pixels, so the anchors are only valid for that size and norm, the model's distances in the
+    same (model-space) units. EGG's VEIs are read on the same (gradient-ascent) anchors at the same norm:
+    the index then says how diverse they are on the scale of what optimisation finds for the two cells.
 
     The simulated cells are grayscale and square: shape must be (1, S, S). frequency and sigma default to
     the cells' (8 px wavelength, 4 px envelope); a simple cell's distance is not 0 (each VEI may give up
@@ -419,20 +449,20 @@ def diversity_anchors(
     from encoders.simulated import SimulatedCells
     from encoders.simulated.cells import DEFAULT_FREQUENCY, DEFAULT_SIGMA
 
+    method = vei_method() if method is None else method
+    if not isinstance(method, GASettings):
+        raise EncodersError(f"method must be gradient ascent (GASettings) for the anchors, got {type(method).__name__}")
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or shape[0] != 1 or shape[1] != shape[2]:
         raise EncodersError(f"shape must be (1, S, S): the simulated anchor cells are grayscale and square; got {shape}")
-    _check(k, floor, "pixels", steps, lr, norm, rho, margin)
-    if isinstance(mei_steps, bool) or int(mei_steps) != mei_steps or mei_steps < 1:
-        raise EncodersError(f"mei_steps must be an integer >= 1, got {mei_steps!r}")
+    check_settings(k, floor, "pixels", rho, margin)
     cells = SimulatedCells(["simple", "complex"], size=shape[1], orientation=orientation,
                            frequency=DEFAULT_FREQUENCY if frequency is None else frequency,
                            sigma=DEFAULT_SIGMA if sigma is None else sigma).eval()
     targets = [(cells.session, "simple"), (cells.session, "complex")]
-    mei = optimize_images(NeuronActivation(cells, targets), 2, shape, 0, int(mei_steps), lr=lr, blur_sigma=blur_sigma, norm=norm)
+    mei = method.run_chunk(NeuronActivation(cells, targets), [0, 0], cells)
     mei_activation = -mei.energy
     masks = mei_mask(mei.images, mask_sigma, mask_threshold, soft_mask)
-    result = varied_exciting_images(cells, targets, mei_activation, norm, k, floor, steps, lr, seeds, masks,
-                                    blur_sigma=blur_sigma, rho=rho, margin=margin)
+    result = varied_exciting_images(cells, targets, mei_activation, method, k, floor, seeds, masks, rho=rho, margin=margin)
     simple, complex_ = (float(d) for d in result.distance)
     return DiversityAnchors(simple, complex_, result, mei.images, masks, mei_activation)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -24,6 +25,7 @@ from encoders.synthesis.blur import gaussian_blur
 from encoders.synthesis.method import Energy, Method, SynthesisResult, generators
 
 OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine")  # the step size over the steps: fixed, or cosine-annealed from lr to 0
 PARAMETRIZATIONS = ("pixels", "blurred")
 DEFAULT_CONTRAST = 0.25  # per-pixel RMS in z-scored units: L2 norm 25 for 100x100 grey images, as in the paper
 
@@ -85,6 +87,7 @@ def optimize_images(
     normalize_gradient: bool = True,
     parametrization: str = "pixels",
     stop_below: torch.Tensor | None = None,
+    schedule: str = "constant",
 ) -> GradientAscentResult:
     """Minimise `energy` over a batch of images by preconditioned gradient descent on pixels.
 
@@ -110,7 +113,12 @@ def optimize_images(
         stop_below: (n_images,) energies; image b stops changing at the first step that starts below
             stop_below[b] (its trace then stays flat): the paper's GD reconstructions stop once their
             loss is below EGG's. None: every image runs all steps.
+        schedule: "constant" (every step at lr) or "cosine": step s at lr * (1 + cos(pi s / steps)) / 2, so the
+            images settle at the end (needed where the optimum is a boundary the gradient never vanishes on,
+            as varied exciting images sit on their activation floor while their diversity still pulls).
     """
+    if schedule not in SCHEDULES:
+        raise EncodersError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
     if parametrization not in PARAMETRIZATIONS:
         raise EncodersError(f"parametrization must be one of {list(PARAMETRIZATIONS)}, got {parametrization!r}")
     if optimizer not in OPTIMIZERS:
@@ -131,16 +139,24 @@ def optimize_images(
         images = initial_images(n_images, shape, seeds).to(device)
         stop = None if stop_below is None else stop_below.to(device=device, dtype=images.dtype)
         if parametrization == "blurred":
-            return _descend_blurred(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient, stop)
+            return _descend_blurred(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient, stop,
+                                    schedule)
         with torch.no_grad():
             _project(images, norm, pixel_range)
-        return _descend(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient, stop)
+        return _descend(energy, images, steps, optimizer, lr, blur_sigma, norm, pixel_range, normalize_gradient, stop, schedule)
 
 
 def _optimizer(parameter: torch.Tensor, optimizer: str, lr: float) -> torch.optim.Optimizer:
     if optimizer == "sgd":
         return torch.optim.SGD([parameter], lr=lr)
     return torch.optim.AdamW([parameter], lr=lr, weight_decay=0.0)
+
+
+def _schedule(opt: torch.optim.Optimizer, schedule: str, lr: float, step: int, steps: int) -> None:
+    """Set the step size of step `step` of `steps` (see `optimize_images`)."""
+    if schedule == "cosine":
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
 def _normalised(gradient: torch.Tensor) -> torch.Tensor:
@@ -151,6 +167,7 @@ def _normalised(gradient: torch.Tensor) -> torch.Tensor:
 def _descend_blurred(
     energy: Energy, parameter: torch.Tensor, steps: int, optimizer: str, lr: float, blur_sigma: float,
     norm: float | None, pixel_range: tuple[float, float] | None, normalize_gradient: bool, stop: torch.Tensor | None,
+    schedule: str = "constant",
 ) -> GradientAscentResult:
     """`optimize_images` with parametrization="blurred": image = clamp(rescale(blur(parameter)))."""
     n_images = parameter.shape[0]
@@ -176,6 +193,7 @@ def _descend_blurred(
             break
         parameter.grad = _normalised(gradient) if normalize_gradient else gradient
         restore = _freeze(parameter, value, stop)
+        _schedule(opt, schedule, lr, step, steps)
         opt.step()
         restore()
     with torch.no_grad():
@@ -212,6 +230,7 @@ def _freeze(tensor: torch.Tensor, value: torch.Tensor, stop: torch.Tensor | None
 def _descend(
     energy: Energy, images: torch.Tensor, steps: int, optimizer: str, lr: float, blur_sigma: float,
     norm: float | None, pixel_range: tuple[float, float] | None, normalize_gradient: bool, stop: torch.Tensor | None = None,
+    schedule: str = "constant",
 ) -> GradientAscentResult:
     n_images = images.shape[0]
     images.requires_grad_(True)
@@ -230,6 +249,7 @@ def _descend(
         gradient = gaussian_blur(gradient, blur_sigma)
         images.grad = _normalised(gradient) if normalize_gradient else gradient
         restore = _freeze(images, value, stop)
+        _schedule(opt, schedule, lr, step, steps)
         opt.step()
         with torch.no_grad():
             _project(images, norm, pixel_range)
@@ -259,6 +279,7 @@ class GASettings(Method):
         norm: L2 norm of every image, or None for contrast * sqrt(C*H*W).
         clamp: clamp to the model-space range of pixel values 0..255 (see `pixel_range`).
         batch_size: images optimised together (memory bound); results do not depend on it.
+        schedule: "constant" or "cosine" (the step size annealed from lr to 0 over the steps; varied exciting images).
     """
 
     name = "ga"
@@ -280,9 +301,13 @@ class GASettings(Method):
         norm: float | None = None,
         clamp: bool = True,
         batch_size: int = 128,
+        schedule: Literal["constant", "cosine"] = "constant",
     ):
         self.seeds = tuple(int(s) for s in seeds)
         self.steps, self.optimizer, self.lr = int(steps), optimizer, float(lr)
+        self.schedule = schedule
+        if schedule not in SCHEDULES:
+            raise EncodersError(f"method.schedule: one of {list(SCHEDULES)}, got {schedule!r}")
         self.lr_pixels = None if lr_pixels is None else int(lr_pixels)
         self.normalize_gradient, self.blur_sigma = bool(normalize_gradient), float(blur_sigma)
         self.contrast, self.norm = float(contrast), None if norm is None else float(norm)
@@ -337,7 +362,7 @@ class GASettings(Method):
         shape = tuple(model.input_shape)
         result = optimize_images(energy, len(seeds), shape, seeds, self.steps, self.optimizer, self.step_size(shape), self.blur_sigma,
                                  self.image_norm(shape), self.pixel_range(model.image_transform), device_of(model),
-                                 self.normalize_gradient, self.parametrization, stop_below)
+                                 self.normalize_gradient, self.parametrization, stop_below, self.schedule)
         return SynthesisResult(result.images, result.energy, result.trace)
 
 
@@ -356,7 +381,7 @@ def optimize_in_batches(
         parts.append(optimize_images(
             energy_for(index), len(index), shape, [seeds[i] for i in index], settings.steps, settings.optimizer,
             settings.step_size(shape), settings.blur_sigma, settings.image_norm(shape), pixel_range, device, settings.normalize_gradient,
-            settings.parametrization,
+            settings.parametrization, schedule=settings.schedule,
         ))
     return GradientAscentResult(
         images=torch.cat([p.images for p in parts]),
