@@ -98,6 +98,8 @@ def test_ga_and_egg_veis_for_each_kept_checkpoint_scored_on_the_twin(tmp_path):
                 fractions = ds.natural_fraction.values
                 assert ((fractions >= 0) & (fractions <= 1)).all() and (np.diff(fractions, axis=1) <= 0).all()
                 assert np.isfinite(ds.ground_truth_natural_fraction).all() and "validation_correlation" in ds
+                assert ((ds.true_phase_arc >= 0) & (ds.true_phase_arc <= 360)).all() and (ds.phase_arc <= 360).all()
+                assert (ds.true_position_extent >= 0).all() and ds.position_extent.attrs["units"] == "pixel"
             assert (folder / f"{name}.png").stat().st_size > 2000
         with xr.open_dataset(folder / "vei_egg.nc") as egg_file, xr.open_dataset(folder / "vei_ga.nc") as ga_file:
             assert egg_file.sizes["step"] == 4 and egg_file.attrs["anchor_method"] == "GASettings"

@@ -85,6 +85,20 @@ def natural_fractions(model: ResponseModel, recording, targets: list[Target], me
     return predicted, true
 
 
+def add_reach(results: xr.Dataset, reach) -> None:
+    """The true invariance of each neuron and the images' reach along it (`encoders.twin.invariance.Reach`), in place."""
+    for name, long_name, unit in [
+        ("true_phase_arc", "phase shifts of the true MEI keeping the true neuron >= floor", "degree"),
+        ("true_position_extent", "largest distance between shifts of the true MEI keeping it >= floor", "pixel"),
+        ("phase_arc", "arc of the images' phases relative to the true MEI", "degree"),
+        ("position_extent", "largest distance between the images' best-aligned shifts", "pixel"),
+        ("phase_reach", "phase_arc / true_phase_arc", "1"),
+        ("position_reach", "position_extent / true_position_extent", "1"),
+    ]:
+        results[name] = ("neuron", np.asarray(getattr(reach, name), dtype=float))
+        results[name].attrs.update({"long_name": long_name, "units": unit})
+
+
 class VEIs(Product):
     """Varied exciting images of chosen neurons -> `vei_<method>.nc` + PNG (Ding et al. 2026).
 
@@ -192,7 +206,8 @@ class VEIs(Product):
             results.attrs["diversity_index"] = "not computed: the simulated anchor cells are grayscale and square"
         truth = self._truth(model, data, targets, reference.isel(neuron=index.numpy()), result.images) if self._scored(data) else None
         if truth is not None:
-            true_rate, true_mei_rate, true_of = truth
+            true_rate, true_mei_rate, _, reach = truth
+            add_reach(results, reach)
             true_relative = true_rate / true_mei_rate[:, None]
             results["ground_truth_activation"] = (("neuron", "vei"), true_rate.numpy())
             results["ground_truth_activation"].attrs.update({"long_name": "true rate of each VEI", "units": "true rate (spikes per bin)"})
@@ -212,13 +227,16 @@ class VEIs(Product):
         return results
 
     def _truth(self, model, data: ProductData, targets: list[Target], reference: xr.Dataset, veis: torch.Tensor):
-        """The twin's view: true rates of the VEIs (n, K), of each true MEI (n,), and `rates(images, rows)`: true rates
-        (B, len(rows)) of model-space images for those targets with the true MEI rates (for `natural_fractions`)."""
+        """The twin's view: true rates of the VEIs (n, K), of each true MEI (n,), `rates(images, rows)`: true rates
+        (B, len(rows)) of model-space images for those targets with the true MEI rates (for `natural_fractions`), and
+        how far the VEIs reach along the true invariances (`encoders.twin.invariance`)."""
+        from encoders.twin.invariance import invariance_reach
         from encoders.twin.scoring import GroundTruthActivation, score_on_ground_truth
 
         method = self.method if self.reference is None else self.reference
         scored = score_on_ground_truth(reference, model, data.twin, method.truth(), data.truth_store)
         true_mei_rate = torch.as_tensor(scored.true_mei_activation.values)
+        true_mei = torch.as_tensor(scored.true_mei.values)
         columns = data.twin.columns(model, targets)
         device = device_of(model)
         truth, geometry = data.twin.truth.to(device), data.twin.geometry(model)
@@ -228,12 +246,12 @@ class VEIs(Product):
             true_rate = energy.activation(veis.flatten(0, 1).to(device)).cpu().view(n, k)
 
         @torch.no_grad()
-        def rates(images: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        def rates(images: torch.Tensor, rows: list[int]) -> torch.Tensor:
             chosen = columns[rows].to(device)
-            out = [truth(geometry.to_twin(x.to(device)))[:, chosen].cpu() for x in images.split(BATCH)]
-            return torch.cat(out), true_mei_rate
+            return torch.cat([truth(geometry.to_twin(x.to(device)))[:, chosen].cpu() for x in images.split(BATCH)])
 
-        return true_rate, true_mei_rate, rates
+        reach = invariance_reach(lambda images, j: rates(images, [j])[:, 0], true_mei, true_mei_rate, veis, self.floor)
+        return true_rate, true_mei_rate, lambda images, rows: (rates(images, rows), true_mei_rate), reach
 
     def _dataset(self, model, targets, mei, mei_rate, own_rate, masks, result) -> xr.Dataset:
         transform = model.image_transform

@@ -61,7 +61,7 @@ class InvarianceGenerator(nn.Module):
         depth: int = DEFAULT_DEPTH,
         frequency: float = DEFAULT_FREQUENCY,
         seeds: int | Sequence[int] = 0,
-        decay: float = 1.0,
+        decay: float = 3.0,
     ):
         super().__init__()
         channels, height, width_px = (int(s) for s in shape)
@@ -131,9 +131,11 @@ class InvarianceGenerator(nn.Module):
         channels = self.shape[0]
         return out.view(len(rows), out.shape[1], -1, channels)  # (m, HW, terms, C)
 
-    def forward(self, latents: torch.Tensor, affine: torch.Tensor | None = None, neurons: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, affine: torch.Tensor | None = None, neurons: torch.Tensor | None = None, centred=False) -> torch.Tensor:
         coefficients = self.coefficients(affine, neurons)
         basis = self.basis(latents.to(coefficients.device))
+        if centred:
+            basis = basis * (torch.arange(basis.shape[-1], device=basis.device) > 0)
         if basis.ndim == 2:
             images = torch.einsum("pt,mqtc->mpcq", basis, coefficients)
         else:
@@ -156,6 +158,7 @@ def _pairs(points_per_dim: int, latent_dim: int, radius: int) -> tuple[torch.Ten
 def contrastive_loss(images: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float) -> torch.Tensor:
     """(m,) -tau * mean_i log(mean_{j pos} exp(s_ij / tau) / mean_{j neg} exp(s_ij / tau)), s cosine similarity."""
     flat = images.flatten(2)
+    flat = flat - flat.mean(2, keepdim=True)
     flat = flat / flat.norm(dim=2, keepdim=True).clamp_min(1e-12)
     logits = flat @ flat.transpose(1, 2) / temperature  # (m, P, P)
     minus = torch.finfo(logits.dtype).min
@@ -205,6 +208,7 @@ def invariance_manifolds(
     frequency: float = DEFAULT_FREQUENCY,
     early_stopping: bool = True,
     half_life: float = 1e9,
+    centred: int = 0,
 ) -> ManifoldResult:
     targets = [(str(s), str(n)) for s, n in targets]
     n = len(targets)
@@ -233,7 +237,7 @@ def invariance_manifolds(
             if activation is None:
                 activation = NeuronActivation(model, [targets[i] for i in active.tolist() for _ in range(count)])
             latents = (grid + jitter[step, active][:, None]) % 1.0
-            images = generator(latents, neurons=active)
+            images = generator(latents, neurons=active, centred=step < centred)
             relative = activation.activation(images.flatten(0, 1)).view(len(active), count) / reference[active][:, None]
             shortfall = (point_floor + margin - relative).clamp_min(0).mean(1)
             loss = -relative.mean(1) + shortfall + contrastive * 0.5 ** (step / half_life) * contrastive_loss(images, positive, negative, temperature)
