@@ -2,7 +2,7 @@
 
 Every option is declared once, by the signature or dataclass it configures (jsonargparse reads
 them for YAML files and flags alike; flags use underscores like `train.py`'s): `encoders mei`
-takes the options of `encoders.products.MEIs`, `encoders vei` those of `VEIs`, `encoders reconstruct` those of
+takes the options of `encoders.products.MEIs`, `encoders vei` those of `VEIs`, `encoders manifold` those of `InvarianceManifolds`, `encoders reconstruct` those of
 `Reconstructions`, `encoders prepare` those of the converters, `encoders prior train` those of
 `encoders.synthesis.prior_training`. `encoders train ...` is `python train.py ...`.
 
@@ -152,6 +152,11 @@ def build_parser(only: str | None = None) -> ArgumentParser:
 
         commands.add_subcommand("vei", _product_parser("varied exciting images (GA or EGG) of trained checkpoints", VEIs, False),
                                 help="varied exciting images: K images per neuron above a floor of its MEI's rate, as unlike as possible")
+    if wanted("manifold"):
+        from encoders.products import InvarianceManifolds
+
+        commands.add_subcommand("manifold", _product_parser("invariance manifolds of trained checkpoints", InvarianceManifolds, False),
+                                help="invariance manifolds: per neuron a loop of images near its MEI's rate; neurons grouped by alignment")
     if wanted("reconstruct"):
         from encoders.products import Reconstructions
 
@@ -267,10 +272,10 @@ def _products(options, which: str) -> int:
     from encoders.devices import usable_device
     from encoders.ensemble import load_models
     from encoders.outputs import check_writable
-    from encoders.products import MEIs, ProductData, Progress, Reconstructions, VEIs, make_products
+    from encoders.products import InvarianceManifolds, MEIs, ProductData, Progress, Reconstructions, VEIs, make_products
 
     chosen = getattr(options, which)
-    product_class = {"mei": MEIs, "vei": VEIs, "reconstruct": Reconstructions}[which]
+    product_class = {"mei": MEIs, "vei": VEIs, "manifold": InvarianceManifolds, "reconstruct": Reconstructions}[which]
     product = product_class(**{name: chosen[name] for name in inspect.signature(product_class).parameters})
     out = _output_folder(chosen.out)
     device = usable_device(chosen.device)
@@ -348,6 +353,7 @@ def _export(options) -> int:
 
 
 COMMANDS = {"prepare": _prepare, "info": _info, "mei": lambda o: _products(o, "mei"), "vei": lambda o: _products(o, "vei"),
+            "manifold": lambda o: _products(o, "manifold"),
             "reconstruct": lambda o: _products(o, "reconstruct"), "compare": _compare, "similarity": _similarity, "twin": _twin,
             "prior": _prior, "export": _export}
 

@@ -285,6 +285,10 @@ CASES: list[tuple] = [
     ("vei_floor_unreachable", "encoders",  # two steps of lr 1e-4 from noise cannot reach a 30-step MEI (0.991 of it)
      lambda i: i.vei("--floor", "1", "--method.lr", "0.0001", "--reference", "{class_path: GASettings, init_args: {steps: 30, lr: 0.05}}"),
      ["floor: no neuron's MEI by GASettings reaches 1.0", "twin0/twin0-n000"]),
+    ("manifold_latent_dim", "encoders", lambda i: ["manifold", str(i.good["checkpoint"]), "--neurons", "[twin0/twin0-n000]",
+                                                   "--latent_dim", "3", "--out", str(i.out)], ["latent_dim must be 1 (a loop) or 2", "got 3"]),
+    ("manifold_unknown_neuron", "encoders", lambda i: ["manifold", str(i.good["checkpoint"]), "--neurons", "[twin0/nope]",
+                                                       "--out", str(i.out)], ["unknown neuron id 'nope'"]),
     ("vei_prior_contrast", "encoders", lambda i: i.vei("--method", f"{{class_path: EGGSettings, init_args: {{prior: {SHIPPED_PRIOR}, contrast: null}}}}"),
      ["method must keep one contrast"]),
 ]
