@@ -6,7 +6,9 @@ than the anchors' (0 degrees), each through the same products a trained model's 
 - VEIs by gradient ascent (the product's defaults: K = 20, floor 0.85, 200 steps) and by EGG (`--prior`, 50 steps,
   floor set by GA's MEI), read on the diversity index (anchors: simple 0, complex 1, at the same size and norm);
 - a 1-D invariance manifold per cell: whether it met the stopping rule (mean >= 0.9, every point >= 0.85 of the
-  MEI), and along the loop the fitted Gabor's phase winding (degrees swept, unwrapped) and orientation range.
+  MEI), and along the loop the fitted Gabor's phase: its winding (the signed steps between neighbours summed:
+  +-360 is one turn) and the largest step (a winding made of small steps is a sweep; steps near 180 are jumps,
+  e.g. a flip of polarity), and the range of its orientation.
 
     python benchmarks/simulated_invariances.py                       # GA VEIs and manifolds
     python benchmarks/simulated_invariances.py --prior data/priors/natural32   # + EGG VEIs
@@ -37,11 +39,10 @@ KINDS = ["simple", "complex", "orientation_invariant", "polarity_invariant"]
 ORIENTATIONS = [30.0, 60.0, 0.0, 120.0]
 
 
-def unwrapped_sweep(angles: np.ndarray, period: float) -> float:
-    """Degrees swept along a closed loop of angles (the sum of the shortest steps between neighbours, unsigned)."""
+def loop_steps(angles: np.ndarray, period: float) -> np.ndarray:
+    """The shortest signed steps (degrees) between neighbours along a closed loop of angles."""
     steps = np.diff(np.concatenate([angles, angles[:1]]))
-    steps = (steps + period / 2) % period - period / 2
-    return float(abs(steps.sum()))
+    return (steps + period / 2) % period - period / 2
 
 
 def spread(angles: np.ndarray, period: float) -> float:
@@ -55,7 +56,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prior", help="a diffusion prior folder: add EGG VEIs")
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/simulated_invariances"), help="scratch folder for the products")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/simulated_invariances"),
+                        help="scratch folder for the products (kept: a second run only reads them)")
     args = parser.parse_args()
     cells = SimulatedCells(KINDS, size=32, orientation=ORIENTATIONS, phase=[90.0, 0.0, 0.0, 45.0]).eval()
     neurons = [f"{cells.session}/{n}" for n in cells.neuron_ids(cells.session)]
@@ -66,20 +68,20 @@ def main() -> int:
     for product in products:
         start = time.perf_counter()
         (made,) = make_products([product], [], cells, ProductData(), args.out)
-        seconds[product.method.name] = time.perf_counter() - start
+        seconds[product.method.name] = f"{time.perf_counter() - start:.1f} s ({made.how})"
         columns[product.method.name] = made.results
 
     from encoders.products.manifolds import InvarianceManifolds  # noqa: E402
 
     start = time.perf_counter()
     (made,) = make_products([InvarianceManifolds(neurons=neurons)], [], cells, ProductData(), args.out)
-    seconds["manifold"] = time.perf_counter() - start
+    seconds["manifold"] = f"{time.perf_counter() - start:.1f} s ({made.how})"
     manifolds = made.results
 
     header = f"{'cell':22} {'invariant to':20} {'DI (GA)':>8} {'above':>6}"
     if "egg" in columns:
         header += f" {'DI (EGG)':>9} {'above':>6}"
-    header += f" {'loop met rule':>13} {'phase swept':>11} {'orient. range':>13}"
+    header += f" {'loop met rule':>13} {'phase winding':>13} {'largest step':>12} {'orient. range':>13}"
     print(f"1 x 32 x 32 simulated cells, K = {args.k}, floor 0.85; DI = diversity index (simple 0, complex 1); "
           f"above = VEIs >= floor; manifolds: 1-D loop, fitted Gabor (8 px wavelength, 4 px envelope) per point")
     print(header)
@@ -96,11 +98,11 @@ def main() -> int:
         loop = manifolds.isel(neuron=i)
         images = torch.as_tensor(loop.image.values)
         fit = fit_phase_orientation(images, DEFAULT_FREQUENCY, DEFAULT_SIGMA, around=ORIENTATIONS[i])
-        phase = unwrapped_sweep(fit.phase.numpy(), 360.0)
+        steps = loop_steps(fit.phase.numpy(), 360.0)
         orientation = spread(fit.orientation.numpy(), 180.0)
-        row += f" {'yes' if bool(loop.reached) else 'no':>13} {phase:11.0f} {orientation:13.1f}"
+        row += f" {'yes' if bool(loop.reached) else 'no':>13} {steps.sum():13.0f} {np.abs(steps).max():12.0f} {orientation:13.1f}"
         print(row)
-    print("seconds: " + ", ".join(f"{name} {value:.1f}" for name, value in seconds.items()) + f" ({torch.get_num_threads()} threads)")
+    print("time: " + ", ".join(f"{name} {value}" for name, value in seconds.items()) + f"; {torch.get_num_threads()} threads")
     return 0
 
 

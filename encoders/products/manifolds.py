@@ -21,16 +21,16 @@ from matplotlib.figure import Figure
 
 from encoders.contract import ResponseModel, device_of
 from encoders.errors import EncodersError
-from encoders.products.base import Product, ProductData
+from encoders.products.base import ProductData
 from encoders.products.figures import _grid, show_image
 from encoders.products.meis import compute_meis
+from encoders.products.neurons import NeuronProduct, add_validation_correlation
 from encoders.products.progress import Progress
 from encoders.products.veis import add_reach, best_seed
 from encoders.synthesis.diverse import kept_norm
 from encoders.synthesis.gradient_ascent import GASettings
 from encoders.synthesis.manifolds import align_manifolds, group_neurons, invariance_manifolds
 from encoders.synthesis.method import Method
-from encoders.synthesis.targets import check_choice, resolve_targets, top_k_targets
 
 SHOWN = 10  # points of each loop in the figure (the file has all)
 ALIGN_IMAGES = 2048  # images per alignment step (templates are aligned in chunks): bounds memory
@@ -45,7 +45,7 @@ def check_floors(mean_floor: float, point_floor: float) -> None:
                             "would already hold the mean above it")
 
 
-class InvarianceManifolds(Product):
+class InvarianceManifolds(NeuronProduct):
     """Invariance manifolds of chosen neurons -> `manifold_<latent_dim>d.nc` + PNG.
 
     Args:
@@ -84,8 +84,7 @@ class InvarianceManifolds(Product):
         group_threshold: float = 0.85,
         ground_truth: bool = True,
     ):
-        self.targets = check_choice(neurons, top_k)
-        self.top_k = top_k
+        self.choose(neurons, top_k)
         if latent_dim not in (1, 2) or isinstance(latent_dim, bool):
             raise EncodersError(f"latent_dim must be 1 (a loop) or 2 (a torus), got {latent_dim!r}")
         if isinstance(points, bool) or int(points) != points or points < 3:
@@ -109,27 +108,12 @@ class InvarianceManifolds(Product):
         return f"{self.kind}_{self.latent_dim}d"
 
     def check(self, model: ResponseModel, data: ProductData) -> None:
-        if self.targets is not None:
-            resolve_targets(model, self.targets)
-        elif data.recording is None:
-            raise EncodersError("top_k needs data (a data module or --data) to rank neurons by validation correlation")
         kept_norm(self.method, tuple(model.input_shape))
-        if self._scored(data):
-            data.twin.check(model)
-        self.method.check_available()
-
-    def _scored(self, data: ProductData) -> bool:
-        return self.ground_truth and data.twin is not None
-
-    def resolved(self, model: ResponseModel, data: ProductData) -> dict:
-        return {"scored_on_twin": self._scored(data)}
+        super().check(model, data)
 
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
         model.eval()
-        if self.targets is None:
-            targets, scores = top_k_targets(model, data.recording, self.top_k)
-        else:
-            targets, scores = list(self.targets), None
+        targets, scores = self.chosen(model, data)
         meis = compute_meis(model, targets, self.method, progress=progress)
         mei, mei_rate = best_seed(meis)
         if not (torch.isfinite(mei_rate) & (mei_rate > 0)).all():
@@ -141,12 +125,10 @@ class InvarianceManifolds(Product):
                                           steps=self.steps, mean_floor=self.mean_floor, point_floor=self.point_floor)
             advance(1)
         results = self._dataset(model, targets, mei, mei_rate, result)
-        if scores is not None:
-            results["validation_correlation"] = ("neuron", np.asarray(scores))
-            results["validation_correlation"].attrs.update({"long_name": "correlation of prediction and response, validation tier", "units": "1"})
+        add_validation_correlation(results, scores)
         if self.align:
             self._align(model, targets, mei_rate, result, results)
-        if self._scored(data):
+        if self.scored(data):
             self._truth(model, data, targets, meis, result, results)
         return results
 

@@ -17,13 +17,14 @@ from matplotlib.figure import Figure
 
 from encoders.contract import ResponseModel
 from encoders.errors import EncodersError
-from encoders.products.base import Product, ProductData
+from encoders.products.base import ProductData
 from encoders.products.figures import mei_figure
+from encoders.products.neurons import NeuronProduct, add_validation_correlation
 from encoders.products.progress import Progress
 from encoders.synthesis.energies import NeuronActivation
 from encoders.synthesis.gradient_ascent import GASettings
 from encoders.synthesis.method import Method
-from encoders.synthesis.targets import Target, check_choice, resolve_targets, top_k_targets
+from encoders.synthesis.targets import Target, resolve_targets
 
 KINDS = {"mei": "most exciting images", "meni": "most exciting naturalistic images", "mii": "most inhibitory images"}
 
@@ -94,7 +95,7 @@ def mei_dataset(
     return data
 
 
-class MEIs(Product):
+class MEIs(NeuronProduct):
     """Most exciting (or inhibitory) images of chosen neurons -> `<kind>_<method>.nc` + PNG.
 
     Args:
@@ -115,8 +116,7 @@ class MEIs(Product):
         kind: str = "mei",
         ground_truth: bool = True,
     ):
-        self.targets = check_choice(neurons, top_k)
-        self.top_k = top_k
+        self.choose(neurons, top_k)
         if kind not in KINDS:
             raise EncodersError(f"kind: must be one of {list(KINDS)}, got {kind!r}")
         # the kind names the file and the title, so it must say what the images are: minimize makes
@@ -134,35 +134,15 @@ class MEIs(Product):
     def stem(self) -> str:
         return f"{self.kind}_{self.method.name}"
 
-    def check(self, model: ResponseModel, data: ProductData) -> None:
-        if self.targets is not None:
-            resolve_targets(model, self.targets)
-        elif data.recording is None:
-            raise EncodersError("top_k needs data (a data module or --data) to rank neurons by validation correlation")
-        if self._scored(data):
-            data.twin.check(model)
-        self.method.check_available()
-
-    def _scored(self, data: ProductData) -> bool:
-        return self.ground_truth and data.twin is not None
-
-    def resolved(self, model: ResponseModel, data: ProductData) -> dict:
-        return {"scored_on_twin": self._scored(data)}
-
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
         from encoders.twin.scoring import ground_truth_summary, score_on_ground_truth
 
         model.eval()
-        if self.targets is None:
-            targets, scores = top_k_targets(model, data.recording, self.top_k)
-        else:
-            targets, scores = list(self.targets), None
+        targets, scores = self.chosen(model, data)
         results = compute_meis(model, targets, self.method, self.minimize, progress)
         results.attrs["product"] = KINDS[self.kind]
-        if scores is not None:
-            results["validation_correlation"] = ("neuron", np.asarray(scores))
-            results["validation_correlation"].attrs.update({"long_name": "correlation of prediction and response, validation tier", "units": "1"})
-        if self._scored(data):
+        add_validation_correlation(results, scores)
+        if self.scored(data):
             results = score_on_ground_truth(results, model, data.twin, self.method.truth(), data.truth_store)
             results.attrs["ground_truth_summary"] = ground_truth_summary(results)
         return results

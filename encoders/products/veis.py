@@ -22,9 +22,10 @@ from matplotlib.figure import Figure
 
 from encoders.contract import ResponseModel, device_of
 from encoders.errors import EncodersError
-from encoders.products.base import Product, ProductData
+from encoders.products.base import ProductData
 from encoders.products.figures import METHOD_NAMES, _grid, show_image
 from encoders.products.meis import compute_meis
+from encoders.products.neurons import NeuronProduct, add_validation_correlation
 from encoders.products.progress import Progress
 from encoders.synthesis.diverse import (
     DEFAULT_FLOOR,
@@ -38,7 +39,7 @@ from encoders.synthesis.diverse import (
 )
 from encoders.synthesis.gradient_ascent import GASettings
 from encoders.synthesis.method import Method
-from encoders.synthesis.targets import Target, check_choice, model_space_images, resolve_targets, top_k_targets
+from encoders.synthesis.targets import Target, model_space_images
 
 LEVELS = (0.5, 0.75, 0.85)  # the natural-image yardstick: fractions of the MEI's rate (Ding et al.)
 SHOWN = 8  # VEIs per neuron in the figure (the file has all K)
@@ -99,7 +100,7 @@ def add_reach(results: xr.Dataset, reach) -> None:
         results[name].attrs.update({"long_name": long_name, "units": unit})
 
 
-class VEIs(Product):
+class VEIs(NeuronProduct):
     """Varied exciting images of chosen neurons -> `vei_<method>.nc` + PNG (Ding et al. 2026).
 
     Args:
@@ -128,8 +129,7 @@ class VEIs(Product):
         reference: Method | None = None,
         ground_truth: bool = True,
     ):
-        self.targets = check_choice(neurons, top_k)
-        self.top_k = top_k
+        self.choose(neurons, top_k)
         check_settings(k, floor)
         self.method, self.k, self.floor, self.reference = method, int(k), float(floor), reference
         self.ground_truth = ground_truth
@@ -138,10 +138,6 @@ class VEIs(Product):
         return f"{self.kind}_{self.method.name}"
 
     def check(self, model: ResponseModel, data: ProductData) -> None:
-        if self.targets is not None:
-            resolve_targets(model, self.targets)
-        elif data.recording is None:
-            raise EncodersError("top_k needs data (a data module or --data) to rank neurons by validation correlation")
         shape = tuple(model.input_shape)
         norm = kept_norm(self.method, shape)
         if self.reference is not None:
@@ -150,22 +146,14 @@ class VEIs(Product):
                 raise EncodersError(f"reference: its MEIs are kept at L2 norm {other:.4g}, the VEIs' method at {norm:.4g}; "
                                     "VEIs are at their reference MEI's contrast: give both the same contrast")
             self.reference.check_available()
-        if self._scored(data):
-            data.twin.check(model)
-        self.method.check_available()
-
-    def _scored(self, data: ProductData) -> bool:
-        return self.ground_truth and data.twin is not None
+        super().check(model, data)
 
     def resolved(self, model: ResponseModel, data: ProductData) -> dict:
-        return {"scored_on_twin": self._scored(data), "with_natural_images": data.recording is not None}
+        return {**super().resolved(model, data), "with_natural_images": data.recording is not None}
 
     def compute(self, model: ResponseModel, data: ProductData, progress: Progress) -> xr.Dataset:
         model.eval()
-        if self.targets is None:
-            targets, scores = top_k_targets(model, data.recording, self.top_k)
-        else:
-            targets, scores = list(self.targets), None
+        targets, scores = self.chosen(model, data)
         shape = tuple(model.input_shape)
         own = compute_meis(model, targets, self.method, progress=progress)
         reference = own if self.reference is None else compute_meis(model, targets, self.reference, progress=progress)
@@ -189,9 +177,7 @@ class VEIs(Product):
             advance(1)
         results = self._dataset(model, targets, mei, mei_rate, own_rate, masks, result)
         results.attrs["unreachable"] = json.dumps(dropped)
-        if scores is not None:
-            results["validation_correlation"] = ("neuron", np.asarray(scores)[index.numpy()])
-            results["validation_correlation"].attrs.update({"long_name": "correlation of prediction and response, validation tier", "units": "1"})
+        add_validation_correlation(results, scores, index.numpy())
         if shape[0] == 1 and shape[1] == shape[2]:
             anchor_method = self.method if isinstance(self.method, GASettings) else vei_method(norm=kept_norm(self.method, shape))
             anchors = diversity_anchors(shape, anchor_method, self.k, self.floor, first)
@@ -204,7 +190,7 @@ class VEIs(Product):
                 results.attrs["diversity_index"] = "not computed: the simulated complex cell's VEIs are no more diverse than the simple cell's (too few steps?)"
         else:
             results.attrs["diversity_index"] = "not computed: the simulated anchor cells are grayscale and square"
-        truth = self._truth(model, data, targets, reference.isel(neuron=index.numpy()), result.images) if self._scored(data) else None
+        truth = self._truth(model, data, targets, reference.isel(neuron=index.numpy()), result.images) if self.scored(data) else None
         if truth is not None:
             true_rate, true_mei_rate, _, reach = truth
             add_reach(results, reach)
