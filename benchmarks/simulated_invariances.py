@@ -35,8 +35,8 @@ from encoders.simulated.cells import DEFAULT_FREQUENCY, DEFAULT_SIGMA, INVARIANT
 from encoders.synthesis import EGGSettings  # noqa: E402
 from encoders.synthesis.diverse import vei_method  # noqa: E402
 
-KINDS = ["simple", "complex", "orientation_invariant", "polarity_invariant"]
-ORIENTATIONS = [30.0, 60.0, 0.0, 120.0]
+KINDS = ["simple", "complex", "orientation_invariant", "polarity_invariant", "orientation_only"]
+ORIENTATIONS = [30.0, 60.0, 0.0, 120.0, 150.0]
 
 
 def loop_steps(angles: np.ndarray, period: float) -> np.ndarray:
@@ -59,7 +59,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/simulated_invariances"),
                         help="scratch folder for the products (kept: a second run only reads them)")
     args = parser.parse_args()
-    cells = SimulatedCells(KINDS, size=32, orientation=ORIENTATIONS, phase=[90.0, 0.0, 0.0, 45.0]).eval()
+    cells = SimulatedCells(KINDS, size=32, orientation=ORIENTATIONS, phase=[90.0, 0.0, 0.0, 45.0, 0.0]).eval()
     neurons = [f"{cells.session}/{n}" for n in cells.neuron_ids(cells.session)]
     products = [VEIs(neurons=neurons, method=vei_method(), k=args.k)]
     if args.prior:

@@ -80,7 +80,7 @@ def test_rates_are_non_negative_in_both_call_forms(cells):
     noise = 3.0 * torch.randn((12, *SHAPE), generator=generator)  # far beyond the usual contrast
     images = torch.cat([noise, -noise, gabors(cells, torch.tensor([0.0, 45.0, 90.0, 135.0]), 90.0)])
     full = cells(images, S)
-    assert full.shape == (len(images), 4) and (full >= 0).all() and torch.isfinite(full).all()
+    assert full.shape == (len(images), len(KINDS)) and (full >= 0).all() and torch.isfinite(full).all()
     columns = torch.randint(0, 4, (len(images),), generator=generator)
     paired = cells(images, S, columns)
     assert paired.shape == (len(images),)
@@ -224,7 +224,7 @@ def test_mei_product_runs_on_the_cells_unchanged(cells):
     targets = all_targets(cells)
     method = GASettings(seeds=(0, 1), steps=20)
     meis = compute_meis(cells, targets, method)
-    assert list(meis["neuron_id"].values) == list(KINDS) and meis["image"].shape == (1, 4, 2, *SHAPE)
+    assert list(meis["neuron_id"].values) == list(KINDS) and meis["image"].shape == (1, len(KINDS), 2, *SHAPE)
     assert (meis["activation"].values > 0.98 * NORM).all()  # every cell's best is about |drive| = NORM
     pixels = meis["image_pixels"].values
     assert pixels.min() >= 0 and pixels.max() <= 255  # clamped to what a screen shows
@@ -233,3 +233,13 @@ def test_mei_product_runs_on_the_cells_unchanged(cells):
     pref = cells.preferred_gabor("simple").flatten()
     mii = torch.as_tensor(miis["image"].values[0, 0]).flatten(1)
     assert (correlation(mii, pref.expand(2, -1), dim=1) < -0.95).all()
+
+
+def test_orientation_only_cell_keeps_its_phase_at_every_orientation(cells):
+    """Its Gabor (phase 0) drives it equally at every orientation; the opposite phase drives it about as little as it
+    drives the simple cell, so orientation is its only invariance (a loop of its best images sweeps orientation alone)."""
+    r = rates(cells, gabors(cells, ORIENTATIONS[:, None], PHASES))["orientation_only"]  # (orientations, phases)
+    at_phase_0 = r[:, PHASES == 0.0]
+    assert at_phase_0.max() / at_phase_0.min() < 1.001  # 32 filters 11.25 degrees apart round the circle, L8 pooling
+    assert (r[:, PHASES == 180.0] < 0.2 * at_phase_0.min()).all()
+    assert INVARIANT_TO["orientation_only"] == ("orientation",)

@@ -35,13 +35,14 @@ from encoders.datasets.transforms import ImageTransform
 from encoders.errors import EncodersError
 
 SESSION = "simulated"
-KINDS = ("simple", "complex", "orientation_invariant", "polarity_invariant")
+KINDS = ("simple", "complex", "orientation_invariant", "polarity_invariant", "orientation_only")
 # What each kind's response does not change with (for a centred Gabor of its preferred frequency).
 INVARIANT_TO = {
     "simple": (),
     "complex": ("phase",),
     "orientation_invariant": ("phase", "orientation"),
     "polarity_invariant": ("polarity",),
+    "orientation_only": ("orientation",),
 }
 PIXEL_MEAN, PIXEL_STD = 128.0, 64.0  # pixels 0..255 -> model space about -2..2
 DEFAULT_SIZE = 32
@@ -194,6 +195,12 @@ class SimulatedCells(nn.Module):
       a time wins, so the best images are Gabor-like at any orientation and phase (the invariance
       manifold; with the defaults a single Gabor of the cell's frequency and sigma explains about
       99 % of a best image's variance, the rest widening it in orientation).
+    - "orientation_only": the orientation-invariant cell's soft maximum over orientation, pooled over
+      rectified drives ``softplus(d_k)`` of Gabors of ONE phase (`phase`) at 2 * `n_orientations`
+      orientations round the full circle (an odd Gabor at o + 180 is the negative of the one at o):
+      ``(sum_k softplus(d_k)^(2p))^(1/(2p))``. Invariant to orientation alone: its best images are the
+      Gabors of its phase at every orientation (one loop through orientation), and a Gabor of
+      opposite phase drives it about as little as it drives a simple cell.
     - "polarity_invariant": ``log(exp(d) + exp(-d))`` of one Gabor, a smooth full-wave rectification
       (the rectified responses to the Gabor and to its negative, pooled): about |d|, ln 2 at d = 0.
       Invariant to contrast polarity (phase p and p + 180 give the same rate: its best images are
@@ -266,6 +273,9 @@ class SimulatedCells(nn.Module):
                 bank = _filters(self.size, o, f, p, s)[None]
             elif kind == "complex":
                 bank = _filters(self.size, o, f, quadrature, s)
+            elif kind == "orientation_only":
+                grid = o + 360.0 * torch.arange(2 * self.n_orientations, dtype=torch.float64) / (2 * self.n_orientations)
+                bank = _filters(self.size, grid, f, p, s)  # (2K, H, W)
             else:
                 grid = o + 180.0 * torch.arange(self.n_orientations, dtype=torch.float64) / self.n_orientations
                 bank = _filters(self.size, grid[:, None], f, quadrature, s).flatten(0, 1)  # (K * 2, H, W)
@@ -275,7 +285,7 @@ class SimulatedCells(nn.Module):
             columns[kind].append(i)
         self.register_buffer("bank", torch.cat(filters).flatten(1).to(torch.float32))  # (filters, H * W)
         shapes = {"simple": (-1,), "polarity_invariant": (-1,), "complex": (-1, 2),
-                  "orientation_invariant": (-1, self.n_orientations, 2)}
+                  "orientation_invariant": (-1, self.n_orientations, 2), "orientation_only": (-1, 2 * self.n_orientations, 1)}
         self._present = [k for k in KINDS if columns[k]]
         for kind in self._present:
             self.register_buffer(f"_{kind}_rows", torch.tensor(index[kind]).view(*shapes[kind]), persistent=False)
@@ -318,7 +328,9 @@ class SimulatedCells(nn.Module):
             elif kind == "complex":
                 parts.append(torch.sqrt(d.pow(2).sum(-1) + ENERGY_EPS))
             else:  # (sum_k E_k^p + eps^p)^(1/2p), with the energies over a scale s that cancels (no overflow)
-                energy, power = d.pow(2).sum(-1), self.pooling_exponent  # (B, n, K)
+                # E_k: a quadrature pair's energy, or (orientation_only) a squared rectified drive
+                energy = d.pow(2).sum(-1) if kind == "orientation_invariant" else F.softplus(d[..., 0]).pow(2)
+                power = self.pooling_exponent  # energy: (B, n, K)
                 scale = energy.detach().amax(-1).clamp_min(ENERGY_EPS)
                 pooled = (energy / scale[..., None]).pow(power).sum(-1) + (ENERGY_EPS / scale) ** power
                 parts.append(scale.sqrt() * pooled.pow(0.5 / power))
