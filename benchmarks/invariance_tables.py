@@ -94,6 +94,44 @@ def neuron_figure(folder: Path, neuron: str | None, out: Path, shown: int = 8) -
     return neuron
 
 
+def per_neuron(ds: xr.Dataset) -> dict[str, float]:
+    """Per neuron id: the share of its images keeping the true neuron >= 0.85 of its true MEI's rate (empty without a twin)."""
+    if "ground_truth_relative_activation" not in ds:
+        return {}
+    above = ds.ground_truth_relative_activation >= 0.85
+    values = above.mean(above.dims[1]).values
+    return {f"{s}/{n}": float(v) for s, n, v in zip(ds.session.values, ds.neuron_id.values, values)}
+
+
+def paired(folder: Path) -> None:
+    """Paired over the neurons two products share (Wilcoxon signed-rank): the share above 0.85 on the truth, and the
+    diversity index of GA's and EGG's VEIs."""
+    from scipy.stats import wilcoxon
+
+    files = {name: xr.open_dataset(folder / f"{name}.nc").load() for name in ("vei_ga", "vei_egg", "manifold_1d")
+             if (folder / f"{name}.nc").is_file()}
+    lines = []
+    for first, second, what in [("vei_ga", "vei_egg", "truth"), ("manifold_1d", "vei_ga", "truth"), ("vei_ga", "vei_egg", "index")]:
+        if first not in files or second not in files:
+            continue
+        if what == "truth":
+            a, b = per_neuron(files[first]), per_neuron(files[second])
+        else:
+            a, b = ({f"{s}/{n}": float(v) for s, n, v in zip(ds.session.values, ds.neuron_id.values, ds.diversity_index.values)}
+                    if "diversity_index" in ds else {} for ds in (files[first], files[second]))
+        keys = sorted(set(a) & set(b))
+        if len(keys) < 5:
+            continue
+        d = np.array([a[k] - b[k] for k in keys])
+        p = wilcoxon([a[k] for k in keys], [b[k] for k in keys]).pvalue if np.any(d != 0) else float("nan")
+        label = "share >= 0.85 on the truth" if what == "truth" else "diversity index"
+        lines.append(f"  {label}: {first} - {second} = {d.mean():+.3f} +- {d.std(ddof=1) / np.sqrt(len(d)):.3f} (SEM), "
+                     f"p = {p:.2g}, {len(keys)} neurons")
+    if lines:
+        print("paired over neurons (Wilcoxon signed-rank):")
+        print("\n".join(lines))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="the products' folder (the configs' `out`)")
@@ -142,6 +180,7 @@ def main() -> int:
                 if "ground_truth_natural_fraction" in ds:
                     row[f"natural >= {level:g} true MEI (truth)"] = spread(ds.ground_truth_natural_fraction.isel(level=j))
         rows.append(row)
+    paired(args.folder)
     if args.figure is not None:
         print(f"figure of {neuron_figure(args.folder, args.neuron, args.figure)} -> {args.figure}")
     keys = list(dict.fromkeys(k for row in rows for k in row))
