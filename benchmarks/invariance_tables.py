@@ -132,6 +132,20 @@ def paired(folder: Path) -> None:
         print("\n".join(lines))
 
 
+def groups_on_truth(ds: xr.Dataset, data: Path) -> str:
+    """How the manifold groups match the twin's own: each true neuron's main shared V4 feature (adjusted Rand index)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from encoders.ensemble import load_models
+    from encoders.twin import Twin
+
+    model = load_models(ds.attrs["checkpoint"].split(", "))
+    twin = Twin.from_file(data)
+    columns = twin.columns(model, list(zip(ds.session.values.tolist(), ds.neuron_id.values.tolist()))).numpy()
+    feature = twin.truth.main_feature[columns]
+    return f"ARI {adjusted_rand_score(feature, ds.group.values):.2f} ({len(set(feature.tolist()))} true main features)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="the products' folder (the configs' `out`)")
@@ -161,6 +175,8 @@ def main() -> int:
             if "group" in ds:
                 sizes = sorted(np.unique(ds.group.values, return_counts=True)[1].tolist(), reverse=True)
                 row["groups"] = f"{len(sizes)} (sizes {sizes})"
+                if args.data is not None and "ground_truth_activation" in ds:
+                    row["groups vs true main feature"] = groups_on_truth(ds, args.data)
         if "ground_truth_relative_activation" in ds:
             if args.data is not None:  # Ding et al.'s closed loop shows both the MEI and its VEIs to the neuron
                 mei_rate = mei_on_truth(ds, args.data)
