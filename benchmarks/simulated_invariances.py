@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from encoders.errors import EncodersError  # noqa: E402
 from encoders.products import ProductData, VEIs, make_products  # noqa: E402
 from encoders.simulated import SimulatedCells, fit_phase_orientation  # noqa: E402
 from encoders.simulated.cells import DEFAULT_FREQUENCY, DEFAULT_SIGMA, INVARIANT_TO  # noqa: E402
@@ -64,6 +65,8 @@ def main() -> int:
     products = [VEIs(neurons=neurons, method=vei_method(), k=args.k)]
     if args.prior:
         products.append(VEIs(neurons=neurons, method=EGGSettings(prior=args.prior), k=args.k, reference=vei_method()))
+    for product in products:  # a missing prior fails now, not after the GA VEIs
+        product.method.check_available()
     columns, seconds = {}, {}
     for product in products:
         start = time.perf_counter()
@@ -107,4 +110,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except EncodersError as error:
+        print(f"simulated_invariances: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -21,7 +21,7 @@ from encoders.datasets.io import write_dataset
 from encoders.products import ProductData, VEIs, make_products
 from encoders.simulated import SimulatedCells
 from encoders.synthesis import EGGSettings, GASettings
-from encoders.synthesis.diverse import vei_method
+from encoders.synthesis.diverse import diversity_anchors, vei_method
 from encoders.training import EncodingModel, ModelCheckpoint
 from encoders.twin import make_twin
 
@@ -103,7 +103,11 @@ def test_ga_and_egg_veis_after_training_scored_on_the_twin(tmp_path):
                 assert (ds.true_position_extent >= 0).all() and ds.position_extent.attrs["units"] == "pixel"
             assert (folder / f"{name}.png").stat().st_size > 2000
         with xr.open_dataset(folder / "vei_egg.nc") as egg_file, xr.open_dataset(folder / "vei_ga.nc") as ga_file:
-            assert egg_file.sizes["step"] == 4 and egg_file.attrs["anchor_method"] == "GASettings"
+            assert egg_file.sizes["step"] == 4
+            # one scale for every method: the standard VEI gradient ascent's anchors at the images' norm, K and floor
+            for file, floor in ((ga_file, 0.85), (egg_file, 0.5)):
+                anchors = diversity_anchors((1, 24, 24), vei_method(norm=0.25 * 24), 3, floor, 1)
+                assert file.attrs["anchor_complex_distance"] == pytest.approx(anchors.complex, rel=1e-5)
             assert egg_file.attrs["reference_ga_steps"] == 20 and egg_file.attrs["egg_num_steps"] == 4
             # the same reference MEIs: GA's, so both sets of VEIs meet one floor
             kept = [i for i in ga_file.neuron_id.values.tolist() if i in egg_file.neuron_id.values.tolist()]

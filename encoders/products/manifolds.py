@@ -19,14 +19,14 @@ import torch
 import xarray as xr
 from matplotlib.figure import Figure
 
-from encoders.contract import ResponseModel, device_of
+from encoders.contract import ResponseModel
 from encoders.errors import EncodersError
 from encoders.products.base import ProductData
 from encoders.products.figures import _grid, show_image
 from encoders.products.meis import compute_meis
-from encoders.products.neurons import NeuronProduct, add_validation_correlation
+from encoders.products.neurons import NeuronProduct, TwinView, add_validation_correlation
 from encoders.products.progress import Progress
-from encoders.products.veis import add_reach, best_seed
+from encoders.products.veis import best_seed
 from encoders.synthesis.diverse import kept_norm
 from encoders.synthesis.gradient_ascent import GASettings
 from encoders.synthesis.manifolds import align_manifolds, group_neurons, invariance_manifolds
@@ -129,7 +129,7 @@ class InvarianceManifolds(NeuronProduct):
         if self.align:
             self._align(model, targets, mei_rate, result, results)
         if self.scored(data):
-            self._truth(model, data, targets, meis, result, results)
+            TwinView(model, data, targets, meis, self.method, result.images).add_to(results, "point", self.point_floor, "point")
         return results
 
     def _align(self, model, targets, mei_rate, result, results: xr.Dataset) -> None:
@@ -156,39 +156,6 @@ class InvarianceManifolds(NeuronProduct):
         labels = group_neurons(alignment, self.group_threshold)
         results["group"] = ("neuron", np.asarray(labels))
         results["group"].attrs.update({"long_name": "group of neurons sharing an invariance (alignment of manifolds)", "units": "1"})
-
-    def _truth(self, model, data: ProductData, targets, meis: xr.Dataset, result, results: xr.Dataset) -> None:
-        from encoders.twin.invariance import invariance_reach
-        from encoders.twin.scoring import GroundTruthActivation, score_on_ground_truth
-
-        scored = score_on_ground_truth(meis, model, data.twin, self.method.truth(), data.truth_store)
-        true_mei_rate = torch.as_tensor(scored.true_mei_activation.values)
-        true_mei = torch.as_tensor(scored.true_mei.values)
-        columns = data.twin.columns(model, targets)
-        device = device_of(model)
-        truth, geometry = data.twin.truth.to(device), data.twin.geometry(model)
-        n, p = result.images.shape[:2]
-        with torch.no_grad():
-            energy = GroundTruthActivation(truth, columns.repeat_interleave(p), geometry)
-            true_rate = energy.activation(result.images.flatten(0, 1).to(device)).cpu().view(n, p)
-
-            def rate_of(images: torch.Tensor, j: int) -> torch.Tensor:
-                return truth(geometry.to_twin(images.to(device)))[:, int(columns[j])].cpu()
-
-        relative = true_rate / true_mei_rate[:, None]
-        results["ground_truth_activation"] = (("neuron", "point"), true_rate.numpy())
-        results["ground_truth_relative_activation"] = (("neuron", "point"), relative.numpy())
-        results["ground_truth_fraction_above"] = ("neuron", (relative >= self.point_floor).double().mean(1).numpy())
-        results["true_mei_activation"] = ("neuron", true_mei_rate.numpy())
-        for name, long_name, unit in [
-            ("ground_truth_activation", "true rate of each point of the loop", "true rate (spikes per bin)"),
-            ("ground_truth_relative_activation", "true rate / true rate of the true MEI", "1"),
-            ("ground_truth_fraction_above", "fraction of the loop keeping the true neuron >= point_floor of its true MEI", "1"),
-            ("true_mei_activation", "true rate of the true MEI", "true rate (spikes per bin)"),
-        ]:
-            results[name].attrs.update({"long_name": long_name, "units": unit})
-        with torch.no_grad():
-            add_reach(results, invariance_reach(rate_of, true_mei, true_mei_rate, result.images, self.point_floor))
 
     def _dataset(self, model, targets, mei, mei_rate, result) -> xr.Dataset:
         transform = model.image_transform

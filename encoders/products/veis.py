@@ -25,7 +25,7 @@ from encoders.errors import EncodersError
 from encoders.products.base import ProductData
 from encoders.products.figures import METHOD_NAMES, _grid, show_image
 from encoders.products.meis import compute_meis
-from encoders.products.neurons import NeuronProduct, add_validation_correlation
+from encoders.products.neurons import NeuronProduct, TwinView, add_validation_correlation, labelled
 from encoders.products.progress import Progress
 from encoders.synthesis.diverse import (
     DEFAULT_FLOOR,
@@ -62,10 +62,11 @@ def best_seed(meis: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def natural_fractions(model: ResponseModel, recording, targets: list[Target], mei_rate: torch.Tensor, truth=None) -> tuple:
+def natural_fractions(model: ResponseModel, recording, targets: list[Target], mei_rate: torch.Tensor,
+                      truth: TwinView | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fraction of each target's session images (every tier, as recorded: their own contrast) whose predicted rate
-    is >= each of LEVELS times the MEI's rate, (n, levels); with `truth` = (activation_for(columns), true MEI rates),
-    the same for the true rates against the true MEI."""
+    is >= each of LEVELS times the MEI's rate, (n, levels); with a twin's view, the same for the true rates against
+    the true MEI (NaN without one)."""
     device = device_of(model)
     predicted = np.full((len(targets), len(LEVELS)), np.nan)
     true = np.full_like(predicted, np.nan)
@@ -80,24 +81,10 @@ def natural_fractions(model: ResponseModel, recording, targets: list[Target], me
         for j, level in enumerate(LEVELS):
             predicted[rows, j] = (rates >= level * mei_rate[rows][None]).double().mean(0).numpy()
         if truth is not None:
-            true_rates, true_mei = truth(images, rows)
+            true_rates = truth.rates(images, rows)
             for j, level in enumerate(LEVELS):
-                true[rows, j] = (true_rates >= level * true_mei[rows][None]).double().mean(0).numpy()
+                true[rows, j] = (true_rates >= level * truth.true_mei_rate[rows][None]).double().mean(0).numpy()
     return predicted, true
-
-
-def add_reach(results: xr.Dataset, reach) -> None:
-    """The true invariance of each neuron and the images' reach along it (`encoders.twin.invariance.Reach`), in place."""
-    for name, long_name, unit in [
-        ("true_phase_arc", "phase shifts of the true MEI keeping the true neuron >= floor", "degree"),
-        ("true_position_extent", "largest distance between shifts of the true MEI keeping it >= floor", "pixel"),
-        ("phase_arc", "arc of the images' phases relative to the true MEI", "degree"),
-        ("position_extent", "largest distance between the images' best-aligned shifts", "pixel"),
-        ("phase_reach", "phase_arc / true_phase_arc", "1"),
-        ("position_reach", "position_extent / true_position_extent", "1"),
-    ]:
-        results[name] = ("neuron", np.asarray(getattr(reach, name), dtype=float))
-        results[name].attrs.update({"long_name": long_name, "units": unit})
 
 
 class VEIs(NeuronProduct):
@@ -179,65 +166,29 @@ class VEIs(NeuronProduct):
         results.attrs["unreachable"] = json.dumps(dropped)
         add_validation_correlation(results, scores, index.numpy())
         if shape[0] == 1 and shape[1] == shape[2]:
-            anchor_method = self.method if isinstance(self.method, GASettings) else vei_method(norm=kept_norm(self.method, shape))
-            anchors = diversity_anchors(shape, anchor_method, self.k, self.floor, first)
-            results.attrs.update({"anchor_simple_distance": anchors.simple, "anchor_complex_distance": anchors.complex,
-                                  "anchor_method": type(anchor_method).__name__})
+            # one scale for every method: the anchors are the standard VEI gradient ascent's at these images' norm
+            anchors = diversity_anchors(shape, vei_method(norm=result.norm), self.k, self.floor, first)
+            results.attrs.update({"anchor_simple_distance": anchors.simple, "anchor_complex_distance": anchors.complex})
             if anchors.complex > anchors.simple:
-                results["diversity_index"] = ("neuron", anchors.index(result.distance).numpy())
-                results["diversity_index"].attrs.update({"long_name": "mean pairwise VEI distance, 0 = simulated simple cell, 1 = complex cell", "units": "1"})
-            else:  # the method did not converge on the anchor cells: no scale to read the distances on
-                results.attrs["diversity_index"] = "not computed: the simulated complex cell's VEIs are no more diverse than the simple cell's (too few steps?)"
+                results["diversity_index"] = labelled("neuron", anchors.index(result.distance),
+                                                      "mean pairwise VEI distance, 0 = simulated simple cell, 1 = complex cell", "1")
+            else:  # the anchor cells' VEIs did not separate: no scale to read the distances on
+                results.attrs["diversity_index"] = "not computed: the simulated complex cell's VEIs are no more diverse than the simple cell's"
         else:
             results.attrs["diversity_index"] = "not computed: the simulated anchor cells are grayscale and square"
-        truth = self._truth(model, data, targets, reference.isel(neuron=index.numpy()), result.images) if self.scored(data) else None
-        if truth is not None:
-            true_rate, true_mei_rate, _, reach = truth
-            add_reach(results, reach)
-            true_relative = true_rate / true_mei_rate[:, None]
-            results["ground_truth_activation"] = (("neuron", "vei"), true_rate.numpy())
-            results["ground_truth_activation"].attrs.update({"long_name": "true rate of each VEI", "units": "true rate (spikes per bin)"})
-            results["ground_truth_relative_activation"] = (("neuron", "vei"), true_relative.numpy())
-            results["ground_truth_relative_activation"].attrs.update({"long_name": "true rate / true rate of the true MEI", "units": "1"})
-            results["ground_truth_fraction_above"] = ("neuron", (true_relative >= self.floor).double().mean(1).numpy())
-            results["ground_truth_fraction_above"].attrs.update({"long_name": "fraction of VEIs keeping the true neuron >= floor of its true MEI", "units": "1"})
-            results["true_mei_activation"] = ("neuron", true_mei_rate.numpy())
-            results["true_mei_activation"].attrs.update({"long_name": "true rate of the true MEI", "units": "true rate (spikes per bin)"})
+        truth = None
+        if self.scored(data):
+            truth = TwinView(model, data, targets, reference.isel(neuron=index.numpy()),
+                             self.method if self.reference is None else self.reference, result.images)
+            truth.add_to(results, "vei", self.floor, "VEI")
         if data.recording is not None:
-            predicted, true = natural_fractions(model, data.recording, targets, mei_rate, None if truth is None else truth[2])
-            results["natural_fraction"] = (("neuron", "level"), predicted)
-            results["natural_fraction"].attrs.update({"long_name": "fraction of the session's recorded images with predicted rate >= level x MEI rate", "units": "1"})
+            predicted, true = natural_fractions(model, data.recording, targets, mei_rate, truth)
+            results["natural_fraction"] = labelled(("neuron", "level"), predicted, "fraction of the session's recorded images with "
+                                                   "predicted rate >= level x MEI rate", "1")
             if truth is not None:
-                results["ground_truth_natural_fraction"] = (("neuron", "level"), true)
-                results["ground_truth_natural_fraction"].attrs.update({"long_name": "the same on the true neuron, against the true MEI", "units": "1"})
+                results["ground_truth_natural_fraction"] = labelled(("neuron", "level"), true,
+                                                                    "the same on the true neuron, against the true MEI", "1")
         return results
-
-    def _truth(self, model, data: ProductData, targets: list[Target], reference: xr.Dataset, veis: torch.Tensor):
-        """The twin's view: true rates of the VEIs (n, K), of each true MEI (n,), `rates(images, rows)`: true rates
-        (B, len(rows)) of model-space images for those targets with the true MEI rates (for `natural_fractions`), and
-        how far the VEIs reach along the true invariances (`encoders.twin.invariance`)."""
-        from encoders.twin.invariance import invariance_reach
-        from encoders.twin.scoring import GroundTruthActivation, score_on_ground_truth
-
-        method = self.method if self.reference is None else self.reference
-        scored = score_on_ground_truth(reference, model, data.twin, method.truth(), data.truth_store)
-        true_mei_rate = torch.as_tensor(scored.true_mei_activation.values)
-        true_mei = torch.as_tensor(scored.true_mei.values)
-        columns = data.twin.columns(model, targets)
-        device = device_of(model)
-        truth, geometry = data.twin.truth.to(device), data.twin.geometry(model)
-        n, k = veis.shape[:2]
-        with torch.no_grad():
-            energy = GroundTruthActivation(truth, columns.repeat_interleave(k), geometry)
-            true_rate = energy.activation(veis.flatten(0, 1).to(device)).cpu().view(n, k)
-
-        @torch.no_grad()
-        def rates(images: torch.Tensor, rows: list[int]) -> torch.Tensor:
-            chosen = columns[rows].to(device)
-            return torch.cat([truth(geometry.to_twin(x.to(device)))[:, chosen].cpu() for x in images.split(BATCH)])
-
-        reach = invariance_reach(lambda images, j: rates(images, [j])[:, 0], true_mei, true_mei_rate, veis, self.floor)
-        return true_rate, true_mei_rate, lambda images, rows: (rates(images, rows), true_mei_rate), reach
 
     def _dataset(self, model, targets, mei, mei_rate, own_rate, masks, result) -> xr.Dataset:
         transform = model.image_transform

@@ -211,11 +211,11 @@ def check_settings(k: int, floor: float, distance: str = "pixels", rho: float = 
 
 
 def kept_norm(method: Method, shape: Sequence[int]) -> float:
-    """The L2 norm a method keeps its images at; VEIs need one (they are all at the MEI's contrast)."""
+    """The L2 norm a method keeps its images at; VEIs and manifolds need one (they are all at the MEI's contrast)."""
     norm = method.derived(tuple(shape)).get("norm")
     if norm is None:
-        raise EncodersError(f"method must keep one contrast (VEIs are all at the MEI's); {type(method).__name__} keeps "
-                            "the prior's own (contrast: null): give it a contrast")
+        raise EncodersError(f"method must keep one contrast (these images are all at the MEI's); {type(method).__name__} "
+                            "keeps the prior's own (contrast: null): give it a contrast")
     return float(norm)
 
 

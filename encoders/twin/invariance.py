@@ -23,9 +23,8 @@ neuron no longer responds, which the share above the floor reports).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
